@@ -1,0 +1,71 @@
+"""Atlases the project knows by name: region names and the networks used for summaries and effects.
+
+AAL-90 is the 90 cerebral regions of the AAL atlas (Tzourio-Mazoyer et al., 2002) in the atlas's
+own order, the first 90 labels of AAL-116 (cerebellum and vermis left out), as BLEG uses it.
+The network grouping is the conventional lobe assignment of AAL regions. Centroid coordinates
+are not bundled: a cohort that has them stores them in its metadata (``roi_coords``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+_AAL_BASES = [
+    "Precentral", "Frontal_Sup", "Frontal_Sup_Orb", "Frontal_Mid", "Frontal_Mid_Orb",
+    "Frontal_Inf_Oper", "Frontal_Inf_Tri", "Frontal_Inf_Orb", "Rolandic_Oper", "Supp_Motor_Area",
+    "Olfactory", "Frontal_Sup_Medial", "Frontal_Med_Orb", "Rectus", "Insula", "Cingulum_Ant",
+    "Cingulum_Mid", "Cingulum_Post", "Hippocampus", "ParaHippocampal", "Amygdala", "Calcarine",
+    "Cuneus", "Lingual", "Occipital_Sup", "Occipital_Mid", "Occipital_Inf", "Fusiform",
+    "Postcentral", "Parietal_Sup", "Parietal_Inf", "SupraMarginal", "Angular", "Precuneus",
+    "Paracentral_Lobule", "Caudate", "Putamen", "Pallidum", "Thalamus", "Heschl", "Temporal_Sup",
+    "Temporal_Pole_Sup", "Temporal_Mid", "Temporal_Pole_Mid", "Temporal_Inf",
+]
+AAL90_ROI_NAMES: list[str] = [f"{base}_{side}" for base in _AAL_BASES for side in ("L", "R")]
+
+_AAL_LOBE_OF_BASE = {
+    **dict.fromkeys(_AAL_BASES[0:14], "frontal"),
+    **dict.fromkeys(_AAL_BASES[14:21], "limbic"),  # insula, cingulate, hippocampal, amygdala
+    **dict.fromkeys(_AAL_BASES[21:28], "occipital"),
+    **dict.fromkeys(_AAL_BASES[28:34], "parietal"),
+    "Paracentral_Lobule": "frontal",
+    **dict.fromkeys(_AAL_BASES[35:39], "subcortical"),
+    **dict.fromkeys(_AAL_BASES[39:45], "temporal"),
+}
+
+
+def _networks(names: list[str], lobe_of_base: dict[str, str]) -> dict[str, list[int]]:
+    networks: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        networks.setdefault(lobe_of_base[name[:-2]], []).append(index)
+    return networks
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """A parcellation: ordered region names, optional MNI centroids, named groups of regions."""
+
+    name: str
+    roi_names: list[str]
+    networks: dict[str, list[int]] = field(default_factory=dict)
+    roi_coords: list[list[float]] | None = None
+
+    @property
+    def n_rois(self) -> int:
+        return len(self.roi_names)
+
+
+AAL90 = Atlas("AAL-90", AAL90_ROI_NAMES, _networks(AAL90_ROI_NAMES, _AAL_LOBE_OF_BASE))
+
+ATLASES = {"AAL-90": AAL90}
+
+
+def get_atlas(name: str) -> Atlas:
+    try:
+        return ATLASES[name]
+    except KeyError:
+        raise ValueError(f"unknown atlas {name!r}; known: {', '.join(ATLASES)}") from None
+
+
+def generic_atlas(n_rois: int, name: str = "unnamed") -> Atlas:
+    """Placeholder names ``ROI_000``... for cohorts that come without an atlas."""
+    return Atlas(name, [f"ROI_{i:03d}" for i in range(n_rois)])

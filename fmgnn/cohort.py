@@ -1,0 +1,402 @@
+"""The cohort data model: one Parquet file, one row per scan, cohort facts in the schema metadata.
+
+Format version 1 (``COHORT_FORMAT_VERSION``). Columns:
+
+==============  =====================  ==================================================
+column          Arrow type             meaning
+==============  =====================  ==================================================
+subject_id      string, unique         the scan's id (unique within the cohort)
+cohort          string                 cohort name (same on every row)
+label           int64                  class index into ``label_names``
+label_name      string                 ``label_names[label]``
+n_timepoints    int32, nullable        T, when the row has a time series
+timeseries      list<float32>, null.   ROI time series, row-major ``(T, R)`` flattened
+fc_triu         list<float32>, null.   FC upper triangle without diagonal, order of
+                                       ``numpy.triu_indices(R, 1)``: ``R (R - 1) / 2`` values
+age             float64, nullable      years
+sex             string, nullable       as the source writes it (``F``/``M``...)
+site            string, nullable       acquisition site
+imputed_rois    list<int32>            regions whose values were imputed for this scan
+==============  =====================  ==================================================
+
+At least one of ``timeseries`` and ``fc_triu`` is set on every row. The schema metadata key
+``fmgnn.cohort`` holds :class:`CohortMetadata` as JSON: atlas, ROI names (and coordinates),
+task, label names, networks and provenance (source file, hash, adapter, what was imputed).
+
+Files are written through :class:`CohortWriter`, which validates every row and moves the
+finished file into place atomically, so a failed ingest leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+COHORT_FORMAT_VERSION = 1
+METADATA_KEY = b"fmgnn.cohort"
+
+COHORT_SCHEMA = pa.schema(
+    [
+        pa.field("subject_id", pa.string(), nullable=False),
+        pa.field("cohort", pa.string(), nullable=False),
+        pa.field("label", pa.int64(), nullable=False),
+        pa.field("label_name", pa.string(), nullable=False),
+        pa.field("n_timepoints", pa.int32()),
+        pa.field("timeseries", pa.list_(pa.float32())),
+        pa.field("fc_triu", pa.list_(pa.float32())),
+        pa.field("age", pa.float64()),
+        pa.field("sex", pa.string()),
+        pa.field("site", pa.string()),
+        pa.field("imputed_rois", pa.list_(pa.int32()), nullable=False),
+    ]
+)
+
+# Correlations computed in float32 can overshoot 1 by a few ulps.
+_FC_RANGE_TOLERANCE = 1e-4
+
+
+class CohortError(ValueError):
+    """Bad cohort input; the message names the file, the subject and the field."""
+
+
+@dataclass
+class CohortMetadata:
+    """Facts that hold for the whole cohort, stored in the Parquet schema metadata.
+
+    Args:
+        name: Cohort name, e.g. ``"nmda_aal"``.
+        atlas: Parcellation name, e.g. ``"AAL-90"``.
+        roi_names: Region names in column order; ``R = len(roi_names)``.
+        label_names: Class names; row ``label`` indexes this list.
+        task: What is classified, in words, e.g. ``"healthy control vs anti-NMDAR encephalitis"``.
+        roi_coords: Optional ``R x 3`` MNI centroids.
+        networks: Optional groups of region indices (lobes, resting-state networks).
+        provenance: Where the data came from and what ingest did to it.
+        format_version: Version of this data model.
+    """
+
+    name: str
+    atlas: str
+    roi_names: list[str]
+    label_names: list[str]
+    task: str
+    roi_coords: list[list[float]] | None = None
+    networks: dict[str, list[int]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = COHORT_FORMAT_VERSION
+
+    @property
+    def n_rois(self) -> int:
+        return len(self.roi_names)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str = "cohort") -> CohortMetadata:
+        try:
+            data = json.loads(text)
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError) as err:
+            raise CohortError(f"{where}: schema metadata '{METADATA_KEY.decode()}' is invalid: {err}") from None
+
+    def check(self, where: str) -> None:
+        if self.format_version != COHORT_FORMAT_VERSION:
+            raise CohortError(
+                f"{where}: cohort format version {self.format_version} is not supported "
+                f"(this fmgnn reads version {COHORT_FORMAT_VERSION})"
+            )
+        if len(self.label_names) < 1:
+            raise CohortError(f"{where}: metadata field label_names is empty")
+        if len(set(self.roi_names)) != len(self.roi_names):
+            raise CohortError(f"{where}: metadata field roi_names has duplicates")
+        if self.roi_coords is not None and np.shape(self.roi_coords) != (self.n_rois, 3):
+            raise CohortError(
+                f"{where}: metadata field roi_coords has shape {np.shape(self.roi_coords)}, "
+                f"expected ({self.n_rois}, 3)"
+            )
+
+
+@dataclass
+class Scan:
+    """One row of a cohort before it is written. Arrays are validated by :class:`CohortWriter`.
+
+    Shapes: ``timeseries`` is ``(T, R)``; ``fc`` is either ``(R, R)`` (symmetric) or the
+    ``R (R - 1) / 2`` upper triangle.
+    """
+
+    subject_id: str
+    label: int
+    timeseries: np.ndarray | None = None
+    fc: np.ndarray | None = None
+    age: float | None = None
+    sex: str | None = None
+    site: str | None = None
+    imputed_rois: Sequence[int] = ()
+
+
+def fc_to_triu(fc: np.ndarray, n_rois: int, where: str) -> np.ndarray:
+    """A full symmetric ``(R, R)`` FC, or its upper triangle, as the ``R (R - 1) / 2`` triangle."""
+    fc = np.asarray(fc)
+    n_pairs = n_rois * (n_rois - 1) // 2
+    if fc.ndim == 1:
+        if fc.shape[0] != n_pairs:
+            raise CohortError(f"{where}: field fc has {fc.shape[0]} values, expected {n_pairs} for R={n_rois}")
+        return fc.astype(np.float32)
+    if fc.shape != (n_rois, n_rois):
+        raise CohortError(f"{where}: field fc has shape {fc.shape}, expected ({n_rois}, {n_rois})")
+    if not np.allclose(fc, fc.T, atol=1e-5, equal_nan=True):
+        i, j = np.unravel_index(np.nanargmax(np.abs(fc - fc.T)), fc.shape)
+        raise CohortError(
+            f"{where}: field fc is not symmetric: fc[{i},{j}]={fc[i, j]:.6g} but fc[{j},{i}]={fc[j, i]:.6g}"
+        )
+    return fc[np.triu_indices(n_rois, 1)].astype(np.float32)
+
+
+def triu_to_fc(triu: np.ndarray, n_rois: int, diagonal: float = 1.0) -> np.ndarray:
+    """Inverse of :func:`fc_to_triu` over a batch: ``(..., R (R - 1) / 2)`` -> ``(..., R, R)``."""
+    triu = np.asarray(triu)
+    rows, cols = np.triu_indices(n_rois, 1)
+    fc = np.full(triu.shape[:-1] + (n_rois, n_rois), diagonal, dtype=triu.dtype)
+    fc[..., rows, cols] = triu
+    fc[..., cols, rows] = triu
+    return fc
+
+
+class CohortWriter:
+    """Validate scans and stream them into a cohort Parquet file, atomically.
+
+    Rows go to a temp file beside ``path``; ``close()`` checks the cohort as a whole and moves
+    the file into place. Any error (or leaving the ``with`` block by an exception) deletes the
+    temp file, so ``path`` is either the complete cohort or untouched.
+
+    Args:
+        path: Destination ``.parquet`` file.
+        metadata: Cohort metadata; ``metadata.n_rois`` fixes R for every row.
+        source: Name of the input, for error messages (a file path, usually).
+        row_group_size: Rows per Parquet row group, which bounds the writer's memory.
+    """
+
+    def __init__(self, path: str | Path, metadata: CohortMetadata, source: str = "input",
+                 row_group_size: int = 256) -> None:
+        self.path = Path(path)
+        self.metadata = metadata
+        self.source = source
+        self.row_group_size = row_group_size
+        metadata.check(source)
+        self.schema = COHORT_SCHEMA.with_metadata({METADATA_KEY: metadata.to_json()})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._writer = pq.ParquetWriter(self._tmp, self.schema)
+        self._pending: list[dict[str, Any]] = []
+        self._seen_ids: set[str] = set()
+        self.label_counts = np.zeros(len(metadata.label_names), dtype=np.int64)
+
+    def __enter__(self) -> CohortWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    @property
+    def n_written(self) -> int:
+        return len(self._seen_ids)
+
+    def add(self, scan: Scan) -> None:
+        self._pending.append(self._validate(scan))
+        if len(self._pending) >= self.row_group_size:
+            self._flush()
+
+    def _validate(self, scan: Scan) -> dict[str, Any]:
+        sid = str(scan.subject_id).strip()
+        where = f"{self.source}: subject {sid or '<empty>'}"
+        n_rois = self.metadata.n_rois
+        if not sid:
+            raise CohortError(f"{self.source}: a row has an empty subject_id")
+        if sid in self._seen_ids:
+            raise CohortError(f"{where}: duplicate subject_id")
+        label = int(scan.label)
+        if not 0 <= label < len(self.metadata.label_names):
+            raise CohortError(
+                f"{where}: field label is {scan.label}, expected 0..{len(self.metadata.label_names) - 1} "
+                f"({', '.join(self.metadata.label_names)})"
+            )
+        if scan.timeseries is None and scan.fc is None:
+            raise CohortError(f"{where}: neither timeseries nor fc is given")
+        row: dict[str, Any] = {
+            "subject_id": sid, "cohort": self.metadata.name, "label": label,
+            "label_name": self.metadata.label_names[label], "n_timepoints": None,
+            "timeseries": None, "fc_triu": None,
+            "age": None if scan.age is None or np.isnan(scan.age) else float(scan.age),
+            "sex": scan.sex, "site": scan.site,
+            "imputed_rois": [int(r) for r in scan.imputed_rois],
+        }
+        if scan.timeseries is not None:
+            ts = np.asarray(scan.timeseries, dtype=np.float32)
+            if ts.ndim != 2 or ts.shape[1] != n_rois:
+                raise CohortError(f"{where}: field timeseries has shape {ts.shape}, expected (T, {n_rois})")
+            if ts.shape[0] < 3:
+                raise CohortError(f"{where}: field timeseries has {ts.shape[0]} time points, need at least 3")
+            _check_finite(ts, f"{where}: field timeseries")
+            row["n_timepoints"] = ts.shape[0]
+            row["timeseries"] = ts.ravel()
+        if scan.fc is not None:
+            triu = fc_to_triu(scan.fc, n_rois, where)
+            _check_finite(triu, f"{where}: field fc")
+            worst = float(np.max(np.abs(triu))) if triu.size else 0.0
+            if worst > 1 + _FC_RANGE_TOLERANCE:
+                raise CohortError(f"{where}: field fc holds |r| = {worst:.4g}, expected correlations in [-1, 1]")
+            row["fc_triu"] = triu
+        self._seen_ids.add(sid)
+        self.label_counts[label] += 1
+        return row
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        columns = {name: [row[name] for row in self._pending] for name in self.schema.names}
+        self._writer.write_table(pa.Table.from_pydict(columns, schema=self.schema))
+        self._pending.clear()
+
+    def close(self) -> None:
+        try:
+            self._flush()
+            self._writer.close()
+            if self.n_written == 0:
+                raise CohortError(f"{self.source}: the cohort is empty (no subjects were read)")
+            os.replace(self._tmp, self.path)
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+
+def _check_finite(values: np.ndarray, where: str) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        index = np.unravel_index(int(np.argmax(bad)), values.shape)
+        kind = "NaN" if np.isnan(values[index]) else "inf"
+        raise CohortError(f"{where} holds {int(bad.sum())} NaN/inf values (first: {kind} at index {index})")
+
+
+REQUIRED_COLUMNS = ("subject_id", "label", "label_name", "timeseries", "fc_triu")
+
+
+class Cohort:
+    """A cohort Parquet file opened for reading. Rows are read lazily and on demand.
+
+    Shapes: :meth:`fc` returns ``(N, R, R)`` float32; :meth:`timeseries` returns ``(T, R)``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CohortError(f"{self.path}: cohort file not found")
+        try:
+            schema = pq.read_schema(self.path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise CohortError(f"{self.path}: not a readable Parquet file ({err})") from None
+        raw = (schema.metadata or {}).get(METADATA_KEY)
+        if raw is None:
+            raise CohortError(
+                f"{self.path}: no '{METADATA_KEY.decode()}' schema metadata; not an fmgnn cohort "
+                "(create one with `fmgnn ingest`)"
+            )
+        self.metadata = CohortMetadata.from_json(raw, str(self.path))
+        self.metadata.check(str(self.path))
+        missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+        if missing:
+            raise CohortError(f"{self.path}: missing column(s) {', '.join(missing)}")
+        self.schema = schema
+        self._table: pa.Table | None = None
+
+    @property
+    def table(self) -> pa.Table:
+        if self._table is None:
+            try:
+                self._table = pq.read_table(self.path)
+            except (pa.ArrowInvalid, OSError) as err:
+                raise CohortError(f"{self.path}: the file is corrupt or truncated ({err})") from None
+        return self._table
+
+    def __len__(self) -> int:
+        return pq.ParquetFile(self.path).metadata.num_rows
+
+    @property
+    def n_rois(self) -> int:
+        return self.metadata.n_rois
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.metadata.label_names)
+
+    def subject_ids(self) -> np.ndarray:
+        return np.asarray(self.table.column("subject_id").to_pylist(), dtype=object)
+
+    def labels(self) -> np.ndarray:
+        return self.table.column("label").to_numpy()
+
+    def timeseries(self, index: int) -> np.ndarray | None:
+        row = self.table.slice(index, 1)
+        values = row.column("timeseries")[0].values
+        if values is None:
+            return None
+        t = row.column("n_timepoints")[0].as_py()
+        return values.to_numpy(zero_copy_only=False).reshape(t, self.n_rois)  # (T, R)
+
+    def fc(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """FC matrices ``(N, R, R)``: stored triangles, or Pearson FC of the time series."""
+        from fmgnn.graphs import pearson_fc
+
+        if indices is None:
+            indices = np.arange(self.table.num_rows)
+        triu_column = self.table.column("fc_triu")
+        n_pairs = self.n_rois * (self.n_rois - 1) // 2
+        out = np.empty((len(indices), self.n_rois, self.n_rois), dtype=np.float32)
+        rows, cols = np.triu_indices(self.n_rois, 1)
+        for k, i in enumerate(indices):
+            triu = triu_column[int(i)].values
+            if triu is not None:
+                values = triu.to_numpy(zero_copy_only=False)
+                assert values.shape[0] == n_pairs
+                out[k] = triu_to_fc(values, self.n_rois)
+            else:
+                out[k] = pearson_fc(self.timeseries(int(i)))
+        return out
+
+    def iter_batches(self, batch_size: int = 256, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream the rows in record batches without loading the whole file."""
+        try:
+            yield from pq.ParquetFile(self.path).iter_batches(batch_size=batch_size, columns=columns)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise CohortError(f"{self.path}: the file is corrupt or truncated ({err})") from None
+
+    def summary(self) -> dict[str, Any]:
+        labels = self.labels()
+        counts = {name: int((labels == k).sum()) for k, name in enumerate(self.metadata.label_names)}
+        table = self.table
+        return {
+            "path": str(self.path), "name": self.metadata.name, "atlas": self.metadata.atlas,
+            "n_subjects": table.num_rows, "n_rois": self.n_rois, "label_counts": counts,
+            "has_timeseries": table.column("timeseries").null_count < table.num_rows,
+            "has_fc": table.column("fc_triu").null_count < table.num_rows,
+        }
