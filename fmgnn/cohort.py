@@ -20,7 +20,8 @@ imputed_rois    list<int32>            regions whose values were imputed for thi
 ==============  =====================  ==================================================
 
 At least one of ``timeseries`` and ``fc_triu`` is set on every row. The schema metadata key
-``fmgnn.cohort`` holds :class:`CohortMetadata` as JSON: atlas, ROI names (and coordinates),
+``fmgnn.cohort`` (Parquet key-value metadata in the file footer, written when the file is
+closed) holds :class:`CohortMetadata` as JSON: atlas, ROI names (and coordinates),
 task, label names, networks and provenance (source file, hash, adapter, what was imputed).
 
 Files are written through :class:`CohortWriter`, which validates every row and moves the
@@ -32,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from fmgnn.io import temp_path_beside
 
 COHORT_FORMAT_VERSION = 1
 METADATA_KEY = b"fmgnn.cohort"
@@ -194,11 +196,8 @@ class CohortWriter:
         self.source = source
         self.row_group_size = row_group_size
         metadata.check(source)
-        self.schema = COHORT_SCHEMA.with_metadata({METADATA_KEY: metadata.to_json()})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self.schema = COHORT_SCHEMA
+        self._tmp = temp_path_beside(self.path)
         self._writer = pq.ParquetWriter(self._tmp, self.schema)
         self._pending: list[dict[str, Any]] = []
         self._seen_ids: set[str] = set()
@@ -212,6 +211,10 @@ class CohortWriter:
             self.close()
         else:
             self.abort()
+
+    def set_provenance(self, provenance: dict[str, Any]) -> None:
+        """Record where the rows came from; stored with the metadata when the file is closed."""
+        self.metadata.provenance = provenance
 
     @property
     def n_written(self) -> int:
@@ -276,6 +279,7 @@ class CohortWriter:
     def close(self) -> None:
         try:
             self._flush()
+            self._writer.add_key_value_metadata({METADATA_KEY: self.metadata.to_json()})
             self._writer.close()
             if self.n_written == 0:
                 raise CohortError(f"{self.source}: the cohort is empty (no subjects were read)")
@@ -312,10 +316,11 @@ class Cohort:
         if not self.path.is_file():
             raise CohortError(f"{self.path}: cohort file not found")
         try:
-            schema = pq.read_schema(self.path)
+            parquet = pq.ParquetFile(self.path)
         except (pa.ArrowInvalid, OSError) as err:
-            raise CohortError(f"{self.path}: not a readable Parquet file ({err})") from None
-        raw = (schema.metadata or {}).get(METADATA_KEY)
+            raise CohortError(f"{self.path}: not a readable Parquet file, or truncated ({err})") from None
+        schema = parquet.schema_arrow
+        raw = (parquet.metadata.metadata or {}).get(METADATA_KEY)
         if raw is None:
             raise CohortError(
                 f"{self.path}: no '{METADATA_KEY.decode()}' schema metadata; not an fmgnn cohort "
@@ -327,6 +332,7 @@ class Cohort:
         if missing:
             raise CohortError(f"{self.path}: missing column(s) {', '.join(missing)}")
         self.schema = schema
+        self.num_rows = parquet.metadata.num_rows
         self._table: pa.Table | None = None
 
     @property
@@ -339,7 +345,7 @@ class Cohort:
         return self._table
 
     def __len__(self) -> int:
-        return pq.ParquetFile(self.path).metadata.num_rows
+        return self.num_rows
 
     @property
     def n_rois(self) -> int:
@@ -377,7 +383,10 @@ class Cohort:
             triu = triu_column[int(i)].values
             if triu is not None:
                 values = triu.to_numpy(zero_copy_only=False)
-                assert values.shape[0] == n_pairs
+                if values.shape[0] != n_pairs:
+                    raise CohortError(
+                        f"{self.path}: row {int(i)} field fc_triu has {values.shape[0]} values, expected {n_pairs}"
+                    )
                 out[k] = triu_to_fc(values, self.n_rois)
             else:
                 out[k] = pearson_fc(self.timeseries(int(i)))

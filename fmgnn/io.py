@@ -23,14 +23,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def temp_path_beside(path: Path) -> Path:
+    """A new empty hidden file in ``path``'s directory, with the permissions of a normal file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; the final file should not be private
+    return Path(tmp_name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success move it onto ``path``, on error delete it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_path_beside(path)
     try:
         yield tmp
         os.replace(tmp, path)

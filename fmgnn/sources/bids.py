@@ -1,0 +1,169 @@
+"""A folder of per-subject ROI time-series files with a BIDS-like ``participants.tsv``.
+
+Layout::
+
+    folder/
+      participants.tsv            participant_id  group  age  sex  site ...
+      sub-01/func/sub-01_task-rest_timeseries.tsv      (any depth; CSV, TSV or NPY)
+      sub-02_timeseries.csv
+
+Each time-series file is ``T`` rows by ``R`` columns (time down, regions across); a CSV or TSV
+may have a header row of region names. The file of a participant is the one whose name starts
+with its ``participant_id`` (then ``_`` or ``.``) and matches ``file_glob``.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from fmgnn.atlas import generic_atlas, get_atlas
+from fmgnn.cohort import CohortError, CohortMetadata, CohortWriter, Scan
+from fmgnn.sources.report import IngestReport
+
+SUFFIXES = {".csv": ",", ".tsv": "\t", ".npy": None, ".txt": None}
+
+
+@dataclass
+class BidsConfig:
+    """Args:
+        participants: Participants table, relative to the folder (TSV, or CSV by extension).
+        label_column: Column of ``participants`` that holds the class.
+        label_names: Class values in label order; default: the sorted distinct values.
+        file_glob: Pattern a time-series file name must match (``*timeseries*``, say).
+        atlas: Atlas name, or ``"none"`` to take region names from the files' header.
+        on_missing: A participant without a file is an ``"error"``, or ``"skip"``ped and reported.
+        name: Cohort name; default: the folder's name.
+        task: The classification task in words.
+    """
+
+    participants: str = "participants.tsv"
+    label_column: str = "group"
+    label_names: list[str] | None = None
+    file_glob: str = "*"
+    atlas: str = "none"
+    on_missing: Literal["error", "skip"] = "error"
+    name: str | None = None
+    task: str = "classification of subjects from ROI time series"
+
+
+def read_timeseries_file(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """``(T, R)`` float array and the header's region names (None without a header)."""
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise CohortError(f"{path}: unsupported extension {suffix!r}; use {', '.join(SUFFIXES)}")
+    if suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False), None
+        except (OSError, ValueError) as err:
+            raise CohortError(f"{path}: not a readable .npy array ({err})") from None
+    delimiter = SUFFIXES[suffix]
+    with path.open(newline="") as handle:
+        first = next(csv.reader(handle, delimiter=delimiter) if delimiter else iter([handle.readline().split()]), [])
+    has_header = any(not _is_number(cell) for cell in first)
+    try:
+        values = np.loadtxt(path, delimiter=delimiter, skiprows=1 if has_header else 0, ndmin=2)
+    except ValueError as err:
+        raise CohortError(f"{path}: not a numeric table ({err})") from None
+    return values, ([c.strip() for c in first] if has_header else None)
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return cell.strip().lower() in {"nan", "inf", "-inf"}
+
+
+def _find_file(folder: Path, participant: str, file_glob: str) -> list[Path]:
+    matches = []
+    for path in folder.rglob(f"{participant}*"):
+        rest = path.name[len(participant):]
+        if path.is_file() and rest[:1] in {"_", "."} and path.suffix.lower() in SUFFIXES and path.match(file_glob):
+            matches.append(path)
+    return sorted(matches)
+
+
+def ingest_bids(folder: str | Path, output: str | Path, config: BidsConfig | None = None) -> IngestReport:
+    """Read a folder of per-subject time-series files and write a cohort Parquet file at ``output``."""
+    config = config or BidsConfig()
+    folder = Path(folder)
+    table_path = folder / config.participants
+    if not table_path.is_file():
+        raise CohortError(f"{table_path}: participants table not found")
+    sep = "," if table_path.suffix.lower() == ".csv" else "\t"
+    participants = pd.read_csv(table_path, sep=sep, dtype=str, keep_default_na=False)
+    for column in ("participant_id", config.label_column):
+        if column not in participants.columns:
+            raise CohortError(
+                f"{table_path}: missing column {column!r}; columns are {', '.join(participants.columns)}"
+            )
+    values = participants[config.label_column].str.strip()
+    empty = participants.loc[values == "", "participant_id"].tolist()
+    if empty:
+        raise CohortError(f"{table_path}: column {config.label_column!r} is empty for {', '.join(empty[:10])}")
+    label_names = config.label_names or sorted(values.unique())
+    unknown = sorted(set(values) - set(label_names))
+    if unknown:
+        raise CohortError(f"{table_path}: column {config.label_column!r} has values {unknown} not in label_names {label_names}")
+
+    report = IngestReport(adapter="bids", source=str(folder), output=str(output))
+    writer: CohortWriter | None = None
+    roi_names: list[str] | None = None
+    try:
+        for row, label_value in zip(participants.itertuples(index=False), values):
+            pid = str(row.participant_id).strip()
+            files = _find_file(folder, pid, config.file_glob)
+            if len(files) != 1:
+                problem = "no time-series file" if not files else f"{len(files)} files match: {', '.join(map(str, files))}"
+                if config.on_missing == "skip" and not files:
+                    report.skipped_subjects[pid] = problem
+                    continue
+                raise CohortError(f"{table_path}: subject {pid}: {problem} (file_glob={config.file_glob!r})")
+            timeseries, header = read_timeseries_file(files[0])
+            if writer is None:  # the first file fixes R and the region names
+                n_rois = timeseries.shape[1]
+                atlas = generic_atlas(n_rois) if config.atlas == "none" else get_atlas(config.atlas)
+                roi_names = header if (header and config.atlas == "none") else list(atlas.roi_names)
+                if len(roi_names) != n_rois:
+                    raise CohortError(f"{files[0]}: {n_rois} columns but atlas {atlas.name} has {len(roi_names)} regions")
+                metadata = CohortMetadata(
+                    name=config.name or folder.name, atlas=atlas.name, roi_names=roi_names,
+                    label_names=label_names, task=config.task, networks=atlas.networks,
+                )
+                writer = CohortWriter(output, metadata, source=str(folder))
+            elif header and config.atlas == "none" and header != roi_names:
+                raise CohortError(f"{files[0]}: header regions differ from the first subject's")
+            extra = row._asdict()
+            age = extra.get("age") or None
+            writer.add(Scan(
+                subject_id=pid, label=label_names.index(label_value),
+                timeseries=_with_source(timeseries, files[0], writer.metadata.n_rois),
+                age=float(age) if age not in (None, "", "n/a") else None,
+                sex=extra.get("sex") or None, site=extra.get("site") or None,
+            ))
+        if writer is None:
+            raise CohortError(f"{folder}: no subject has a time-series file; the cohort would be empty")
+        report.n_subjects = writer.n_written
+        report.label_counts = dict(zip(label_names, writer.label_counts.tolist()))
+        writer.set_provenance(report.provenance(config=vars(config)))
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return report
+
+
+def _with_source(timeseries: np.ndarray, path: Path, n_rois: int) -> np.ndarray:
+    if timeseries.ndim != 2 or timeseries.shape[1] != n_rois:
+        raise CohortError(f"{path}: time series has shape {timeseries.shape}, expected (T, {n_rois})")
+    if not np.isfinite(timeseries).all():
+        raise CohortError(f"{path}: time series holds NaN or inf values")
+    return timeseries

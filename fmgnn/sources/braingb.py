@@ -1,0 +1,112 @@
+"""BrainGB / Brain-Network-Transformer style ``.npy`` dicts.
+
+The file is ``np.save(path, {"corr": (N, R, R), "timeseires": (N, R, T), "label": (N,), ...})``
+(``timeseires`` is spelled as in the BNT code; ``timeseries`` is accepted too). Optional keys:
+``site`` (N,), ``subject_id`` (N,). Either ``corr`` or the time series may be absent.
+
+Loading a dict from ``.npy`` needs pickle: only ingest files you trust.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from fmgnn.atlas import generic_atlas, get_atlas
+from fmgnn.cohort import CohortError, CohortMetadata, CohortWriter, Scan
+from fmgnn.sources.report import IngestReport, file_sha256
+
+
+@dataclass
+class BrainGBConfig:
+    """Args:
+        label_names: Class names in label order; default ``class_0``, ``class_1``...
+        atlas: Atlas name, or ``"none"`` for placeholder region names.
+        timeseries_layout: ``"roi_time"`` for ``(N, R, T)`` (BNT), ``"time_roi"`` for ``(N, T, R)``.
+        name: Cohort name; default: the file's stem.
+        task: The classification task in words.
+    """
+
+    label_names: list[str] | None = None
+    atlas: str = "none"
+    timeseries_layout: Literal["roi_time", "time_roi"] = "roi_time"
+    name: str | None = None
+    task: str = "classification of subjects from brain networks"
+
+
+def _load_dict(path: Path) -> dict:
+    try:
+        obj = np.load(path, allow_pickle=True)
+    except (OSError, ValueError) as err:
+        raise CohortError(f"{path}: not a readable .npy file ({err})") from None
+    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
+        obj = obj.item()
+    if not isinstance(obj, dict):
+        raise CohortError(f"{path}: expected a dict saved with np.save, found {type(obj).__name__}")
+    return obj
+
+
+def ingest_braingb(path: str | Path, output: str | Path, config: BrainGBConfig | None = None) -> IngestReport:
+    """Read a BrainGB/BNT ``.npy`` dict and write a cohort Parquet file at ``output``."""
+    config = config or BrainGBConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise CohortError(f"{path}: file not found")
+    data = _load_dict(path)
+    if "label" not in data:
+        raise CohortError(f"{path}: missing key 'label'; the file has {', '.join(map(str, data))}")
+    labels = np.asarray(data["label"]).reshape(-1)
+    n = labels.shape[0]
+    corr = data.get("corr")
+    timeseries = data.get("timeseires", data.get("timeseries"))
+    if corr is None and timeseries is None:
+        raise CohortError(f"{path}: neither 'corr' nor 'timeseires' is present")
+    if timeseries is not None:
+        timeseries = np.asarray(timeseries)
+        if timeseries.ndim != 3 or timeseries.shape[0] != n:
+            raise CohortError(f"{path}: field timeseires has shape {timeseries.shape}, expected ({n}, R, T)")
+        if config.timeseries_layout == "roi_time":
+            timeseries = timeseries.transpose(0, 2, 1)  # (N, R, T) -> (N, T, R)
+    if corr is not None:
+        corr = np.asarray(corr)
+        if corr.ndim != 3 or corr.shape[0] != n or corr.shape[1] != corr.shape[2]:
+            raise CohortError(f"{path}: field corr has shape {corr.shape}, expected ({n}, R, R)")
+    n_rois = corr.shape[1] if corr is not None else timeseries.shape[2]
+    if timeseries is not None and timeseries.shape[2] != n_rois:
+        raise CohortError(
+            f"{path}: field timeseires has {timeseries.shape[2]} regions but corr has {n_rois} "
+            "(is timeseries_layout right?)"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.mod(labels.astype(float), 1) == 0):
+            raise CohortError(f"{path}: field label must hold integers, found {labels[:5]}...")
+        labels = labels.astype(np.int64)
+    n_classes = int(labels.max()) + 1 if n else 0
+    label_names = config.label_names or [f"class_{k}" for k in range(n_classes)]
+    atlas = generic_atlas(n_rois) if config.atlas == "none" else get_atlas(config.atlas)
+    if atlas.n_rois != n_rois:
+        raise CohortError(f"{path}: data hold {n_rois} regions but atlas {atlas.name} has {atlas.n_rois}")
+    sites = data.get("site")
+    ids = data.get("subject_id")
+    subject_ids = [str(s) for s in ids] if ids is not None else [f"sub-{i:05d}" for i in range(n)]
+
+    metadata = CohortMetadata(
+        name=config.name or path.stem, atlas=atlas.name, roi_names=list(atlas.roi_names),
+        label_names=label_names, task=config.task, networks=atlas.networks,
+    )
+    report = IngestReport(adapter="braingb", source=str(path), output=str(output))
+    with CohortWriter(output, metadata, source=str(path)) as writer:
+        for i in range(n):
+            writer.add(Scan(
+                subject_id=subject_ids[i], label=int(labels[i]),
+                timeseries=None if timeseries is None else timeseries[i],
+                fc=None if corr is None else corr[i],
+                site=None if sites is None else str(sites[i]),
+            ))
+        report.n_subjects = writer.n_written
+        report.label_counts = dict(zip(label_names, writer.label_counts.tolist()))
+        writer.set_provenance(report.provenance(sha256=file_sha256(path), config=vars(config)))
+    return report
