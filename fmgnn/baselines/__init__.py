@@ -1,0 +1,1 @@
+"""Baselines every method is compared against, on the same folds."""

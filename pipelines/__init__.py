@@ -1,0 +1,1 @@
+"""Entry points: the ``fmgnn`` CLI and the jobs it runs (``python -m pipelines.<name>``)."""

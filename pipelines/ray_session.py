@@ -1,0 +1,66 @@
+"""Where the jobs' Ray comes from: a cluster given by address, or an embedded local instance.
+
+``ray job submit`` runs the entry point with ``RAY_ADDRESS`` set, and ``ray.init()`` joins that
+cluster. Without an address a local instance is started with more logical CPUs than cores, so
+fractional-CPU training workers and concurrent folds fit on a small machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RayConfig:
+    """Args:
+        address: Cluster address (``auto``, ``ray://host:10001``...); None: the job's cluster when
+            submitted with ``ray job submit``, else an embedded local instance.
+        num_cpus: Logical CPUs of an embedded instance; None: 4 per core, at least 8.
+        num_workers: Ray Train workers per training run (0: in-process, no worker actors).
+        use_gpu: Give each training worker a GPU.
+        cpus_per_worker: CPUs each training worker reserves.
+        max_failures: Restarts a training run allows after a worker or node dies.
+        max_concurrent_runs: Training runs (folds) in flight at once.
+        train_poll_interval_s: How often Ray Train's controller collects reports. Ray's default
+            (2 s) caps a run at one epoch per 2 s because each report waits to be collected;
+            the small epochs of brain-network cohorts take milliseconds.
+        train_log_level: Level of Ray Train's own logs (it logs every report at INFO).
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+    max_concurrent_runs: int = 2
+    train_poll_interval_s: float = 0.1
+    train_log_level: str = "WARNING"
+
+
+def job_env_vars(config: RayConfig) -> dict[str, str]:
+    """Environment that Ray's own processes of this job read (also in cluster/runtime_env.yaml)."""
+    return {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(config.train_poll_interval_s)}
+
+
+def start_ray(config: RayConfig) -> None:
+    """Connect to or start Ray once per process."""
+    if ray.is_initialized():
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS")  # set by `ray job submit`
+    if address:
+        # A submitted job already carries its runtime env (cluster/runtime_env.yaml).
+        log.info("joining the Ray cluster at %s", address)
+        ray.init(address=address)
+        return
+    num_cpus = config.num_cpus or max(8, 4 * (os.cpu_count() or 1))
+    log.info("starting an embedded Ray instance with %d logical CPUs", num_cpus)
+    # The dashboard stays on: Tune trials that run trainers need its state API (ENVIRONMENT.md).
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             configure_logging=False, runtime_env={"env_vars": job_env_vars(config)})
