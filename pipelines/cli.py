@@ -1,0 +1,32 @@
+"""The ``fmgnn`` command: one subcommand per job, each also runnable as ``python -m pipelines.<job>``.
+
+    fmgnn ingest corrpops ../shared/data/corrpops/nmda_aal.npz -o cohorts/nmda_aal.parquet
+    fmgnn train baseline cohort=cohorts/nmda_aal.parquet
+    fmgnn run                      # the main job on the built-in sample cohort
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+
+COMMANDS = {
+    "ingest": ("pipelines.ingest", "write a cohort Parquet file from a source format"),
+    "train": ("pipelines.train", "train models on a cohort (baseline)"),
+    "run": ("pipelines.main", "the main job: sample cohort -> graphs -> baselines"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
+        lines = ["usage: fmgnn COMMAND [ARGS...]", "", "commands:"]
+        lines += [f"  {name:<8} {summary}" for name, (_, summary) in COMMANDS.items()]
+        print("\n".join(lines), file=sys.stdout if argv[:1] in ([], ["-h"], ["--help"]) else sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    module = import_module(COMMANDS[argv[0]][0])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
