@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("adapter", choices=sorted(ADAPTERS))
     parser.add_argument("args", nargs="*", help="SOURCE (file or folder, where the adapter reads one), then key=value")
     parser.add_argument("-o", "--output", help="cohort Parquet file to write (default cohorts/<adapter>.parquet)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     source = next((a for a in args.args if "=" not in a), None)
     overrides = [a for a in args.args if "=" in a]

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fmgnn run", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=None, help="YAML config (default: configs/main.yaml when present)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. synthetic.n_subjects=500")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config_path = args.config or ("configs/main.yaml" if Path("configs/main.yaml").is_file() else None)
     run_main(load_config(MainJobConfig, config_path, args.overrides))

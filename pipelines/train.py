@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=["baseline"], help="what to train")
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. gcn.hidden=32")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = load_config(BaselineJobConfig, args.config, args.overrides)
     run_baselines(config)

@@ -1,0 +1,170 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fmgnn.cohort import Cohort, CohortError
+from fmgnn.sources.bids import BidsConfig, ingest_bids
+from fmgnn.sources.braingb import BrainGBConfig, ingest_braingb
+from fmgnn.sources.corrpops import CorrpopsConfig, ingest_corrpops
+from fmgnn.sources.nilearn_abide import AbideConfig, ingest_abide
+from fmgnn.sources.synthetic import SyntheticCohort, SyntheticConfig, ingest_synthetic
+
+
+def test_corrpops_real_file(nmda_cohort):
+    cohort = Cohort(nmda_cohort)
+    assert len(cohort) == 86 and cohort.n_rois == 88
+    assert cohort.summary()["label_counts"] == {"control": 43, "diagnosed": 43}
+    assert "Pallidum_L" not in cohort.metadata.roi_names
+    provenance = cohort.metadata.provenance
+    assert provenance["dropped_rois"] == ["Pallidum_L", "Pallidum_R"]
+    assert provenance["imputed"]["control_020"] == ["Olfactory_L", "Olfactory_R"]
+    assert len(provenance["imputed"]) == 6 and len(provenance["sha256"]) == 64
+    fc = cohort.fc()
+    assert np.isfinite(fc).all()
+    olfactory = cohort.metadata.roi_names.index("Olfactory_L")
+    row = cohort.subject_ids().tolist().index("control_020")
+    assert cohort.table.column("imputed_rois")[row].as_py() == [olfactory, olfactory + 1]
+    assert np.all(fc[row, olfactory, np.arange(88) != olfactory] == 0)
+
+
+def test_corrpops_drop_subject_and_bad_group(nmda_npz, tmp_path):
+    report = ingest_corrpops(nmda_npz, tmp_path / "c.parquet", CorrpopsConfig(impute="drop_subject"))
+    assert report.n_subjects == 80 and len(report.skipped_subjects) == 6
+    with pytest.raises(CohortError, match="group\\(s\\) patients not found; the file has"):
+        ingest_corrpops(nmda_npz, tmp_path / "d.parquet", CorrpopsConfig(groups=["control", "patients"]))
+    assert not (tmp_path / "d.parquet").exists()
+
+
+def test_braingb_dict(tmp_path):
+    rng = np.random.default_rng(0)
+    timeseries = rng.normal(size=(6, 5, 40))  # (N, R, T) as BNT stores it
+    corr = np.stack([np.corrcoef(t) for t in timeseries])
+    path = tmp_path / "abide.npy"
+    np.save(path, {"timeseires": timeseries, "corr": corr, "label": np.array([0, 1] * 3), "site": ["a"] * 6})
+    report = ingest_braingb(path, tmp_path / "c.parquet", BrainGBConfig(label_names=["hc", "asd"]))
+    cohort = Cohort(tmp_path / "c.parquet")
+    assert report.n_subjects == 6 and cohort.metadata.label_names == ["hc", "asd"]
+    np.testing.assert_allclose(cohort.timeseries(2), timeseries[2].T, atol=1e-6)
+    np.testing.assert_allclose(cohort.fc([2])[0], corr[2], atol=1e-6)
+    corr[3, 0, 1] = 0.5  # no longer symmetric
+    np.save(path, {"corr": corr, "label": np.array([0, 1] * 3)})
+    with pytest.raises(CohortError, match="subject sub-00003: field fc is not symmetric"):
+        ingest_braingb(path, tmp_path / "d.parquet")
+    np.save(path, {"corr": corr})
+    with pytest.raises(CohortError, match="missing key 'label'"):
+        ingest_braingb(path, tmp_path / "d.parquet")
+
+
+def write_bids(folder, n=6, rois=4):
+    rng = np.random.default_rng(1)
+    rows = ["participant_id\tgroup\tage\tsex"]
+    for i in range(n):
+        pid = f"sub-{i:02d}"
+        rows.append(f"{pid}\t{'patient' if i % 2 else 'control'}\t{20 + i}\t{'F' if i % 3 else 'M'}")
+        ts = rng.normal(size=(25, rois))
+        if i % 3 == 0:
+            (folder / pid / "func").mkdir(parents=True)
+            header = "\t".join(f"roi{j}" for j in range(rois))
+            np.savetxt(folder / pid / "func" / f"{pid}_task-rest_timeseries.tsv", ts, delimiter="\t",
+                       header=header, comments="")
+        elif i % 3 == 1:
+            np.savetxt(folder / f"{pid}_timeseries.csv", ts, delimiter=",")
+        else:
+            np.save(folder / f"{pid}_timeseries.npy", ts)
+    (folder / "participants.tsv").write_text("\n".join(rows) + "\n")
+
+
+def test_bids_folder_mixed_formats(tmp_path):
+    write_bids(tmp_path / "study")
+    report = ingest_bids(tmp_path / "study", tmp_path / "c.parquet", BidsConfig(label_names=["control", "patient"]))
+    cohort = Cohort(tmp_path / "c.parquet")
+    assert report.n_subjects == 6 and cohort.metadata.roi_names == ["roi0", "roi1", "roi2", "roi3"]
+    assert cohort.labels().tolist() == [0, 1, 0, 1, 0, 1]
+    assert cohort.table.column("age").to_pylist()[5] == 25.0
+
+
+def test_bids_errors_name_file_and_subject(tmp_path):
+    folder = tmp_path / "study"
+    write_bids(folder)
+    (folder / "sub-01_timeseries.csv").unlink()
+    with pytest.raises(CohortError, match="subject sub-01: no time-series file"):
+        ingest_bids(folder, tmp_path / "c.parquet")
+    report = ingest_bids(folder, tmp_path / "c.parquet", BidsConfig(on_missing="skip"))
+    assert report.n_subjects == 5 and "sub-01" in report.skipped_subjects
+    np.save(folder / "sub-02_timeseries.npy", np.full((25, 4), np.nan))
+    with pytest.raises(CohortError, match="sub-02_timeseries.npy: time series holds NaN"):
+        ingest_bids(folder, tmp_path / "d.parquet", BidsConfig(on_missing="skip"))
+    with pytest.raises(CohortError, match="missing column 'diagnosis'"):
+        ingest_bids(folder, tmp_path / "d.parquet", BidsConfig(label_column="diagnosis"))
+    assert not (tmp_path / "d.parquet").exists()
+
+
+def write_abide_layout(data_dir, n=4):
+    """Files laid out as nilearn's fetch_abide_pcp stores them, so it needs no network."""
+    root = data_dir / "ABIDE_pcp"
+    series_dir = root / "cpac" / "nofilt_noglobal"
+    series_dir.mkdir(parents=True)
+    columns = ["", "SUB_ID", "SITE_ID", "FILE_ID", "DX_GROUP", "AGE_AT_SCAN", "SEX", "qc_rater_1",
+               "qc_anat_rater_2", "qc_func_rater_2", "qc_anat_rater_3", "qc_func_rater_3"]
+    lines = [",".join(columns)]
+    rng = np.random.default_rng(2)
+    for i in range(n):
+        file_id = f"SITE_{50000 + i}"
+        qc = "OK" if i < n - 1 else "fail"  # the last scan fails QC and must be left out
+        lines.append(f"{i},{50000 + i},SITE,{file_id},{1 + i % 2},{10 + i},{1 + i % 2},{qc},OK,OK,OK,OK")
+        header = "#" + "\t".join(f"Mean_{k}" for k in range(116))
+        np.savetxt(series_dir / f"{file_id}_rois_aal.1D", rng.normal(size=(30, 116)), delimiter="\t",
+                   header=header[1:], comments="#")
+    (root / "Phenotypic_V1_0b_preprocessed1.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_abide_through_nilearn_fetcher_offline(tmp_path):
+    pytest.importorskip("nilearn")
+    write_abide_layout(tmp_path / "nilearn_data")
+    report = ingest_abide(tmp_path / "abide.parquet", AbideConfig(data_dir=str(tmp_path / "nilearn_data")))
+    cohort = Cohort(tmp_path / "abide.parquet")
+    assert report.n_subjects == 3  # QC filter applied by nilearn
+    assert cohort.n_rois == 90 and cohort.metadata.roi_names[0] == "Precentral_L"
+    assert cohort.labels().tolist() == [1, 0, 1]  # DX_GROUP 1 = autism -> label 1
+    assert cohort.table.column("sex").to_pylist() == ["M", "F", "M"]
+    assert cohort.timeseries(0).shape == (30, 90)
+
+
+def test_synthetic_is_deterministic_per_subject_and_has_the_effect(tmp_path):
+    small = SyntheticCohort(SyntheticConfig(n_subjects=5, seed=7)).subject(3)
+    large = SyntheticCohort(SyntheticConfig(n_subjects=500, seed=7)).subject(3)
+    np.testing.assert_array_equal(small.timeseries, large.timeseries)
+    config = SyntheticConfig(n_subjects=300, n_timepoints=100, effect_networks=["limbic"], effect_size=0.4)
+    ingest_synthetic(tmp_path / "s.parquet", config)
+    cohort = Cohort(tmp_path / "s.parquet")
+    fc, labels = cohort.fc(), cohort.labels()
+    limbic = cohort.metadata.networks["limbic"]
+    occipital = cohort.metadata.networks["occipital"]
+    within = lambda net: fc[:, net][:, :, net].mean(axis=(1, 2))  # noqa: E731
+    assert within(limbic)[labels == 1].mean() - within(limbic)[labels == 0].mean() > 0.05
+    assert abs(within(occipital)[labels == 1].mean() - within(occipital)[labels == 0].mean()) < 0.02
+    with pytest.raises(ValueError, match="effect_networks \\['visual'\\] not in atlas AAL-90"):
+        SyntheticCohort(SyntheticConfig(effect_networks=["visual"]))
+
+
+PEAK_RSS = """
+import resource, sys
+from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
+ingest_synthetic(sys.argv[1], SyntheticConfig(n_subjects=int(sys.argv[2]), n_timepoints=50, store="fc"))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_synthetic_streams_in_bounded_memory(tmp_path):
+    def peak_kib(n):
+        out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(tmp_path / f"{n}.parquet"), str(n)],
+                             capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[-1])
+
+    small, large = peak_kib(500), peak_kib(5000)
+    # 4,500 more subjects are ~72 MB of float32 FC triangles; streaming keeps almost none of it in memory.
+    assert (tmp_path / "5000.parquet").stat().st_size > 60e6
+    assert large - small < 40_000, (small, large)  # KiB

@@ -1,0 +1,1 @@
+"""Ray Tune search spaces and sweeps for BLEG and FIMP. Not built yet: see issue 5."""
