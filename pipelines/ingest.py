@@ -4,6 +4,7 @@
     python -m pipelines.ingest braingb abide.npy -o cohorts/abide.parquet label_names=[control,autism]
     python -m pipelines.ingest bids data/my_study -o cohorts/study.parquet label_column=diagnosis
     python -m pipelines.ingest abide -o cohorts/abide.parquet data_dir=~/nilearn_data n_subjects=100
+    python -m pipelines.ingest adhd -o cohorts/adhd.parquet data_dir=~/nilearn_data
     python -m pipelines.ingest synthetic -o cohorts/synthetic.parquet n_subjects=100000 store=fc
 
 Overrides set the adapter's config fields (see each adapter's config class). The cohort is
@@ -26,6 +27,7 @@ from fmgnn.sources.bids import BidsConfig, ingest_bids
 from fmgnn.sources.braingb import BrainGBConfig, ingest_braingb
 from fmgnn.sources.corrpops import CorrpopsConfig, ingest_corrpops
 from fmgnn.sources.nilearn_abide import AbideConfig, ingest_abide
+from fmgnn.sources.nilearn_adhd import AdhdConfig, ingest_adhd
 from fmgnn.sources.report import IngestReport
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 
@@ -42,6 +44,7 @@ ADAPTERS: dict[str, Adapter] = {
     "braingb": Adapter(BrainGBConfig, ingest_braingb, needs_source=True),
     "bids": Adapter(BidsConfig, ingest_bids, needs_source=True),
     "abide": Adapter(AbideConfig, ingest_abide, needs_source=False),
+    "adhd": Adapter(AdhdConfig, ingest_adhd, needs_source=False),
     "synthetic": Adapter(SyntheticConfig, ingest_synthetic, needs_source=False),
 }
 

@@ -168,3 +168,59 @@ def test_synthetic_streams_in_bounded_memory(tmp_path):
     # 4,500 more subjects are ~72 MB of float32 FC triangles; streaming keeps almost none of it in memory.
     assert (tmp_path / "5000.parquet").stat().st_size > 60e6
     assert large - small < 40_000, (small, large)  # KiB
+
+
+def write_adhd_layout(data_dir, n=3, t=20):
+    """ADHD-200 and AAL (SPM12) files laid out as nilearn's fetchers store them."""
+    import nibabel as nib
+    from nilearn.datasets.func import adhd_ids
+
+    from fmgnn.atlas import AAL90
+
+    names = AAL90.roi_names + [f"Cerebelum_{k}_{s}" for k in range(13) for s in "LR"]
+    # AAL-like codes: ascending in the XML's order (as nilearn's LUT assumes) but with gaps,
+    # placed at shuffled voxels, so column order and voxel order both differ from name order.
+    values = 2001 + 10 * np.arange(len(names)) + np.arange(len(names)) % 2
+    labels = np.zeros(216, dtype=np.int16)
+    labels[np.random.default_rng(5).permutation(216)[: len(names)]] = values
+    labels = labels.reshape(6, 6, 6)
+    atlas_dir = data_dir / "aal_SPM12" / "aal" / "atlas"
+    atlas_dir.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), atlas_dir / "AAL.nii")
+    entries = "".join(f"<label><index>{v}</index><name>{name}</name></label>" for v, name in zip(values, names))
+    (atlas_dir / "AAL.xml").write_text(f'<?xml version="1.0"?><atlas><data>{entries}</data></atlas>')
+    rng = np.random.default_rng(4)
+    rows = ["Subject,site,sex,age,adhd"]
+    volumes = {}
+    for i, subject in enumerate(adhd_ids()[:n]):
+        folder = data_dir / "adhd" / "data" / subject
+        folder.mkdir(parents=True)
+        volumes[subject] = rng.normal(size=(6, 6, 6, t)).astype(np.float32)
+        nib.save(nib.Nifti1Image(volumes[subject], np.eye(4)), folder / f"{subject}_rest_tshift_RPI_voreg_mni.nii.gz")
+        (folder / f"{subject}_regressors.csv").write_text(
+            "motion_x\tmotion_y\n" + "\n".join(f"{a:.4f}\t{b:.4f}" for a, b in rng.normal(size=(t, 2))) + "\n")
+        rows.append(f"{int(subject)},site{i},{'F' if i % 2 else 'M'},{9 + i},{i % 2}")
+    (data_dir / "adhd" / "ADHD200_40subs_motion_parameters_and_phenotypics.csv").write_text("\n".join(rows) + "\n")
+    return labels, values, names, volumes
+
+
+def test_adhd_through_nilearn_fetchers_offline(tmp_path):
+    pytest.importorskip("nilearn")
+    from fmgnn.sources.nilearn_adhd import AdhdConfig, ingest_adhd
+
+    labels, values, names, volumes = write_adhd_layout(tmp_path / "nilearn_data")
+    config = AdhdConfig(data_dir=str(tmp_path / "nilearn_data"), n_subjects=3, use_confounds=False,
+                        standardize=False, detrend=False)
+    report = ingest_adhd(tmp_path / "adhd.parquet", config)
+    cohort = Cohort(tmp_path / "adhd.parquet")
+    assert report.n_subjects == 3 and cohort.n_rois == 90
+    assert cohort.labels().tolist() == [0, 1, 0]
+    subject = cohort.subject_ids()[1]
+    series = cohort.timeseries(1)  # (T, 90)
+    for roi in ("Precentral_L", "Amygdala_R", "Temporal_Inf_R"):
+        voxels = labels == values[names.index(roi)]
+        expected = volumes[subject][voxels].mean(axis=0)  # the region's mean signal
+        np.testing.assert_allclose(series[:, cohort.metadata.roi_names.index(roi)], expected, atol=1e-5)
+    # With the regressors and z-scoring, the same files still ingest cleanly.
+    ingest_adhd(tmp_path / "adhd2.parquet", AdhdConfig(data_dir=str(tmp_path / "nilearn_data"), n_subjects=3))
+    assert np.allclose(Cohort(tmp_path / "adhd2.parquet").timeseries(0).std(axis=0), 1, atol=0.05)
