@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fmgnn.config import ConfigError, config_from_dict
+from fmgnn.config import config_from_dict
 from fmgnn.cohort import CohortError
 from fmgnn.sources.bids import BidsConfig, ingest_bids
 from fmgnn.sources.braingb import BrainGBConfig, ingest_braingb
@@ -30,6 +29,7 @@ from fmgnn.sources.nilearn_abide import AbideConfig, ingest_abide
 from fmgnn.sources.nilearn_adhd import AdhdConfig, ingest_adhd
 from fmgnn.sources.report import IngestReport
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
+from pipelines.errors import exit_on_input_error
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     source = next((a for a in args.args if "=" not in a), None)
     overrides = [a for a in args.args if "=" in a]
     output = args.output or f"cohorts/{args.adapter}.parquet"
-    try:
-        report = ingest(args.adapter, source, output, overrides)
-    except (CohortError, ConfigError, ValueError) as err:
-        print(f"fmgnn ingest: error: {err}", file=sys.stderr)
-        return 2
-    print("\n".join(report.lines()))
-    return 0
+    return exit_on_input_error("ingest", lambda: print("\n".join(ingest(args.adapter, source, output, overrides).lines())))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from fmgnn.config import load_config, save_config
 from fmgnn.graphs import GraphConfig, build_graphs
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
+from pipelines.errors import exit_on_input_error
 from pipelines.train import BaselineJobConfig, run_baselines
 
 log = logging.getLogger("fmgnn.main")
@@ -120,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config_path = args.config or ("configs/main.yaml" if Path("configs/main.yaml").is_file() else None)
-    run_main(load_config(MainJobConfig, config_path, args.overrides))
-    return 0
+    return exit_on_input_error("run", lambda: run_main(load_config(MainJobConfig, config_path, args.overrides)))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from fmgnn.evaluation.metrics import METRIC_NAMES, classification_metrics, summa
 from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
 from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
+from pipelines.errors import exit_on_input_error
 from pipelines.ray_session import RayConfig, start_ray
 
 log = logging.getLogger("fmgnn.train")
@@ -108,9 +109,15 @@ def gcn_trainer(cohort_path: str, split: Split, config: BaselineJobConfig, stora
     )
 
 
+def resolve_storage_path(config: BaselineJobConfig) -> str:
+    """Cloud URIs as given; local paths made absolute, since Ray Train workers run elsewhere."""
+    if config.storage_path and "://" in config.storage_path:
+        return config.storage_path
+    return str(Path(config.storage_path or Path(config.run_dir) / "ray_results").resolve())
+
+
 def run_gcn(cohort: Cohort, splits: list[Split], config: BaselineJobConfig, out_dir: Path) -> list[dict]:
-    storage_path = str(Path(config.storage_path or Path(config.run_dir) / "ray_results").resolve()) \
-        if not (config.storage_path or "").startswith(("s3://", "gs://")) else config.storage_path
+    storage_path = resolve_storage_path(config)
     cohort_path = str(cohort.path.resolve())
     todo = [s for s in splits if not (out_dir / f"{s.name}.json").is_file()]
     if len(todo) < len(splits):
@@ -196,9 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. gcn.hidden=32")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = load_config(BaselineJobConfig, args.config, args.overrides)
-    run_baselines(config)
-    return 0
+    return exit_on_input_error(
+        "train", lambda: run_baselines(load_config(BaselineJobConfig, args.config, args.overrides)))
 
 
 if __name__ == "__main__":

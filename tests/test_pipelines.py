@@ -62,3 +62,21 @@ def test_main_job_end_to_end(ray_session, tmp_path):
     mtime = (out / "cohort.parquet").stat().st_mtime_ns
     run_main(config)
     assert (out / "cohort.parquet").stat().st_mtime_ns == mtime
+
+
+def test_train_errors_name_the_problem(tmp_path):
+    from fmgnn.cohort import CohortMetadata, CohortWriter, Scan
+    import numpy as np
+
+    result = run_module("pipelines.train", "baseline", f"cohort={tmp_path / 'none.parquet'}",
+                        f"run_dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"fmgnn train: error: {tmp_path / 'none.parquet'}: cohort file not found"
+    one_class = tmp_path / "one_class.parquet"
+    metadata = CohortMetadata(name="t", atlas="none", roi_names=["a", "b", "c"], label_names=["hc", "pt"], task="t")
+    with CohortWriter(one_class, metadata) as writer:
+        for i in range(12):
+            writer.add(Scan(f"s{i}", 0, timeseries=np.random.default_rng(i).normal(size=(10, 3))))
+    result = run_module("pipelines.train", "baseline", f"cohort={one_class}", f"run_dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert "the cohort has one class only (label 0 (hc))" in result.stderr
