@@ -32,7 +32,8 @@ def main() -> None:
     rows = len(Cohort(args.out))
     size = Path(args.out).stat().st_size
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{'subjects':>10} {'T':>5} {'store':>10} {'seconds':>9} {'subjects/s':>11} {'file MB':>9} {'peak RSS MB':>12}")
+    print(f"{'subjects':>10} {'T':>5} {'store':>10} {'seconds':>9} {'subjects/s':>11} "
+          f"{'file MB':>9} {'peak RSS MB':>12}")
     print(f"{rows:>10} {args.timepoints:>5} {args.store:>10} {seconds:>9.1f} {rows / seconds:>11.0f} "
           f"{size / 1e6:>9.0f} {peak:>12.0f}")
     if not args.keep:

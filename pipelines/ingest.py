@@ -49,7 +49,8 @@ ADAPTERS: dict[str, Adapter] = {
 }
 
 
-def ingest(adapter_name: str, source: str | None, output: str | Path, overrides: list[str] | None = None) -> IngestReport:
+def ingest(adapter_name: str, source: str | None, output: str | Path,
+           overrides: list[str] | None = None) -> IngestReport:
     """Run one adapter; ``overrides`` are ``key=value`` settings of its config."""
     adapter = ADAPTERS[adapter_name]
     config: Any = config_from_dict(adapter.config_class, {}, overrides)
@@ -73,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     source = next((a for a in args.args if "=" not in a), None)
     overrides = [a for a in args.args if "=" in a]
     output = args.output or f"cohorts/{args.adapter}.parquet"
-    return exit_on_input_error("ingest", lambda: print("\n".join(ingest(args.adapter, source, output, overrides).lines())))
+    def run() -> None:
+        print("\n".join(ingest(args.adapter, source, output, overrides).lines()))
+
+    return exit_on_input_error("ingest", run)
 
 
 if __name__ == "__main__":

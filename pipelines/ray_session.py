@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 
 import ray
@@ -31,6 +32,8 @@ class RayConfig:
             (2 s) caps a run at one epoch per 2 s because each report waits to be collected;
             the small epochs of brain-network cohorts take milliseconds.
         train_log_level: Level of Ray Train's own logs (it logs every report at INFO).
+        temp_dir: Session directory of an embedded instance; None: one per process
+            (``/tmp/fmgnn-ray-<pid>``), so that two jobs on one machine don't find each other's Ray.
     """
 
     address: str | None = None
@@ -42,6 +45,7 @@ class RayConfig:
     max_concurrent_runs: int = 2
     train_poll_interval_s: float = 0.1
     train_log_level: str = "WARNING"
+    temp_dir: str | None = None
 
 
 def job_env_vars(config: RayConfig) -> dict[str, str]:
@@ -62,5 +66,6 @@ def start_ray(config: RayConfig) -> None:
     num_cpus = config.num_cpus or max(8, 4 * (os.cpu_count() or 1))
     log.info("starting an embedded Ray instance with %d logical CPUs", num_cpus)
     # The dashboard stays on: Tune trials that run trainers need its state API (ENVIRONMENT.md).
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+    temp_dir = config.temp_dir or os.path.join(tempfile.gettempdir(), f"fmgnn-ray-{os.getpid()}")
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", _temp_dir=temp_dir,
              configure_logging=False, runtime_env={"env_vars": job_env_vars(config)})

@@ -104,3 +104,15 @@ def test_baselines_job_with_two_ddp_workers(small_synthetic, ray_session, tmp_pa
     again = run_baselines(config)
     assert again["models"]["gcn"]["summary"] == results["models"]["gcn"]["summary"]
     assert again["models"]["gcn"]["wall_time_s"] < 5
+
+
+@pytest.mark.ray
+def test_a_finished_run_rerun_reports_its_result_without_training(small_synthetic, ray_session, tmp_path):
+    run = RunConfig(name="finished", storage_path=str(tmp_path))
+    scaling = ScalingConfig(num_workers=1)
+    first = TorchTrainer(train_loop, train_loop_config={"spec": spec(small_synthetic, epochs=2)},
+                         scaling_config=scaling, run_config=run).fit()
+    again = TorchTrainer(train_loop, train_loop_config={"spec": spec(small_synthetic, epochs=2)},
+                         scaling_config=scaling, run_config=run).fit()
+    assert again.metrics["done"] and again.metrics["epoch"] == 1
+    assert again.metrics["test_probabilities"] == first.metrics["test_probabilities"]

@@ -28,7 +28,8 @@ def test_ingest_corrpops_from_the_command_line(nmda_npz, tmp_path):
 
 
 def test_ingest_errors_are_one_clear_line(tmp_path):
-    result = run_module("pipelines.ingest", "corrpops", str(tmp_path / "missing.npz"), "-o", str(tmp_path / "x.parquet"))
+    missing = str(tmp_path / "missing.npz")
+    result = run_module("pipelines.ingest", "corrpops", missing, "-o", str(tmp_path / "x.parquet"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"fmgnn ingest: error: {tmp_path / 'missing.npz'}: file not found"
     result = run_module("pipelines.ingest", "synthetic", "-o", str(tmp_path / "x.parquet"), "n_subjects=ten")

@@ -109,6 +109,11 @@ def train_loop(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_val_loss, best_epoch = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"]
         best_state, history = state["best_state"], state["history"]
+        if state["stopped_early"] or start_epoch >= spec.model.epochs:
+            # The run had ended before the launcher collected it: report its result again.
+            ray.train.report({**history[-1], "best_epoch": best_epoch,
+                              **_test_metrics(spec, cohort, best_state, train_graphs[0].num_node_features)})
+            return
 
     for epoch in range(start_epoch, spec.model.epochs):
         sampler.set_epoch(epoch)
@@ -121,13 +126,14 @@ def train_loop(config: dict) -> None:
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                   "val_accuracy": val_metrics["accuracy"], "val_auc": val_metrics["auc"]}
         history.append(record)
-        stop = epoch - best_epoch >= spec.model.patience or epoch == spec.model.epochs - 1
+        stopped_early = epoch - best_epoch >= spec.model.patience
+        stop = stopped_early or epoch == spec.model.epochs - 1
         with tempfile.TemporaryDirectory() as directory:
             if context.get_world_rank() == 0:
                 torch.save({
                     "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                     "best_val_loss": best_val_loss, "best_epoch": best_epoch, "best_state": best_state,
-                    "history": history, "spec": spec,
+                    "history": history, "stopped_early": stopped_early, "spec": spec,
                 }, Path(directory) / CHECKPOINT_FILE)
             metrics = {**record, "best_epoch": best_epoch, "done": False}
             if stop:

@@ -111,7 +111,9 @@ def ingest_bids(folder: str | Path, output: str | Path, config: BidsConfig | Non
     label_names = config.label_names or sorted(values.unique())
     unknown = sorted(set(values) - set(label_names))
     if unknown:
-        raise CohortError(f"{table_path}: column {config.label_column!r} has values {unknown} not in label_names {label_names}")
+        raise CohortError(
+            f"{table_path}: column {config.label_column!r} has values {unknown} not in label_names {label_names}"
+        )
 
     report = IngestReport(adapter="bids", source=str(folder), output=str(output))
     writer: CohortWriter | None = None
@@ -121,7 +123,8 @@ def ingest_bids(folder: str | Path, output: str | Path, config: BidsConfig | Non
             pid = str(row.participant_id).strip()
             files = _find_file(folder, pid, config.file_glob)
             if len(files) != 1:
-                problem = "no time-series file" if not files else f"{len(files)} files match: {', '.join(map(str, files))}"
+                problem = ("no time-series file" if not files
+                           else f"{len(files)} files match: {', '.join(map(str, files))}")
                 if config.on_missing == "skip" and not files:
                     report.skipped_subjects[pid] = problem
                     continue
@@ -132,7 +135,9 @@ def ingest_bids(folder: str | Path, output: str | Path, config: BidsConfig | Non
                 atlas = generic_atlas(n_rois) if config.atlas == "none" else get_atlas(config.atlas)
                 roi_names = header if (header and config.atlas == "none") else list(atlas.roi_names)
                 if len(roi_names) != n_rois:
-                    raise CohortError(f"{files[0]}: {n_rois} columns but atlas {atlas.name} has {len(roi_names)} regions")
+                    raise CohortError(
+                        f"{files[0]}: {n_rois} columns but atlas {atlas.name} has {len(roi_names)} regions"
+                    )
                 metadata = CohortMetadata(
                     name=config.name or folder.name, atlas=atlas.name, roi_names=roi_names,
                     label_names=label_names, task=config.task, networks=atlas.networks,

@@ -127,7 +127,6 @@ def ingest_corrpops(path: str | Path, output: str | Path, config: CorrpopsConfig
     if n_isolated:
         report.notes.append(f"{n_isolated} isolated missing correlations (outside missing regions) were set to 0")
 
-    metadata.provenance = {}
     with CohortWriter(output, metadata, source=str(path)) as writer:
         for scan in scans:
             writer.add(scan)

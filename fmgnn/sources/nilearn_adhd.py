@@ -59,7 +59,9 @@ def ingest_adhd(output: str | Path, config: AdhdConfig | None = None) -> IngestR
         adhd = fetch_adhd(n_subjects=config.n_subjects, data_dir=str(data_dir), verbose=0)
         atlas = fetch_atlas_aal(version="SPM12", data_dir=str(data_dir), verbose=0)
     except OSError as err:  # nilearn raises OSError subclasses when a download fails
-        raise CohortError(f"{data_dir}: ADHD-200 or AAL files are missing and could not be downloaded ({err})") from None
+        raise CohortError(
+            f"{data_dir}: ADHD-200 or AAL files are missing and could not be downloaded ({err})"
+        ) from None
     phenotypic = adhd.phenotypic.reset_index(drop=True)
     for column in ("Subject", config.label_column):
         if column not in phenotypic.columns:
@@ -96,6 +98,8 @@ def ingest_adhd(output: str | Path, config: AdhdConfig | None = None) -> IngestR
             ))
         report.n_subjects = writer.n_written
         report.label_counts = dict(zip(ADHD_LABEL_NAMES, writer.label_counts.tolist()))
-        report.notes.append("time series: AAL (SPM12) regions averaged by NiftiLabelsMasker; kept the 90 cerebral regions")
+        report.notes.append(
+            "time series: AAL (SPM12) regions averaged by NiftiLabelsMasker; kept the 90 cerebral regions"
+        )
         writer.set_provenance(report.provenance(config=vars(config)))
     return report

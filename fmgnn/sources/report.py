@@ -36,7 +36,8 @@ class IngestReport:
         counts = ", ".join(f"{k}: {v}" for k, v in self.label_counts.items())
         out = [f"{self.adapter}: {self.n_subjects} subjects ({counts}) -> {self.output}"]
         if self.dropped_rois:
-            out.append(f"dropped {len(self.dropped_rois)} regions missing in every subject: {', '.join(self.dropped_rois)}")
+            out.append(f"dropped {len(self.dropped_rois)} regions missing in every subject: "
+                       + ", ".join(self.dropped_rois))
         if self.imputed:
             out.append(f"imputed regions in {len(self.imputed)} subjects: "
                        + "; ".join(f"{s}: {', '.join(r)}" for s, r in self.imputed.items()))
