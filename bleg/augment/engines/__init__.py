@@ -1,0 +1,24 @@
+"""LLM engines behind one interface; ``build_engine`` picks one from an ``EngineConfig``."""
+
+from __future__ import annotations
+
+from bleg.augment.engines.base import Engine, EngineConfig, Generation, Request, SamplingConfig
+
+
+def build_engine(config: EngineConfig) -> Engine:
+    if config.kind == "rules":
+        from bleg.augment.engines.rules import RulesEngine
+
+        return RulesEngine(config)
+    if config.kind == "transformers":
+        from bleg.augment.engines.hf import TransformersEngine
+
+        return TransformersEngine(config)
+    if config.kind == "http":
+        from bleg.augment.engines.http import HttpEngine
+
+        return HttpEngine(config)
+    raise ValueError(f"engine.kind {config.kind!r} has no in-process engine (vllm runs as a Ray Data processor)")
+
+
+__all__ = ["Engine", "EngineConfig", "Generation", "Request", "SamplingConfig", "build_engine"]

@@ -1,0 +1,98 @@
+"""The engine interface and its config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+
+@dataclass
+class SamplingConfig:
+    """Args:
+        temperature: 0 means greedy decoding.
+        top_p: Nucleus sampling mass.
+        max_tokens: Most tokens generated per answer.
+        repetition_penalty: Above 1 discourages loops (small models repeat themselves in JSON lists).
+        seed: Sampling seed (retries add the attempt number).
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    repetition_penalty: float = 1.1
+    seed: int = 0
+
+
+@dataclass
+class EngineConfig:
+    """Args:
+        kind: ``rules`` (no model), ``transformers``, ``http`` (OpenAI-compatible server) or ``vllm``.
+        model: Hub id, local folder, or a folder holding ``gguf_file``; the model name for ``http``.
+        gguf_file: GGUF file name inside ``model`` (transformers dequantises it).
+        url: Base URL of the OpenAI-compatible API for ``http`` (``.../v1``).
+        api_key: Bearer token for ``http``, if the server wants one.
+        max_model_len: Context length; prompts are shortened to fit it with ``max_tokens``.
+        batch_size: Prompts per generation call (and per Ray Data batch).
+        concurrency: Engine replicas (Ray Data actors; GPUs for vllm).
+        num_gpus: GPUs per replica for ``transformers``.
+        tensor_parallel_size: vLLM tensor parallelism per replica.
+        accelerator_type: Ray accelerator type for vLLM replicas (``A10G``, ``H100``...).
+        guided_json: Constrain decoding to the answer schema where the engine supports it.
+        max_attempts: Generations per subject before an invalid answer is kept as an error row.
+        max_concurrent_requests: In-flight HTTP requests per replica.
+        request_timeout_s: HTTP timeout per request.
+        device: ``cpu``, ``cuda`` or ``auto`` for ``transformers``.
+        sampling: Sampling parameters.
+    """
+
+    kind: Literal["rules", "transformers", "http", "vllm"] = "rules"
+    model: str = ""
+    gguf_file: str | None = None
+    url: str = "http://127.0.0.1:8000/v1"
+    api_key: str | None = None
+    max_model_len: int = 2048
+    batch_size: int = 16
+    concurrency: int = 1
+    num_gpus: float = 0.0
+    tensor_parallel_size: int = 1
+    accelerator_type: str | None = None
+    guided_json: bool = True
+    max_attempts: int = 3
+    max_concurrent_requests: int = 8
+    request_timeout_s: float = 120.0
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    @property
+    def model_id(self) -> str:
+        """What the output rows name as the model (the resume key uses it)."""
+        if self.kind == "rules":
+            return "rules"
+        return f"{self.model}/{self.gguf_file}" if self.gguf_file else self.model
+
+
+@dataclass
+class Request:
+    """One subject's generation request: the chat messages, and the description for the rules engine."""
+
+    system: str
+    prompt: str
+    description: dict[str, Any]
+    seed: int = 0
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    latency_s: float
+    error: str | None = None  # the engine failed (as opposed to an invalid answer)
+
+
+class Engine(Protocol):
+    config: EngineConfig
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def generate(self, requests: list[Request]) -> list[Generation]: ...

@@ -1,0 +1,121 @@
+"""Ray Data stages of the augmentation pipeline; each maps a batch (dict of columns) to a batch.
+
+``describe_stage`` and ``parse_stage`` are pure functions; ``GenerateStage`` holds an engine, built
+once per replica in ``__init__``. Input batches never carry the label column: the pipeline does
+not read it, so it cannot reach a prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from bleg.augment.answer import parse_answer
+from bleg.augment.describe import DescribeConfig, describe_batch
+from bleg.augment.engines import EngineConfig, Request, build_engine
+from bleg.augment.prompt import PROMPT_VERSION, SYSTEM, fit_prompt
+from bleg.augment.store import OUTPUT_SCHEMA
+from fmgnn.cohort import CohortMetadata, triu_to_fc
+from fmgnn.graphs import pearson_fc
+
+Batch = dict[str, np.ndarray]
+INPUT_COLUMNS = ["subject_id", "fc_triu", "timeseries", "n_timepoints", "age", "sex", "site"]
+DEMOGRAPHICS = ("age", "sex", "site")
+
+
+def batch_fc(batch: Batch, n_rois: int) -> np.ndarray:
+    """FC (B, R, R) of a batch: the stored triangle, or Pearson FC of the time series."""
+    out = np.empty((len(batch["subject_id"]), n_rois, n_rois), dtype=np.float32)
+    for i, triu in enumerate(batch["fc_triu"]):
+        if triu is not None and len(triu):
+            out[i] = triu_to_fc(np.asarray(triu, dtype=np.float32), n_rois)
+        else:
+            t = int(batch["n_timepoints"][i])
+            out[i] = pearson_fc(np.asarray(batch["timeseries"][i], dtype=np.float32).reshape(t, n_rois))
+    return out
+
+
+def _clean(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def describe_stage(batch: Batch, metadata: CohortMetadata, config: DescribeConfig) -> Batch:
+    descriptions = describe_batch(batch_fc(batch, metadata.n_rois), metadata, config)
+    demographics = [{k: _clean(batch[k][i]) for k in DEMOGRAPHICS if k in batch} for i in range(len(descriptions))]
+    return {
+        "subject_id": batch["subject_id"],
+        "description": np.array([json.dumps(d) for d in descriptions], dtype=object),
+        "demographics": np.array([json.dumps(d) for d in demographics], dtype=object),
+    }
+
+
+class GenerateStage:
+    """Prompt, generate, and retry invalid answers (bounded); one engine per replica."""
+
+    def __init__(self, engine: EngineConfig, metadata: CohortMetadata) -> None:
+        self.config = engine
+        self.metadata = metadata
+        self.engine = build_engine(engine)
+        self.max_prompt_tokens = engine.max_model_len - engine.sampling.max_tokens
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["subject_id"])
+        prompts, tokens, warnings = [], [], []
+        for description, demographics in zip(batch["description"], batch["demographics"]):
+            prompt, n_tokens, warning = fit_prompt(json.loads(description), self.metadata, json.loads(demographics),
+                                                   self.engine.count_tokens, self.max_prompt_tokens)
+            prompts.append(prompt)
+            tokens.append(n_tokens)
+            warnings.append(warning)
+        requests = [Request(SYSTEM, p, json.loads(d), self.config.sampling.seed)
+                    for p, d in zip(prompts, batch["description"])]
+        generations = self.engine.generate(requests)
+        attempts = np.ones(n, dtype=np.int64)
+        for attempt in range(1, self.config.max_attempts):
+            retry = [i for i, g in enumerate(generations) if g.error or parse_answer(g.text).error]
+            if not retry:
+                break
+            for i in retry:
+                requests[i].seed = self.config.sampling.seed + attempt
+            for i, generation in zip(retry, self.engine.generate([requests[i] for i in retry])):
+                generations[i] = generation
+                attempts[i] += 1
+        return typed_table({
+            "subject_id": batch["subject_id"],
+            "prompt": prompts,
+            "prompt_version": [PROMPT_VERSION] * n,
+            "engine": [self.config.kind] * n,
+            "model": [self.config.model_id] * n,
+            "sampling": [json.dumps(asdict(self.config.sampling))] * n,
+            "raw_output": [g.text for g in generations],
+            "prompt_tokens": [g.prompt_tokens or t for g, t in zip(generations, tokens)],
+            "output_tokens": [g.output_tokens for g in generations],
+            "latency_s": [g.latency_s for g in generations],
+            "attempts": attempts,
+            "engine_error": [g.error for g in generations],
+            "warning": warnings,
+        })
+
+
+def parse_stage(batch: Batch) -> pa.Table:
+    answers = [parse_answer(text) for text in batch["raw_output"]]
+    errors = [engine_error or answer.error for engine_error, answer in zip(batch["engine_error"], answers)]
+    columns: dict[str, Any] = {k: v for k, v in batch.items() if k != "engine_error"}
+    columns["key_features"] = [a.key_features if e is None else None for a, e in zip(answers, errors)]
+    columns["conclusion"] = [a.conclusion if e is None else None for a, e in zip(answers, errors)]
+    columns["error"] = errors
+    return typed_table(columns)
+
+
+STAGE_TYPES = {field.name: field.type for field in OUTPUT_SCHEMA} | {"engine_error": pa.string()}
+
+
+def typed_table(columns: dict[str, Any]) -> pa.Table:
+    """Columns as an Arrow table with the output types: Ray Data would type an all-None column as float."""
+    return pa.table({name: pa.array(list(values), type=STAGE_TYPES[name]) for name, values in columns.items()})

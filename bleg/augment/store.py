@@ -1,0 +1,95 @@
+"""The augmentation output: a folder of Parquet part files, each written atomically.
+
+A row's key is (subject_id, prompt_version, model). A run skips keys already answered; a kill
+loses at most the rows not yet written to a part. Error rows are kept (with the raw output) and
+are retried only when asked; a retried key that succeeds has its old error row removed, part by
+part, atomically, so the folder never holds two rows for one key once a run has finished.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fmgnn.cohort import CohortError
+from fmgnn.io import atomic_path
+
+KEY = ["subject_id", "prompt_version", "model"]
+
+OUTPUT_SCHEMA = pa.schema([
+    ("subject_id", pa.string()), ("prompt", pa.string()), ("prompt_version", pa.string()),
+    ("engine", pa.string()), ("model", pa.string()), ("sampling", pa.string()), ("raw_output", pa.string()),
+    ("key_features", pa.list_(pa.string())), ("conclusion", pa.string()), ("prompt_tokens", pa.int64()),
+    ("output_tokens", pa.int64()), ("latency_s", pa.float64()), ("attempts", pa.int64()),
+    ("error", pa.string()), ("warning", pa.string()), ("run_id", pa.string()),
+])
+
+
+class PartWriter:
+    """Numbered part files of one run: ``part-<run_id>-<n>.parquet``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.run_id = uuid.uuid4().hex[:12]
+        self.count = 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, table: pa.Table) -> Path:
+        table = table.append_column("run_id", pa.array([self.run_id] * table.num_rows, pa.string()))
+        table = table.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA)
+        path = self.folder / f"part-{self.run_id}-{self.count:05d}.parquet"
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        self.count += 1
+        return path
+
+
+def part_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("part-*.parquet"))
+
+
+def read_keys(folder: Path, prompt_version: str, model: str) -> tuple[set[str], set[str]]:
+    """Subjects already answered, and subjects with only error rows, for this prompt version and model."""
+    done: set[str] = set()
+    failed: set[str] = set()
+    for path in part_files(folder):
+        try:
+            table = pq.read_table(path, columns=["subject_id", "prompt_version", "model", "error"])
+        except (pa.ArrowInvalid, OSError) as err:
+            raise CohortError(f"{path}: unreadable part file ({err}); move it away to continue") from None
+        mine = pc.and_(pc.equal(table["prompt_version"], prompt_version), pc.equal(table["model"], model))
+        table = table.filter(mine)
+        ok = pc.is_null(table["error"])
+        done.update(table.filter(ok)["subject_id"].to_pylist())
+        failed.update(table.filter(pc.invert(ok))["subject_id"].to_pylist())
+    return done, failed - done
+
+
+def drop_superseded_errors(folder: Path, prompt_version: str, model: str) -> int:
+    """Remove error rows whose key now has a successful row; returns how many were removed."""
+    done, _ = read_keys(folder, prompt_version, model)
+    removed = 0
+    for path in part_files(folder):
+        table = pq.read_table(path)
+        stale = pc.and_(
+            pc.and_(pc.is_valid(table["error"]), pc.is_in(table["subject_id"], pa.array(sorted(done), pa.string()))),
+            pc.and_(pc.equal(table["prompt_version"], prompt_version), pc.equal(table["model"], model)),
+        )
+        n = pc.sum(stale).as_py() or 0
+        if n:
+            with atomic_path(path) as tmp:
+                pq.write_table(table.filter(pc.invert(stale)), tmp)
+            removed += n
+    return removed
+
+
+def read_augmentations(output: str | Path) -> pa.Table:
+    """All rows of an augmentation output folder (its ``parts/``)."""
+    paths = part_files(Path(output) / "parts")
+    if not paths:
+        raise CohortError(f"{output}: no augmentation part files in parts/ (run `fmgnn augment` first)")
+    return pa.concat_tables([pq.read_table(p) for p in paths])
