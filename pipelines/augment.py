@@ -26,7 +26,8 @@ from bleg.augment.describe import DescribeConfig
 from bleg.augment.engines import EngineConfig
 from bleg.augment.prompt import PROMPT_VERSION
 from bleg.augment.stages import INPUT_COLUMNS, GenerateStage, describe_stage, parse_stage
-from bleg.augment.store import PartWriter, drop_superseded_errors, read_keys
+from bleg.augment.engines import preflight
+from bleg.augment.store import PartWriter, drop_replaced_rows, read_keys
 from fmgnn.cohort import Cohort
 from fmgnn.config import load_config, save_config
 from fmgnn.io import atomic_write_json, environment_record
@@ -101,8 +102,10 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
     start = time.monotonic()
     written = errors = tokens_out = 0
     if n_todo:
+        preflight(config.engine)  # a wrong URL or model path: one clear error before any worker starts
         start_ray(config.ray)
-        for batch in build_dataset(config, cohort, todo).iter_batches(batch_size=config.rows_per_part, batch_format="pyarrow"):
+        dataset = build_dataset(config, cohort, todo)
+        for batch in dataset.iter_batches(batch_size=config.rows_per_part, batch_format="pyarrow"):
             writer.write(batch)
             written += batch.num_rows
             errors += batch.num_rows - batch["error"].null_count
@@ -110,12 +113,13 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
             elapsed = time.monotonic() - start
             log.info("augment: %d/%d subjects written (%.1f subjects/s, %d errors)", written, n_todo,
                      written / elapsed, errors)
-    removed = drop_superseded_errors(parts, PROMPT_VERSION, model) if config.retry_failed else 0
+    retried = (failed & todo) if config.retry_failed else set()
+    removed = drop_replaced_rows(parts, retried, PROMPT_VERSION, model, writer.run_id)
     seconds = time.monotonic() - start
     summary = {
         "run_id": writer.run_id, "cohort": str(cohort.path), "prompt_version": PROMPT_VERSION, "model": model,
         "engine": config.engine.kind, "subjects_to_do": n_todo, "rows_written": written, "error_rows": errors,
-        "skipped_already_answered": len(done), "superseded_error_rows_removed": removed,
+        "skipped_already_answered": len(done), "replaced_rows_removed": removed,
         "seconds": round(seconds, 1), "subjects_per_s": round(written / seconds, 2) if written else 0.0,
         "output_tokens_per_s": round(tokens_out / seconds, 1) if written else 0.0,
     }

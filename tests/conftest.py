@@ -46,3 +46,10 @@ def small_synthetic(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cohorts") / "synthetic.parquet"
     ingest_synthetic(path, SyntheticConfig(n_subjects=60, n_timepoints=60, effect_size=0.8, seed=3))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    from tests.tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")

@@ -22,7 +22,8 @@ SYSTEM = (
 
 TEMPLATE = """Dataset: {dataset}. Task: {task}.
 Atlas: {atlas} with {n_regions} regions{region_list}.
-{demographics}The subject's functional connectivity graph keeps the strongest {density:.0%} of correlations ({n_edges} edges).
+{demographics}The subject's functional connectivity graph keeps the strongest {density:.0%} of correlations \
+({n_edges} edges).
 Whole-graph measures: global efficiency {global_efficiency:.3f}, mean local efficiency {local_efficiency:.3f}, \
 mean clustering {clustering:.3f}, characteristic path length {characteristic_path_length:.2f} hops \
 ({disconnected_pair_fraction:.1%} of region pairs disconnected), modularity Q {modularity:.3f} with \

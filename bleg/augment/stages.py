@@ -31,7 +31,8 @@ def batch_fc(batch: Batch, n_rois: int) -> np.ndarray:
     """FC (B, R, R) of a batch: the stored triangle, or Pearson FC of the time series."""
     out = np.empty((len(batch["subject_id"]), n_rois, n_rois), dtype=np.float32)
     for i, triu in enumerate(batch["fc_triu"]):
-        if triu is not None and len(triu):
+        # A missing triangle arrives as None, or as NaN when Ray Data typed an all-null column as float.
+        if isinstance(triu, (list, np.ndarray)) and len(triu):
             out[i] = triu_to_fc(np.asarray(triu, dtype=np.float32), n_rois)
         else:
             t = int(batch["n_timepoints"][i])

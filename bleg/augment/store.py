@@ -2,8 +2,8 @@
 
 A row's key is (subject_id, prompt_version, model). A run skips keys already answered; a kill
 loses at most the rows not yet written to a part. Error rows are kept (with the raw output) and
-are retried only when asked; a retried key that succeeds has its old error row removed, part by
-part, atomically, so the folder never holds two rows for one key once a run has finished.
+are retried only when asked; once a retry run has written its rows, the retried subjects' older
+rows are removed, part by part, atomically, so a finished run leaves one row per key.
 """
 
 from __future__ import annotations
@@ -69,14 +69,18 @@ def read_keys(folder: Path, prompt_version: str, model: str) -> tuple[set[str], 
     return done, failed - done
 
 
-def drop_superseded_errors(folder: Path, prompt_version: str, model: str) -> int:
-    """Remove error rows whose key now has a successful row; returns how many were removed."""
-    done, _ = read_keys(folder, prompt_version, model)
+def drop_replaced_rows(folder: Path, subjects: set[str], prompt_version: str, model: str, run_id: str) -> int:
+    """After a retry run: remove older rows of the retried subjects (their new rows are in ``run_id``'s parts)."""
+    if not subjects:
+        return 0
+    retried = pa.array(sorted(subjects), pa.string())
     removed = 0
     for path in part_files(folder):
+        if path.name.startswith(f"part-{run_id}-"):
+            continue
         table = pq.read_table(path)
         stale = pc.and_(
-            pc.and_(pc.is_valid(table["error"]), pc.is_in(table["subject_id"], pa.array(sorted(done), pa.string()))),
+            pc.is_in(table["subject_id"], retried),
             pc.and_(pc.equal(table["prompt_version"], prompt_version), pc.equal(table["model"], model)),
         )
         n = pc.sum(stale).as_py() or 0

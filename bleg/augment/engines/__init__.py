@@ -21,4 +21,16 @@ def build_engine(config: EngineConfig) -> Engine:
     raise ValueError(f"engine.kind {config.kind!r} has no in-process engine (vllm runs as a Ray Data processor)")
 
 
-__all__ = ["Engine", "EngineConfig", "Generation", "Request", "SamplingConfig", "build_engine"]
+def preflight(config: EngineConfig) -> None:
+    """Cheap checks in the driver, so that a bad endpoint or model path fails once, clearly."""
+    if config.kind == "http":
+        from bleg.augment.engines.http import HttpEngine
+
+        HttpEngine(config)  # probes GET /models
+    elif config.kind == "transformers":
+        from bleg.augment.engines.hf import check_model
+
+        check_model(config)
+
+
+__all__ = ["Engine", "EngineConfig", "Generation", "Request", "SamplingConfig", "build_engine", "preflight"]

@@ -19,16 +19,31 @@ from fmgnn.cohort import CohortError
 RETRY_TEMPERATURE = 0.7
 
 
+def _source(config: EngineConfig) -> tuple[str, dict]:
+    if not config.model:
+        raise CohortError("engine.model: give a hub id or a local model folder for the transformers engine")
+    local = Path(config.model).expanduser()
+    kwargs = {"gguf_file": config.gguf_file} if config.gguf_file else {}
+    return (str(local) if local.exists() else config.model), kwargs
+
+
+def check_model(config: EngineConfig) -> None:
+    """Load only the model's config: a missing folder or an unreachable hub id fails here, once."""
+    from transformers import AutoConfig
+
+    source, kwargs = _source(config)
+    try:
+        AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise CohortError(f"engine.model: cannot load {source!r} ({err.__class__.__name__}: {err})") from None
+
+
 class TransformersEngine:
     def __init__(self, config: EngineConfig) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.config = config
-        if not config.model:
-            raise CohortError("engine.model: give a hub id or a local model folder for the transformers engine")
-        kwargs = {"gguf_file": config.gguf_file} if config.gguf_file else {}
-        local = Path(config.model).expanduser()
-        source = str(local) if local.exists() else config.model
+        source, kwargs = _source(config)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
             self.model = AutoModelForCausalLM.from_pretrained(source, **kwargs)

@@ -1,0 +1,181 @@
+"""BLEG stage 1: prompts, answers, engines and the Ray Data pipeline with resume."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from bleg.augment.answer import parse_answer
+from bleg.augment.describe import DescribeConfig, describe_batch
+from bleg.augment.engines import EngineConfig, Request, SamplingConfig, preflight
+from bleg.augment.engines.http import EndpointError, HttpEngine
+from bleg.augment.engines.rules import RulesEngine
+from bleg.augment.prompt import PROMPT_VERSION, fit_prompt, render_prompt
+from bleg.augment.stages import GenerateStage, describe_stage, parse_stage
+from bleg.augment.store import KEY, read_augmentations
+from fmgnn.cohort import Cohort, CohortError
+from fmgnn.config import load_config
+from pipelines.augment import AugmentConfig, run_augment
+
+
+def cohort_batch(cohort, rows):
+    table = cohort.table.take(rows)
+    return {c: np.array(table.column(c).to_pylist(), dtype=object) for c in
+            ["subject_id", "fc_triu", "timeseries", "n_timepoints", "age", "sex", "site"]}
+
+
+@pytest.mark.parametrize("text, error", [
+    ('```json\n{"key_features": ["a", "b"], "conclusion": "c"}\n```', None),
+    ('{"key_features": ["a"], "conclusion": "c"', "invalid or truncated JSON"),
+    ('{"key_features": [], "conclusion": "c"}', "key_features must be a non-empty list"),
+    ('{"key_features": ["a"], "conclusion": "c", "label": "patient"}', "unexpected keys ['label']"),
+    ("no json here", "no JSON object"),
+])
+def test_parse_answer(text, error):
+    answer = parse_answer(text)
+    if error is None:
+        assert answer.error is None and answer.key_features == ["a", "b"] and answer.conclusion == "c"
+    else:
+        assert error in answer.error and answer.key_features is None
+
+
+def test_prompt_never_sees_the_label_and_names_what_it_should(nmda_cohort):
+    cohort = Cohort(nmda_cohort)
+    batch = cohort_batch(cohort, [0, 50])  # a control and a patient
+    assert "label" not in batch
+    out = describe_stage(batch, cohort.metadata, DescribeConfig())
+    description = json.loads(out["description"][0])
+    prompt = render_prompt(description, cohort.metadata, {"age": 34.0, "sex": "F"})
+    assert cohort.metadata.name in prompt and cohort.metadata.atlas in prompt and "Cingulum_Ant_L" in prompt
+    assert description["hubs"][0]["region"] in prompt and "age 34.0" in prompt
+    # The same graph gives the same prompt whatever the subject's label is: only the graph goes in.
+    assert render_prompt(description, cohort.metadata, {}) == render_prompt(
+        json.loads(describe_stage(batch, cohort.metadata, DescribeConfig())["description"][0]), cohort.metadata, {})
+
+
+def test_long_prompt_is_shortened_with_a_warning(nmda_cohort):
+    cohort = Cohort(nmda_cohort)
+    description = describe_batch(cohort.fc([0]), cohort.metadata, DescribeConfig())[0]
+    full, full_tokens, warning = fit_prompt(description, cohort.metadata, {}, lambda s: len(s.split()), 10_000)
+    assert warning is None and "Precentral_L, Precentral_R" in full
+    short, tokens, warning = fit_prompt(description, cohort.metadata, {}, lambda s: len(s.split()), 200)
+    assert tokens <= 200 < full_tokens and "region_list->0" in warning
+    assert "Precentral_L, Precentral_R" not in short and "Whole-graph measures" in short
+
+
+def test_rules_engine_answers_are_valid_and_label_free(nmda_cohort):
+    cohort = Cohort(nmda_cohort)
+    descriptions = describe_batch(cohort.fc([0, 1, 2]), cohort.metadata, DescribeConfig())
+    out = RulesEngine(EngineConfig()).generate([Request("s", "p", d) for d in descriptions])
+    for generation in out:
+        answer = parse_answer(generation.text)
+        assert answer.error is None and len(answer.key_features) >= 4
+        assert not {"control", "diagnosed"} & set(generation.text.lower().split())
+
+
+def test_generate_stage_retries_then_keeps_an_error_row(tiny_llama, small_synthetic):
+    """A tiny random Llama cannot write JSON: every answer is retried, then stored as an error with its text."""
+    cohort = Cohort(small_synthetic)
+    engine = EngineConfig(kind="transformers", model=str(tiny_llama), max_attempts=2, max_model_len=4096,
+                          sampling=SamplingConfig(max_tokens=12))
+    described = describe_stage(cohort_batch(cohort, [0, 1, 2]), cohort.metadata, DescribeConfig())
+    generated = GenerateStage(engine, cohort.metadata)(described)
+    rows = parse_stage(generated.to_pydict() | {"engine_error": generated["engine_error"].to_pylist()}).to_pylist()
+    assert [r["attempts"] for r in rows] == [2, 2, 2]
+    for row in rows:
+        assert row["error"] and row["raw_output"] and row["key_features"] is None
+        assert row["output_tokens"] > 0 and row["prompt_tokens"] > 100 and row["model"] == str(tiny_llama)
+
+
+class OpenAIHandler(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server: per prompt, a 503, then invalid JSON, then a valid answer."""
+
+    calls: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send(200, {"data": [{"id": "tiny"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][1]["content"]
+        n = self.calls[prompt] = self.calls.get(prompt, 0) + 1
+        if n == 1:
+            return self._send(503, {"error": "busy"})
+        content = "{not json" if n == 2 else json.dumps({"key_features": [f"len {len(prompt)}"], "conclusion": "ok"})
+        self._send(200, {"choices": [{"message": {"content": content}}],
+                         "usage": {"prompt_tokens": 7, "completion_tokens": 5}})
+
+
+@pytest.fixture
+def openai_server():
+    OpenAIHandler.calls = {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OpenAIHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_http_engine_retries_server_errors_and_invalid_answers(openai_server, nmda_cohort):
+    cohort = Cohort(nmda_cohort)
+    config = EngineConfig(kind="http", model="tiny", url=openai_server, max_attempts=3)
+    stage = GenerateStage(config, cohort.metadata)
+    stage.engine.backoff_s = 0.01
+    generated = stage(describe_stage(cohort_batch(cohort, [0, 1]), cohort.metadata, DescribeConfig()))
+    rows = parse_stage(generated.to_pydict()).to_pylist()
+    assert [r["attempts"] for r in rows] == [2, 2]  # the 503 is retried inside a request; "{not json" by a new one
+    assert all(r["error"] is None and r["key_features"][0].startswith("len ") for r in rows)
+    assert rows[0]["prompt_tokens"] == 7 and rows[0]["output_tokens"] == 5
+
+
+def test_unreachable_endpoint_and_missing_model_are_one_clear_error(tmp_path):
+    with pytest.raises(EndpointError, match="engine.url: cannot reach http://127.0.0.1:9/v1/models"):
+        HttpEngine(EngineConfig(kind="http", url="http://127.0.0.1:9/v1"))
+    with pytest.raises(CohortError, match="engine.model: cannot load"):
+        preflight(EngineConfig(kind="transformers", model=str(tmp_path / "no-such-model")))
+
+
+@pytest.mark.ray
+def test_pipeline_rules_engine_resume_and_no_duplicates(nmda_cohort, ray_session, tmp_path):
+    overrides = [f"cohort={nmda_cohort}", f"output={tmp_path / 'aug'}", "rows_per_part=16"]
+    first = run_augment(load_config(AugmentConfig, None, overrides + ["limit=30"]))
+    assert first["rows_written"] == 30 and first["error_rows"] == 0
+    second = run_augment(load_config(AugmentConfig, None, overrides))
+    assert second["rows_written"] == 56 and second["skipped_already_answered"] == 30
+    third = run_augment(load_config(AugmentConfig, None, overrides))
+    assert third["rows_written"] == 0
+    table = read_augmentations(tmp_path / "aug")
+    assert table.num_rows == 86 and len(set(table["subject_id"].to_pylist())) == 86
+    assert set(table["prompt_version"].to_pylist()) == {PROMPT_VERSION} and "label" not in table.column_names
+    assert pc.all(pc.is_null(table["error"])).as_py()
+    row = table.slice(0, 1).to_pylist()[0]
+    assert row["engine"] == "rules" and row["key_features"] and row["conclusion"] and row["prompt"]
+
+
+@pytest.mark.ray
+def test_pipeline_keeps_failed_rows_and_retries_them_on_request(tiny_llama, small_synthetic, ray_session, tmp_path):
+    overrides = [f"cohort={small_synthetic}", f"output={tmp_path / 'aug'}", "limit=4", "engine.kind=transformers",
+                 f"engine.model={tiny_llama}", "engine.max_attempts=1", "engine.sampling.max_tokens=8",
+                 "engine.max_model_len=4096", "engine.batch_size=4"]
+    first = run_augment(load_config(AugmentConfig, None, overrides))
+    assert first["rows_written"] == 4 and first["error_rows"] == 4
+    again = run_augment(load_config(AugmentConfig, None, overrides))
+    assert again["rows_written"] == 4  # the next 4 subjects; failed ones are kept, not redone
+    retried = run_augment(load_config(AugmentConfig, None, overrides + ["retry_failed=true", "limit=null"]))
+    assert retried["rows_written"] == 60 and retried["replaced_rows_removed"] == 8
+    table = read_augmentations(tmp_path / "aug")
+    keys = list(zip(*(table[k].to_pylist() for k in KEY)))
+    assert len(keys) == len(set(keys)) == 60  # one row per key, ever
