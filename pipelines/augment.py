@@ -7,7 +7,7 @@
 read cohort Parquet (no label column) -> describe (graph measures) -> prompt + LLM (+ bounded retries)
 -> parse and validate -> Parquet part files in ``output/parts/``, written atomically by this driver.
 A rerun skips subjects already answered for the same prompt version and model; ``retry_failed=true``
-also redoes the subjects whose answers were invalid.
+also redoes the subjects whose answers were invalid. One run writes to an output folder at a time.
 """
 
 from __future__ import annotations

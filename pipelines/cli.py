@@ -1,6 +1,7 @@
 """The ``fmgnn`` command: one subcommand per job, each also runnable as ``python -m pipelines.<job>``.
 
     fmgnn ingest corrpops ../shared/data/corrpops/nmda_aal.npz -o cohorts/nmda_aal.parquet
+    fmgnn augment cohort=cohorts/nmda_aal.parquet output=runs/augment/nmda
     fmgnn train baseline cohort=cohorts/nmda_aal.parquet
     fmgnn run                      # the main job on the built-in sample cohort
 """
@@ -12,6 +13,7 @@ from importlib import import_module
 
 COMMANDS = {
     "ingest": ("pipelines.ingest", "write a cohort Parquet file from a source format"),
+    "augment": ("pipelines.augment", "LLM descriptions of every subject's graph (BLEG stage 1)"),
     "train": ("pipelines.train", "train models on a cohort (baseline)"),
     "run": ("pipelines.main", "the main job: sample cohort -> graphs -> baselines"),
 }

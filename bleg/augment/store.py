@@ -37,6 +37,10 @@ class PartWriter:
         self.run_id = uuid.uuid4().hex[:12]
         self.count = 0
         folder.mkdir(parents=True, exist_ok=True)
+        # A run killed mid-write leaves its hidden temp file (never a visible part): clear them.
+        # One run writes to a folder at a time, so no live temp file belongs to someone else.
+        for leftover in folder.glob(".part-*.tmp"):
+            leftover.unlink(missing_ok=True)
 
     def write(self, table: pa.Table) -> Path:
         table = table.append_column("run_id", pa.array([self.run_id] * table.num_rows, pa.string()))
