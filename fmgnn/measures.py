@@ -111,30 +111,42 @@ def modularity(adjacency: torch.Tensor, communities: torch.Tensor) -> torch.Tens
     return torch.where(two_m > 0, q, torch.zeros(()))
 
 
-def spectral_communities(adjacency: torch.Tensor, max_communities: int = 8, n_iter: int = 20,
+def _modularity_matrix(adjacency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """B = A - k k^T / 2m (B, R, R) and 2m (B,) of binary graphs."""
+    a = adjacency.to(torch.float64)
+    degree = a.sum(-1)  # (B, R)
+    two_m = degree.sum(-1).clamp(min=1)  # (B,)
+    return a - degree[:, :, None] * degree[:, None, :] / two_m[:, None, None], two_m
+
+
+def _q(b_matrix: torch.Tensor, two_m: torch.Tensor, labels: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Q (B,) from a precomputed modularity matrix: sum((B S) * S) / 2m with one-hot S (B, R, k)."""
+    member = torch.nn.functional.one_hot(labels, n_groups).to(b_matrix.dtype)
+    return ((b_matrix @ member) * member).sum(dim=(-1, -2)) / two_m
+
+
+def spectral_communities(adjacency: torch.Tensor, max_communities: int = 8, n_iter: int = 10,
                          seed: int = 0) -> torch.Tensor:
     """Communities (B, R) by clustering leading modularity eigenvectors; the best Q over 2..max groups."""
-    a = adjacency.to(torch.float64)
-    b, r, _ = a.shape
-    degree = a.sum(-1)
-    two_m = degree.sum(-1).clamp(min=1)[:, None, None]
-    b_matrix = a - degree[:, :, None] * degree[:, None, :] / two_m  # (B, R, R)
-    values, vectors = torch.linalg.eigh(b_matrix)  # ascending eigenvalues
+    b_matrix, two_m = _modularity_matrix(adjacency)
+    b, r, _ = b_matrix.shape
+    # The eigenvectors only guide the search, so float32 is enough; Q itself is computed in float64.
+    values, vectors = torch.linalg.eigh(b_matrix.to(torch.float32))  # ascending eigenvalues
     p = min(max_communities - 1, r - 1)
     lead_values = values[:, -p:].clamp(min=0)  # (B, p)
     embedding = vectors[:, :, -p:] * lead_values.sqrt()[:, None, :]  # (B, R, p): vector partitioning
     generator = torch.Generator().manual_seed(seed)
     best = torch.zeros((b, r), dtype=torch.long)
-    best_q = modularity(adjacency, best)
+    best_q = _q(b_matrix, two_m, best, max_communities)
     for n_groups in range(2, max_communities + 1):
         labels = _kmeans(embedding, n_groups, n_iter, generator)
-        q = modularity(adjacency, labels)
+        q = _q(b_matrix, two_m, labels, max_communities)
         better = q > best_q
         best[better], best_q[better] = labels[better], q[better]
-    return _relabel(_refine(adjacency, b_matrix, best, best_q, max_communities, generator))
+    return _relabel(_refine(b_matrix, two_m, best, best_q, max_communities, generator))
 
 
-def _refine(adjacency: torch.Tensor, b_matrix: torch.Tensor, labels: torch.Tensor, q: torch.Tensor,
+def _refine(b_matrix: torch.Tensor, two_m: torch.Tensor, labels: torch.Tensor, q: torch.Tensor,
             n_groups: int, generator: torch.Generator, n_iter: int = 30) -> torch.Tensor:
     """Greedy node moves: a random half of the nodes joins its best community; kept where Q rises."""
     labels, q = labels.clone(), q.clone()
@@ -144,7 +156,7 @@ def _refine(adjacency: torch.Tensor, b_matrix: torch.Tensor, labels: torch.Tenso
         gain = b_matrix @ member - self_term * member  # (B, R, k): tie of node i to community c, without i
         movers = torch.rand(labels.shape, generator=generator) < 0.5
         proposal = torch.where(movers, gain.argmax(-1), labels)
-        new_q = modularity(adjacency, proposal)
+        new_q = _q(b_matrix, two_m, proposal, n_groups)
         better = new_q > q + 1e-12
         if not bool(better.any()):
             break
