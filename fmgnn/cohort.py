@@ -355,11 +355,20 @@ class Cohort:
     def n_classes(self) -> int:
         return len(self.metadata.label_names)
 
+    def column(self, name: str) -> pa.ChunkedArray:
+        """One column, read alone unless the whole table is already in memory (a large cohort is not)."""
+        if self._table is not None:
+            return self._table.column(name)
+        try:
+            return pq.read_table(self.path, columns=[name]).column(name)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise CohortError(f"{self.path}: the file is corrupt or truncated ({err})") from None
+
     def subject_ids(self) -> np.ndarray:
-        return np.asarray(self.table.column("subject_id").to_pylist(), dtype=object)
+        return np.asarray(self.column("subject_id").to_pylist(), dtype=object)
 
     def labels(self) -> np.ndarray:
-        return self.table.column("label").to_numpy()
+        return self.column("label").to_numpy()
 
     def timeseries(self, index: int) -> np.ndarray | None:
         row = self.table.slice(index, 1)

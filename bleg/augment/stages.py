@@ -107,7 +107,8 @@ class GenerateStage:
 def parse_stage(batch: Batch) -> pa.Table:
     answers = [parse_answer(text) for text in batch["raw_output"]]
     errors = [engine_error or answer.error for engine_error, answer in zip(batch["engine_error"], answers)]
-    columns: dict[str, Any] = {k: v for k, v in batch.items() if k != "engine_error"}
+    # Keep the output columns only (the vLLM processor adds its own, e.g. __inference_error__).
+    columns: dict[str, Any] = {k: v for k, v in batch.items() if k in STAGE_TYPES and k != "engine_error"}
     columns["key_features"] = [a.key_features if e is None else None for a, e in zip(answers, errors)]
     columns["conclusion"] = [a.conclusion if e is None else None for a, e in zip(answers, errors)]
     columns["error"] = errors
@@ -118,5 +119,13 @@ STAGE_TYPES = {field.name: field.type for field in OUTPUT_SCHEMA} | {"engine_err
 
 
 def typed_table(columns: dict[str, Any]) -> pa.Table:
-    """Columns as an Arrow table with the output types: Ray Data would type an all-None column as float."""
-    return pa.table({name: pa.array(list(values), type=STAGE_TYPES[name]) for name, values in columns.items()})
+    """Columns as an Arrow table with the output types.
+
+    Ray Data types an all-None column as float, so a string column can arrive as NaNs; they are nulls.
+    """
+    def values(name: str, column: Any) -> list:
+        if pa.types.is_string(STAGE_TYPES[name]):
+            return [None if isinstance(v, (float, np.floating)) and np.isnan(v) else v for v in column]
+        return list(column)
+
+    return pa.table({name: pa.array(values(name, column), type=STAGE_TYPES[name]) for name, column in columns.items()})

@@ -44,6 +44,7 @@ class EngineConfig:
         device: ``cpu``, ``cuda`` or ``auto`` for ``transformers``; ``cpu`` runs vLLM's CPU build.
         chat_template: Apply the tokenizer's chat template (vLLM); off for a model without one.
         vllm_engine_kwargs: Extra ``vllm.LLM`` arguments (``dtype``, ``gpu_memory_utilization``...).
+        log_engine_metrics: Export vLLM engine metrics to Ray's Prometheus endpoint (needs ``ray[serve]``).
         sampling: Sampling parameters.
     """
 
@@ -65,6 +66,7 @@ class EngineConfig:
     device: Literal["cpu", "cuda", "auto"] = "auto"
     chat_template: bool = True
     vllm_engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    log_engine_metrics: bool = False
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     @property

@@ -79,6 +79,8 @@ def vllm_processor(engine: EngineConfig) -> Any:
         runtime_env={"env_vars": CPU_ENV} if on_cpu else None,
         should_continue_on_error=True,
         chat_template_stage=engine.chat_template,
+        # vLLM exports these through ray.serve, which ray[data] does not install.
+        log_engine_metrics=engine.log_engine_metrics,
     )
     sampling_params = {"temperature": sampling.temperature, "top_p": sampling.top_p,
                        "max_tokens": sampling.max_tokens, "repetition_penalty": sampling.repetition_penalty}
