@@ -4,38 +4,61 @@
     .venv-vllm/bin/python bench/augment_engines.py --model /models/Qwen2.5-0.5B-Instruct    # a real model
 
 Runs in the vLLM environment (both libraries there). Prompts are the pipeline's own prompts for
-synthetic subjects. vLLM runs in-process, as one replica of the Ray Data processor does.
+synthetic subjects. vLLM runs in a child process that imports nothing else, as in the pipeline, where
+it has its own actor: vLLM's CPU platform fails to start in a process that has imported torch_geometric.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 os.environ.update({"OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
                    "VLLM_CACHE_ROOT": os.path.join(tempfile.gettempdir(), "fmgnn-vllm-cache")})
 
-from bleg.augment.describe import DescribeConfig, describe_batch  # noqa: E402
-from bleg.augment.engines import EngineConfig, Request, SamplingConfig  # noqa: E402
-from bleg.augment.engines.hf import TransformersEngine  # noqa: E402
-from bleg.augment.prompt import SYSTEM, render_prompt  # noqa: E402
-from fmgnn.sources.synthetic import SyntheticCohort, SyntheticConfig  # noqa: E402
+
+
+def run_vllm(request_path: str) -> None:
+    """Child process: generate with vLLM and print one JSON line."""
+    from vllm import LLM, SamplingParams
+
+    request = json.loads(Path(request_path).read_text())
+    start = time.perf_counter()
+    llm = LLM(model=request["model"], dtype="float32", enforce_eager=True, gpu_memory_utilization=0.2,
+              max_model_len=4096, distributed_executor_backend="uni")
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    outputs = llm.generate(request["texts"], SamplingParams(temperature=0.0, max_tokens=request["max_tokens"]))
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "load_seconds": load_s, "texts": [o.outputs[0].text for o in outputs],
+                      "tokens": sum(len(o.outputs[0].token_ids) for o in outputs)}))
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--vllm-request":
+        return run_vllm(sys.argv[2])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="model folder (default: build the tiny test Llama)")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
+    from bleg.augment.describe import DescribeConfig, describe_batch
+    from bleg.augment.engines import EngineConfig, Request, SamplingConfig
+    from bleg.augment.engines.hf import TransformersEngine
+    from bleg.augment.prompt import SYSTEM, render_prompt
+    from fmgnn.sources.synthetic import SyntheticCohort, SyntheticConfig
+
+    import numpy as np
+
     model = args.model
     if model is None:
         from tests.tiny_models import build_tiny_llama
@@ -55,18 +78,16 @@ def main() -> None:
     hf_s = time.perf_counter() - start
     hf_tokens = sum(g.output_tokens for g in hf_out)
 
-    from vllm import LLM, SamplingParams
-
-    start = time.perf_counter()
-    llm = LLM(model=model, dtype="float32", enforce_eager=True, gpu_memory_utilization=0.2, max_model_len=4096,
-              distributed_executor_backend="uni")
-    load_s = time.perf_counter() - start
-    texts = [f"{SYSTEM}\n\n{p}\n\n" for p in prompts]
-    start = time.perf_counter()
-    outputs = llm.generate(texts, SamplingParams(temperature=0.0, max_tokens=args.max_tokens))
-    vllm_s = time.perf_counter() - start
-    vllm_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    same = sum(o.outputs[0].text == g.text for o, g in zip(outputs, hf_out))
+    with tempfile.TemporaryDirectory() as folder:
+        request = Path(folder) / "request.json"
+        request.write_text(json.dumps({"model": model, "max_tokens": args.max_tokens,
+                                       "texts": [f"{SYSTEM}\n\n{p}\n\n" for p in prompts]}))
+        child = subprocess.run([sys.executable, __file__, "--vllm-request", str(request)],
+                               capture_output=True, text=True, check=True)
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+    vllm_s, load_s, vllm_texts = result["seconds"], result["load_seconds"], result["texts"]
+    vllm_tokens = result["tokens"]
+    same = sum(text == g.text for text, g in zip(vllm_texts, hf_out))
 
     print(f"{'engine':>14} {'prompts':>8} {'tokens':>7} {'seconds':>8} {'tokens/s':>9}")
     print(f"{'transformers':>14} {len(prompts):>8} {hf_tokens:>7} {hf_s:>8.2f} {hf_tokens / hf_s:>9.0f}")
