@@ -19,7 +19,8 @@ from fmgnn.cohort import CohortError
 RETRY_TEMPERATURE = 0.7
 
 
-def _source(config: EngineConfig) -> tuple[str, dict]:
+def model_source(config: EngineConfig) -> tuple[str, dict]:
+    """Where transformers loads the model from (a local folder when it exists, else a hub id) and its kwargs."""
     if not config.model:
         raise CohortError("engine.model: give a hub id or a local model folder for the transformers engine")
     local = Path(config.model).expanduser()
@@ -31,7 +32,7 @@ def check_model(config: EngineConfig) -> None:
     """Load only the model's config: a missing folder or an unreachable hub id fails here, once."""
     from transformers import AutoConfig
 
-    source, kwargs = _source(config)
+    source, kwargs = model_source(config)
     try:
         AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
@@ -43,7 +44,7 @@ class TransformersEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.config = config
-        source, kwargs = _source(config)
+        source, kwargs = model_source(config)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
             self.model = AutoModelForCausalLM.from_pretrained(source, **kwargs)

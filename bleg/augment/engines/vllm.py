@@ -35,9 +35,9 @@ class PromptStage:
     def __init__(self, engine: EngineConfig, metadata: CohortMetadata, seed: int) -> None:
         from transformers import AutoTokenizer
 
-        from bleg.augment.engines.hf import _source
+        from bleg.augment.engines.hf import model_source
 
-        source, kwargs = _source(engine)
+        source, kwargs = model_source(engine)
         self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         self.metadata = metadata
         self.seed = seed
