@@ -175,6 +175,19 @@ def triu_to_fc(triu: np.ndarray, n_rois: int, diagonal: float = 1.0) -> np.ndarr
     return fc
 
 
+def scan_fc(fc_triu: np.ndarray | None, timeseries: np.ndarray | None, n_rois: int, where: str) -> np.ndarray:
+    """One scan's FC ``(R, R)``: its stored upper triangle, or Pearson FC of its (flattened) time series."""
+    if fc_triu is not None:
+        values = np.asarray(fc_triu, dtype=np.float32)
+        n_pairs = n_rois * (n_rois - 1) // 2
+        if values.shape[0] != n_pairs:
+            raise CohortError(f"{where}: field fc_triu has {values.shape[0]} values, expected {n_pairs}")
+        return triu_to_fc(values, n_rois)
+    from fmgnn.graphs import pearson_fc
+
+    return pearson_fc(np.asarray(timeseries, dtype=np.float32).reshape(-1, n_rois))  # (T, R) -> (R, R)
+
+
 class CohortWriter:
     """Validate scans and stream them into a cohort Parquet file, atomically.
 
@@ -380,25 +393,15 @@ class Cohort:
 
     def fc(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """FC matrices ``(N, R, R)``: stored triangles, or Pearson FC of the time series."""
-        from fmgnn.graphs import pearson_fc
-
         if indices is None:
             indices = np.arange(self.table.num_rows)
-        triu_column = self.table.column("fc_triu")
-        n_pairs = self.n_rois * (self.n_rois - 1) // 2
+        triu_column, timeseries_column = self.table.column("fc_triu"), self.table.column("timeseries")
         out = np.empty((len(indices), self.n_rois, self.n_rois), dtype=np.float32)
-        rows, cols = np.triu_indices(self.n_rois, 1)
         for k, i in enumerate(indices):
-            triu = triu_column[int(i)].values
-            if triu is not None:
-                values = triu.to_numpy(zero_copy_only=False)
-                if values.shape[0] != n_pairs:
-                    raise CohortError(
-                        f"{self.path}: row {int(i)} field fc_triu has {values.shape[0]} values, expected {n_pairs}"
-                    )
-                out[k] = triu_to_fc(values, self.n_rois)
-            else:
-                out[k] = pearson_fc(self.timeseries(int(i)))
+            triu, timeseries = triu_column[int(i)].values, timeseries_column[int(i)].values
+            out[k] = scan_fc(None if triu is None else triu.to_numpy(zero_copy_only=False),
+                             None if timeseries is None else timeseries.to_numpy(zero_copy_only=False),
+                             self.n_rois, f"{self.path}: row {int(i)}")
         return out
 
     def iter_batches(self, batch_size: int = 256, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def temp_path_beside(path: Path) -> Path:
     """A new empty hidden file in ``path``'s directory, with the permissions of a normal file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ not read it, so it cannot reach a prompt.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -19,8 +20,7 @@ from bleg.augment.describe import DescribeConfig, describe_batch
 from bleg.augment.engines import EngineConfig, Request, build_engine
 from bleg.augment.prompt import PROMPT_VERSION, SYSTEM, fit_prompt
 from bleg.augment.store import OUTPUT_SCHEMA
-from fmgnn.cohort import CohortMetadata, triu_to_fc
-from fmgnn.graphs import pearson_fc
+from fmgnn.cohort import CohortMetadata, scan_fc
 
 Batch = dict[str, np.ndarray]
 INPUT_COLUMNS = ["subject_id", "fc_triu", "timeseries", "n_timepoints", "age", "sex", "site"]
@@ -30,13 +30,10 @@ DEMOGRAPHICS = ("age", "sex", "site")
 def batch_fc(batch: Batch, n_rois: int) -> np.ndarray:
     """FC (B, R, R) of a batch: the stored triangle, or Pearson FC of the time series."""
     out = np.empty((len(batch["subject_id"]), n_rois, n_rois), dtype=np.float32)
-    for i, triu in enumerate(batch["fc_triu"]):
+    for i, (sid, triu) in enumerate(zip(batch["subject_id"], batch["fc_triu"])):
         # A missing triangle arrives as None, or as NaN when Ray Data typed an all-null column as float.
-        if isinstance(triu, (list, np.ndarray)) and len(triu):
-            out[i] = triu_to_fc(np.asarray(triu, dtype=np.float32), n_rois)
-        else:
-            t = int(batch["n_timepoints"][i])
-            out[i] = pearson_fc(np.asarray(batch["timeseries"][i], dtype=np.float32).reshape(t, n_rois))
+        present = isinstance(triu, (list, np.ndarray)) and len(triu) > 0
+        out[i] = scan_fc(triu if present else None, batch["timeseries"][i], n_rois, f"subject {sid}")
     return out
 
 
@@ -56,6 +53,14 @@ def describe_stage(batch: Batch, metadata: CohortMetadata, config: DescribeConfi
     }
 
 
+def fit_batch_prompts(batch: Batch, metadata: CohortMetadata, count_tokens: Callable[[str], int],
+                      max_prompt_tokens: int) -> tuple[list[str], list[int], list[str | None]]:
+    """Prompts of a described batch, each fitted to the context: (prompts, token counts, warnings)."""
+    fitted = [fit_prompt(json.loads(description), metadata, json.loads(demographics), count_tokens, max_prompt_tokens)
+              for description, demographics in zip(batch["description"], batch["demographics"])]
+    return [f[0] for f in fitted], [f[1] for f in fitted], [f[2] for f in fitted]
+
+
 class GenerateStage:
     """Prompt, generate, and retry invalid answers (bounded); one engine per replica."""
 
@@ -67,13 +72,8 @@ class GenerateStage:
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["subject_id"])
-        prompts, tokens, warnings = [], [], []
-        for description, demographics in zip(batch["description"], batch["demographics"]):
-            prompt, n_tokens, warning = fit_prompt(json.loads(description), self.metadata, json.loads(demographics),
-                                                   self.engine.count_tokens, self.max_prompt_tokens)
-            prompts.append(prompt)
-            tokens.append(n_tokens)
-            warnings.append(warning)
+        prompts, tokens, warnings = fit_batch_prompts(batch, self.metadata, self.engine.count_tokens,
+                                                      self.max_prompt_tokens)
         requests = [Request(SYSTEM, p, json.loads(d), self.config.sampling.seed)
                     for p, d in zip(prompts, batch["description"])]
         generations = self.engine.generate(requests)

@@ -56,6 +56,10 @@ def part_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.parquet"))
 
 
+def _same_prompt_and_model(table: pa.Table, prompt_version: str, model: str) -> pa.ChunkedArray:
+    return pc.and_(pc.equal(table["prompt_version"], prompt_version), pc.equal(table["model"], model))
+
+
 def read_keys(folder: Path, prompt_version: str, model: str) -> tuple[set[str], set[str]]:
     """Subjects already answered, and subjects with only error rows, for this prompt version and model."""
     done: set[str] = set()
@@ -65,8 +69,7 @@ def read_keys(folder: Path, prompt_version: str, model: str) -> tuple[set[str], 
             table = pq.read_table(path, columns=["subject_id", "prompt_version", "model", "error"])
         except (pa.ArrowInvalid, OSError) as err:
             raise CohortError(f"{path}: unreadable part file ({err}); move it away to continue") from None
-        mine = pc.and_(pc.equal(table["prompt_version"], prompt_version), pc.equal(table["model"], model))
-        table = table.filter(mine)
+        table = table.filter(_same_prompt_and_model(table, prompt_version, model))
         ok = pc.is_null(table["error"])
         done.update(table.filter(ok)["subject_id"].to_pylist())
         failed.update(table.filter(pc.invert(ok))["subject_id"].to_pylist())
@@ -83,10 +86,7 @@ def drop_replaced_rows(folder: Path, subjects: set[str], prompt_version: str, mo
         if path.name.startswith(f"part-{run_id}-"):
             continue
         table = pq.read_table(path)
-        stale = pc.and_(
-            pc.is_in(table["subject_id"], retried),
-            pc.and_(pc.equal(table["prompt_version"], prompt_version), pc.equal(table["model"], model)),
-        )
+        stale = pc.and_(pc.is_in(table["subject_id"], retried), _same_prompt_and_model(table, prompt_version, model))
         n = pc.sum(stale).as_py() or 0
         if n:
             with atomic_path(path) as tmp:

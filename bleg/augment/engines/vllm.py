@@ -22,7 +22,7 @@ import numpy as np
 
 from bleg.augment.answer import ANSWER_SCHEMA
 from bleg.augment.engines.base import EngineConfig
-from bleg.augment.prompt import PROMPT_VERSION, SYSTEM, fit_prompt
+from bleg.augment.prompt import PROMPT_VERSION, SYSTEM
 from fmgnn.cohort import CohortMetadata
 
 CPU_ENV = {"OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
@@ -47,15 +47,13 @@ class PromptStage:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        prompts, warnings = [], []
-        for description, demographics in zip(batch["description"], batch["demographics"]):
-            prompt, _, warning = fit_prompt(json.loads(description), self.metadata, json.loads(demographics),
-                                            self.count_tokens, self.max_prompt_tokens)
-            prompts.append(prompt)
-            warnings.append(warning or "")
+        from bleg.augment.stages import fit_batch_prompts
+
+        prompts, _, warnings = fit_batch_prompts(batch, self.metadata, self.count_tokens, self.max_prompt_tokens)
         n = len(prompts)
         return {"subject_id": batch["subject_id"], "prompt": np.array(prompts, dtype=object),
-                "warning": np.array(warnings, dtype=object), "seed": np.full(n, self.seed, dtype=np.int64)}
+                "warning": np.array([w or "" for w in warnings], dtype=object),
+                "seed": np.full(n, self.seed, dtype=np.int64)}
 
 
 def vllm_processor(engine: EngineConfig) -> Any:
