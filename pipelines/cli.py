@@ -3,6 +3,8 @@
     fmgnn ingest corrpops ../shared/data/corrpops/nmda_aal.npz -o cohorts/nmda_aal.parquet
     fmgnn augment cohort=cohorts/nmda_aal.parquet output=runs/augment/nmda
     fmgnn train baseline cohort=cohorts/nmda_aal.parquet
+    fmgnn train bleg cohort=cohorts/nmda_aal.parquet texts.output=runs/augment/nmda
+    fmgnn predict cohort=cohorts/new.parquet run_dir=runs/bleg
     fmgnn run                      # the main job on the built-in sample cohort
 """
 
@@ -14,7 +16,8 @@ from importlib import import_module
 COMMANDS = {
     "ingest": ("pipelines.ingest", "write a cohort Parquet file from a source format"),
     "augment": ("pipelines.augment", "LLM descriptions of every subject's graph (BLEG stage 1)"),
-    "train": ("pipelines.train", "train models on a cohort (baseline)"),
+    "train": ("pipelines.train", "train models on a cohort (baseline, bleg)"),
+    "predict": ("pipelines.predict", "score a cohort with trained BLEG models"),
     "run": ("pipelines.main", "the main job: sample cohort -> graphs -> baselines"),
 }
 

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from fmgnn.baselines.gcn import GCNConfig
@@ -35,6 +33,7 @@ from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
 from pipelines.errors import exit_on_input_error
 from pipelines.ray_session import RayConfig, start_ray
+from pipelines.trainers import Steps, fit, make_trainer, resolve_storage_path, run_steps
 
 log = logging.getLogger("fmgnn.train")
 
@@ -85,39 +84,14 @@ def run_logistic(cohort: Cohort, splits: list[Split], config: LogisticConfig, ou
     return results
 
 
-@ray.remote(num_cpus=0)
-def _fit_remote(trainer: TorchTrainer) -> dict[str, Any]:
-    """Run a trainer's ``fit`` from a task, so that several folds train at once."""
-    return trainer.fit().metrics
-
-
 def gcn_trainer(cohort_path: str, split: Split, config: BaselineJobConfig, storage_path: str) -> TorchTrainer:
     spec = GCNTrainSpec(cohort_path=cohort_path, split=split, graph=config.graph, model=config.gcn,
                         seed=split.seed * 1000 + split.fold)
-    resources = {"CPU": config.ray.cpus_per_worker}
-    return TorchTrainer(
-        train_loop,
-        train_loop_config={"spec": spec},
-        scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name=f"gcn-{split.name}", storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=config.ray.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            logging_config=LoggingConfig(log_level=config.ray.train_log_level),
-        ),
-    )
-
-
-def resolve_storage_path(config: BaselineJobConfig) -> str:
-    """Cloud URIs as given; local paths made absolute, since Ray Train workers run elsewhere."""
-    if config.storage_path and "://" in config.storage_path:
-        return config.storage_path
-    return str(Path(config.storage_path or Path(config.run_dir) / "ray_results").resolve())
+    return make_trainer(train_loop, spec, f"gcn-{split.name}", config.ray, storage_path)
 
 
 def run_gcn(cohort: Cohort, splits: list[Split], config: BaselineJobConfig, out_dir: Path) -> list[dict]:
-    storage_path = resolve_storage_path(config)
+    storage_path = resolve_storage_path(config.storage_path, config.run_dir)
     cohort_path = str(cohort.path.resolve())
     todo = [s for s in splits if not (out_dir / f"{s.name}.json").is_file()]
     if len(todo) < len(splits):
@@ -130,22 +104,15 @@ def run_gcn(cohort: Cohort, splits: list[Split], config: BaselineJobConfig, out_
         log.info("gcn: fold %s done (%d/%d), test accuracy %.3f, AUC %.3f", split.name, done, len(splits),
                  result["metrics"]["accuracy"], result["metrics"]["auc"])
 
-    done = len(splits) - len(todo)
-    if config.ray.num_workers == 0:  # in-process: Ray Train's local mode, one fold after another
-        for split in todo:
-            done += 1
-            finish(split, gcn_trainer(cohort_path, split, config, storage_path).fit().metrics, done)
-    else:
-        pending: dict[ray.ObjectRef, Split] = {}
-        queue = list(todo)
-        while queue or pending:
-            while queue and len(pending) < config.ray.max_concurrent_runs:
-                split = queue.pop(0)
-                pending[_fit_remote.remote(gcn_trainer(cohort_path, split, config, storage_path))] = split
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            split = pending.pop(ready[0])
-            done += 1
-            finish(split, ray.get(ready[0]), done)
+    progress = {"done": len(splits) - len(todo)}
+
+    def steps(split: Split) -> Steps:
+        metrics, _ = yield fit(gcn_trainer(cohort_path, split, config, storage_path),
+                               in_process=config.ray.num_workers == 0)
+        progress["done"] += 1
+        finish(split, metrics, progress["done"])
+
+    run_steps([steps(s) for s in todo], config.ray.max_concurrent_runs)
     return [json.loads((out_dir / f"{s.name}.json").read_text()) for s in splits]
 
 
@@ -198,11 +165,15 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fmgnn train", description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["baseline"], help="what to train")
+    parser.add_argument("what", choices=["baseline", "bleg"], help="what to train")
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. gcn.hidden=32")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.what == "bleg":
+        from pipelines.bleg import BLEGJobConfig, run_bleg
+
+        return exit_on_input_error("train", lambda: run_bleg(load_config(BLEGJobConfig, args.config, args.overrides)))
     return exit_on_input_error(
         "train", lambda: run_baselines(load_config(BaselineJobConfig, args.config, args.overrides)))
 

@@ -1,0 +1,82 @@
+"""Teacher targets of stage 3: one pooled LM hidden vector per subject, cached in Parquet.
+
+The tuned LM reads ``[graph tokens][the subject's description][question]`` (no label) and its last
+hidden states are pooled into h_LM:
+
+- ``last``: the last text token (what a causal LM has read everything by);
+- ``mean``: the mean over every position, graph tokens included;
+- ``cls``: a CLS token appended at the end (the tokenizer's CLS, else its EOS), as in the official
+  code, whose appended position is never trained.
+
+Targets are computed for a fold's training and validation subjects only; the test subjects'
+texts are never read. The cache is keyed by subject, split and model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch_geometric.data import Batch, Data
+
+from bleg.instruction import GraphLanguageModel, TextEncoder
+from fmgnn.io import atomic_path
+
+Pooling = Literal["last", "mean", "cls"]
+
+TARGET_SCHEMA = pa.schema([
+    ("subject_id", pa.string()), ("split", pa.string()), ("model", pa.string()), ("pooling", pa.string()),
+    ("uses_graph", pa.bool_()), ("vector", pa.list_(pa.float32())),
+])
+
+
+@torch.no_grad()
+def teacher_vectors(model: GraphLanguageModel, text_encoder: TextEncoder, graphs: list[Data] | None,
+                    prompts: list[str], pooling: Pooling, batch_size: int = 8) -> np.ndarray:
+    """h_LM for every prompt (N, d); with ``graphs`` None the LM reads the text alone."""
+    model.eval()
+    tokenizer = text_encoder.tokenizer
+    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.eos_token_id
+    vectors = []
+    for start in range(0, len(prompts), batch_size):
+        room = text_encoder.max_text_length - 1  # keep a place for the CLS token
+        ids = [text_encoder.prompt_ids(p)[:room] for p in prompts[start:start + batch_size]]
+        if pooling == "cls":
+            ids = [s + [cls_id] for s in ids]
+        text = text_encoder.pad(ids)
+        batch = Batch.from_data_list(graphs[start:start + batch_size]) if graphs is not None else None
+        hidden, mask = model.last_hidden(batch, text["input_ids"], text["attention_mask"])  # (B, S, d), (B, S)
+        if pooling == "mean":
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            vectors.append((hidden * weights).sum(1) / weights.sum(1))
+        else:  # last and cls: the last real position (right padding)
+            last = mask.sum(1) - 1  # (B,)
+            vectors.append(hidden[torch.arange(len(ids)), last])
+    return torch.cat(vectors).numpy()
+
+
+def write_targets(path: Path, subject_ids: list[str], vectors: np.ndarray, split: str, model: str,
+                  pooling: Pooling, uses_graph: bool) -> None:
+    n = len(subject_ids)
+    table = pa.table({
+        "subject_id": subject_ids, "split": [split] * n, "model": [model] * n, "pooling": [pooling] * n,
+        "uses_graph": [uses_graph] * n, "vector": [v.astype(np.float32) for v in vectors],
+    }, schema=TARGET_SCHEMA)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_targets(path: Path, split: str, model: str, pooling: Pooling) -> dict[str, np.ndarray] | None:
+    """Cached targets of this split, model and pooling; None when absent or made otherwise."""
+    if not path.is_file():
+        return None
+    table = pq.read_table(path)
+    key = {"split": split, "model": model, "pooling": pooling}
+    if table.num_rows == 0 or any(set(table.column(k).to_pylist()) != {v} for k, v in key.items()):
+        return None
+    return {s: np.asarray(v, dtype=np.float32)
+            for s, v in zip(table.column("subject_id").to_pylist(), table.column("vector").to_pylist())}

