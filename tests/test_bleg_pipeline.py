@@ -1,0 +1,94 @@
+"""``fmgnn train bleg`` end to end under Ray Train with 2 workers, then ``fmgnn predict``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from bleg.graph_encoder import GraphTokenEncoder
+from fmgnn.cohort import Cohort, CohortError
+from fmgnn.config import load_config
+from pipelines.augment import AugmentConfig, run_augment
+from pipelines.bleg import BLEGJobConfig, run_bleg
+from pipelines.predict import PredictConfig, run_predict
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def rules_texts(small_synthetic, ray_session, tmp_path_factory):
+    output = tmp_path_factory.mktemp("augment") / "rules"
+    run_augment(load_config(AugmentConfig, None, [f"cohort={small_synthetic}", f"output={output}"]))
+    return output
+
+
+def bleg_overrides(cohort, texts, run_dir) -> list[str]:
+    return [f"cohort={cohort}", f"texts.output={texts}", f"run_dir={run_dir}", "folds.n_folds=2", "folds.seeds=[0]",
+            "stage2.epochs=1", "stage2.encoder_hidden=[32]", "stage3.epochs=3", "stage3.patience=3",
+            "stage3.student.bottleneck=16", "stage3.student.head_hidden=16", "ray.num_workers=2",
+            "ray.cpus_per_worker=0.5", "lm.max_length=160"]
+
+
+def test_bleg_two_workers_end_to_end_then_predict(small_synthetic, rules_texts, ray_session, tmp_path):
+    run_dir = tmp_path / "bleg"
+    summary = run_bleg(load_config(BLEGJobConfig, None, bleg_overrides(small_synthetic, rules_texts, run_dir)))
+    assert set(summary["models"]) == {"logistic", "gcn_alone", "align_only", "bleg"}
+    for variant in summary["models"]:
+        assert 0.0 <= summary["models"][variant]["summary"]["accuracy"]["mean"] <= 1.0
+    for name in ("config.yaml", "versions.json", "splits.json", "metrics.json",
+                 "plots/roc.png", "plots/learning_curves.png", "plots/confusion.png"):
+        assert (run_dir / name).is_file(), name
+
+    cohort = Cohort(small_synthetic)
+    ids = cohort.subject_ids()
+    splits = json.loads((run_dir / "splits.json").read_text())
+    for split in splits:
+        split["name"] = f"seed{split['seed']}_fold{split['fold']}"
+        fold_dir = run_dir / "folds" / split["name"]
+        train = {str(ids[i]) for i in split["train"]}
+        # Leakage: stage 2 and the teachers see this fold's training subjects only.
+        for teacher in ("teacher-bleg.parquet", "teacher-align_only.parquet"):
+            assert set(pq.read_table(fold_dir / teacher).column("subject_id").to_pylist()) == train
+        stage2 = json.loads((fold_dir / "stage2" / "stage2.json").read_text())
+        assert stage2["split"] == split["name"] and stage2["kind"] == "masked"
+        result = json.loads((run_dir / "bleg" / f"{split['name']}.json").read_text())
+        assert sorted(result["test_indices"]) == sorted(split["test"]) and result["epochs_run"] == 3
+        assert len(result["history"]) == 3 and result["history"][0]["train_align"] > 0
+        gcn_alone = json.loads((run_dir / "gcn_alone" / f"{split['name']}.json").read_text())
+        assert gcn_alone["history"][0]["train_align"] == 0
+
+    # Stage 2's outputs are Hugging Face folders that load on their own.
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    stage2_dir = run_dir / "folds" / splits[0]["name"] / "stage2"
+    lm = AutoModelForMaskedLM.from_pretrained(stage2_dir / "lm")
+    AutoTokenizer.from_pretrained(stage2_dir / "lm")
+    encoder = GraphTokenEncoder.from_pretrained(stage2_dir / "encoder")
+    assert encoder.config.out_channels == lm.config.hidden_size == 384
+
+    # A rerun finds every trained output and trains nothing (logistic regression simply refits).
+    trained = [p for p in run_dir.glob("*/seed*.json") if p.parent.name != "logistic"]
+    before = {p: p.stat().st_mtime for p in trained}
+    again = run_bleg(load_config(BLEGJobConfig, None, bleg_overrides(small_synthetic, rules_texts, run_dir)))
+    assert {p: p.stat().st_mtime for p in trained} == before
+    assert again["models"]["bleg"]["summary"] == summary["models"]["bleg"]["summary"]
+
+    # fmgnn predict: the fold models' mean probabilities, from graphs alone.
+    record = run_predict(PredictConfig(cohort=str(small_synthetic), run_dir=str(run_dir), variant="bleg",
+                                       output=str(tmp_path / "pred.parquet")))
+    predictions = pq.read_table(tmp_path / "pred.parquet").to_pandas()
+    assert len(record["models"]) == 2 and len(predictions) == len(cohort)
+    np.testing.assert_allclose(predictions[["p_control", "p_patient"]].sum(axis=1), 1.0, rtol=1e-5)
+    assert (tmp_path / "pred.json").is_file()
+
+
+def test_missing_descriptions_fail_before_training(small_synthetic, ray_session, tmp_path):
+    partial = tmp_path / "partial"
+    run_augment(load_config(AugmentConfig, None, [f"cohort={small_synthetic}", f"output={partial}", "limit=50"]))
+    overrides = bleg_overrides(small_synthetic, partial, tmp_path / "run")
+    with pytest.raises(CohortError, match=r"no valid description for 10 subject\(s\)"):
+        run_bleg(load_config(BLEGJobConfig, None, overrides))
+    assert not (tmp_path / "run" / "folds").exists()  # nothing trained
