@@ -49,7 +49,7 @@ from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_dir, atomic_write_json, environment_record
 from fmgnn.plots import plot_confusion, plot_learning_curves, plot_roc
 from pipelines.ray_session import RayConfig, start_ray
-from pipelines.trainers import Steps, fit, make_trainer, resolve_storage_path, run_steps
+from pipelines.trainers import Steps, fit_remote, make_trainer, resolve_storage_path, run_steps
 
 log = logging.getLogger("fmgnn.bleg")
 
@@ -92,6 +92,11 @@ class BLEGJobConfig:
         unknown = sorted(set(self.variants) - set(VARIANTS))
         if unknown:
             raise ValueError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
+        if self.ray.num_workers < 1:
+            # Ray Train's local mode keeps its checkpoints in a temp folder that is gone after fit():
+            # the trained models (and resuming) live in checkpoints here.
+            raise ValueError("ray.num_workers: BLEG needs at least 1 Ray Train worker (0, local mode, keeps no "
+                             "checkpoints)")
 
     @property
     def needs_texts(self) -> bool:
@@ -125,9 +130,8 @@ class FoldRunner:
         return GraphEncoderConfig(in_channels=self.cohort.n_rois, hidden=self.config.stage2.encoder_hidden,
                                   out_channels=lm_width(self.lm), dropout=self.config.stage2.encoder_dropout)
 
-    def fit(self, train_fn: Any, spec: Any, name: str) -> Any:
-        trainer = make_trainer(train_fn, spec, name, self.config.ray, self.storage_path)
-        return fit(trainer, in_process=self.config.ray.num_workers == 0)
+    def fit(self, train_fn: Any, spec: Any, name: str) -> ray.ObjectRef:
+        return fit_remote.remote(make_trainer(train_fn, spec, name, self.config.ray, self.storage_path))
 
     def prompts(self, indices: list[int]) -> list[str]:
         ids, asked = self.cohort.subject_ids(), question(self.cohort.metadata.task)

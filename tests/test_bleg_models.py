@@ -63,7 +63,8 @@ def test_graph_encoder_round_trip_and_shape_errors(tmp_path):
     other = GraphTokenEncoder(GraphEncoderConfig(in_channels=12, hidden=[16], out_channels=4))
     other.save_pretrained(tmp_path / "other")
     (tmp_path / "other" / "config.json").write_text((tmp_path / "enc" / "config.json").read_text())
-    with pytest.raises(CohortError, match=r"other/model.safetensors: convs.1.bias has shape \(4,\), the config expects \(8,\)"):
+    mismatch = r"other/model.safetensors: convs.1.bias has shape \(4,\), the config expects \(8,\)"
+    with pytest.raises(CohortError, match=mismatch):
         GraphTokenEncoder.from_pretrained(tmp_path / "other")
     with pytest.raises(CohortError, match="not a saved BLEG model"):
         BLEGStudent.from_pretrained(tmp_path / "nothing")
