@@ -13,6 +13,7 @@ also redoes the subjects whose answers were invalid. One run writes to an output
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import time
 import uuid
@@ -46,7 +47,10 @@ class AugmentConfig:
         output: Output folder (part files under ``parts/``, run records beside them).
         retry_failed: Redo subjects whose earlier answers were invalid.
         limit: Only the first N subjects still to do (None: all).
-        rows_per_part: Rows per output part file (what a kill can lose at most).
+        rows_per_part: Rows per output part file.
+        flush_interval_s: Write the rows answered so far at least this often, even when fewer than
+            ``rows_per_part``: a slow model on CPU takes minutes per batch, and a kill loses only
+            what was not written.
         describe_batch_size: Subjects per graph-measure batch.
     """
 
@@ -55,6 +59,7 @@ class AugmentConfig:
     retry_failed: bool = False
     limit: int | None = None
     rows_per_part: int = 256
+    flush_interval_s: float = 60.0
     describe_batch_size: int = 64
     describe: DescribeConfig = field(default_factory=DescribeConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -86,6 +91,10 @@ def build_dataset(config: AugmentConfig, cohort: Cohort, todo: set[str], seed: i
                             fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata, "seed": seed})
         ds = vllm_processor(engine)(ds)
     else:
+        if engine.kind != "rules":
+            # One block per engine batch: a block leaves its task only when done, so a whole-file block
+            # would show no progress (and trip Ray Data's no-progress timeout) until every subject is answered.
+            ds = ds.repartition(target_num_rows_per_block=engine.batch_size)
         # Resources are set here, where the stage is placed: one engine per actor replica.
         ds = ds.map_batches(GenerateStage, batch_size=engine.batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata},
@@ -101,11 +110,15 @@ class PassResult:
     failed: set[str] = field(default_factory=set)
 
 
-def write_pass(dataset: ray.data.Dataset, writer: PartWriter, rows_per_part: int, n_todo: int,
+def write_pass(dataset: ray.data.Dataset, writer: PartWriter, config: AugmentConfig, n_todo: int,
                start: float) -> PassResult:
-    """Stream the pipeline's rows into part files; only this driver writes, one atomic file at a time."""
+    """Stream the pipeline's rows into part files; only this driver writes, one atomic file at a time.
+
+    Parts hold ``rows_per_part`` rows; rows that wait longer than ``flush_interval_s`` are written anyway.
+    """
     result = PassResult()
-    for batch in dataset.iter_batches(batch_size=rows_per_part, batch_format="pyarrow"):
+
+    def emit(batch: pa.Table) -> None:
         writer.write(batch)
         result.written += batch.num_rows
         errors = batch.filter(pc.is_valid(batch["error"]))
@@ -114,6 +127,20 @@ def write_pass(dataset: ray.data.Dataset, writer: PartWriter, rows_per_part: int
         result.output_tokens += int(pc.sum(batch["output_tokens"]).as_py() or 0)
         log.info("augment: %d/%d subjects written (%.1f subjects/s, %d errors)", result.written, n_todo,
                  result.written / (time.monotonic() - start), result.errors)
+
+    waiting = None
+    last_write = time.monotonic()
+    blocks = dataset.iter_batches(batch_size=None, batch_format="pyarrow")  # each block as soon as it is done
+    for block in itertools.chain(blocks, [None]):  # None: the end, write what is left
+        if block is not None:
+            waiting = block if waiting is None else pa.concat_tables([waiting, block])
+        while waiting is not None and waiting.num_rows >= config.rows_per_part:
+            emit(waiting.slice(0, config.rows_per_part))
+            waiting, last_write = waiting.slice(config.rows_per_part), time.monotonic()
+        overdue = time.monotonic() - last_write >= config.flush_interval_s
+        if waiting is not None and waiting.num_rows and (block is None or overdue):
+            emit(waiting)
+            waiting, last_write = None, time.monotonic()
     return result
 
 
@@ -147,7 +174,7 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
             break
         writer = PartWriter(parts, f"{run_id}{attempt}")
         dataset = build_dataset(config, cohort, todo, config.engine.sampling.seed + attempt)
-        result = write_pass(dataset, writer, config.rows_per_part, len(todo), start)
+        result = write_pass(dataset, writer, config, len(todo), start)
         removed += drop_replaced_rows(parts, redo, PROMPT_VERSION, model, writer.run_id)
         total.written += result.written if attempt == 0 else 0  # later passes replace rows, not add
         total.output_tokens += result.output_tokens

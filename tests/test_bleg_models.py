@@ -251,3 +251,21 @@ def test_descriptions_missing_subjects_and_several_models(tmp_path):
         load_descriptions(TextsConfig(output=str(tmp_path / "two")))
     assert set(load_descriptions(TextsConfig(output=str(tmp_path / "two"), model="b"))) == {"s0"}
     assert Description(["a."], "b.").text() == "a. b."
+
+
+def test_bert_head_on_masked_positions_only_gives_the_full_loss():
+    config = LanguageModelConfig(path=MINILM, finetune="lora")
+    model, tokenizer, kind = load_language_model(config)
+    lm = apply_finetune_mode(model, config)
+    encoder = GraphTokenEncoder(GraphEncoderConfig(in_channels=12, hidden=[16], out_channels=384))
+    glm = GraphLanguageModel(encoder, lm, kind).eval()
+    text = TextEncoder(tokenizer, kind, max_text_length=200, mlm_probability=0.5)
+    generator = torch.Generator().manual_seed(1)
+    pairs = [text.pair("Dataset: synthetic.", f"Frontal hubs number {i}. Thus, patient.", generator) for i in range(3)]
+    batch = text.pad([p[0] for p in pairs], [p[1] for p in pairs])
+    graphs = Batch.from_data_list(random_graphs(3))
+    fast = glm(graphs, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    embeds, mask = glm.embed(graphs, batch["input_ids"], batch["attention_mask"])
+    labels = torch.cat([torch.full((3, 12), IGNORE), batch["labels"]], 1)
+    full = lm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss  # the head at every position
+    assert fast.item() == pytest.approx(full.item(), rel=1e-5)
