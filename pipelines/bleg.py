@@ -42,7 +42,7 @@ from bleg.train_student import AlignmentConfig, StudentSpec, train_student
 from fmgnn.baselines.logistic import LogisticConfig
 from fmgnn.baselines.train_gcn import load_graphs
 from fmgnn.cohort import Cohort, CohortError
-from fmgnn.config import save_config
+from fmgnn.config import load_config, save_config, to_dict
 from fmgnn.evaluation.metrics import summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
 from fmgnn.graphs import GraphConfig
@@ -213,6 +213,22 @@ class FoldRunner:
         return dict(zip(train_ids, vectors))
 
 
+# Settings that may change between runs of one run_dir: they do not change what a finished step computed.
+FREE_SETTINGS = {"variants", "ray", "storage_path", "run_dir", "teacher_batch_size"}
+
+
+def check_same_settings(config: BLEGJobConfig, saved: Path) -> None:
+    """A rerun reuses finished steps, so it must compute what the first run computed."""
+    if not saved.is_file():
+        return
+    before = to_dict(load_config(BLEGJobConfig, saved))
+    now = to_dict(config)
+    changed = sorted(k for k in now if k not in FREE_SETTINGS and now[k] != before.get(k))
+    if changed:
+        raise CohortError(f"{saved.parent}: holds results made with other {', '.join(changed)} settings; "
+                          "use a new run_dir (only variants, ray and storage_path may change on a rerun)")
+
+
 def fold_result(split: Split, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
     keys = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "auc")
     return {"split": split.name, "seed": split.seed, "fold": split.fold,
@@ -230,6 +246,7 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
         raise CohortError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_same_settings(config, run_dir / "config.yaml")
     save_config(config, run_dir / "config.yaml")
     atomic_write_json(run_dir / "versions.json", environment_record())
     started = time.monotonic()

@@ -119,3 +119,17 @@ def test_student_rerun_with_the_same_name_resumes_from_its_last_epoch(small_synt
     resumed = fit(4)  # same run name: continues after epoch 1 instead of starting over
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2, 3]
     assert resumed["history"][:2] == first["history"]
+
+
+def test_rerun_with_other_settings_in_the_same_run_dir_is_refused(small_synthetic, tmp_path):
+    from pipelines.bleg import check_same_settings
+    from fmgnn.config import save_config
+
+    first = load_config(BLEGJobConfig, None, [f"cohort={small_synthetic}", "stage2.epochs=1"])
+    save_config(first, tmp_path / "config.yaml")
+    check_same_settings(load_config(BLEGJobConfig, None, [f"cohort={small_synthetic}", "stage2.epochs=1",
+                                                          "ray.num_workers=2", "variants=[bleg]"]),
+                        tmp_path / "config.yaml")  # how it runs may change
+    with pytest.raises(CohortError, match="other stage2 settings"):
+        check_same_settings(load_config(BLEGJobConfig, None, [f"cohort={small_synthetic}", "stage2.epochs=2"]),
+                            tmp_path / "config.yaml")
