@@ -36,7 +36,8 @@ class InstructionConfig:
         epochs: Maximum epochs (official: 5).
         batch_size: Subjects per batch and worker.
         lr: Learning rate of the language model's trained weights (official: 5e-5).
-        encoder_lr: Learning rate of the GCN, which starts from random weights.
+        encoder_lr: Learning rate of the weights that start random: the GCN, and an LM head the
+            checkpoint lacks (all-MiniLM's masked-LM head).
         weight_decay: AdamW weight decay.
         patience: Stop after this many epochs without a lower validation answer loss.
         encoder_hidden: Hidden widths of the GCN (official: 256, 256).
@@ -132,10 +133,17 @@ def train_instruction(config: dict) -> None:
                                  rank=context.get_world_rank(), shuffle=True, seed=spec.seed)
     loader = DataLoader(train_examples, batch_size=spec.train.batch_size, sampler=sampler,
                         collate_fn=Collate(text_encoder, spec.seed + context.get_world_rank()))
-    optimizer = torch.optim.AdamW([
-        {"params": [p for p in model.encoder.parameters()], "lr": spec.train.encoder_lr},
-        {"params": [p for p in model.lm.parameters() if p.requires_grad], "lr": spec.train.lr},
-    ], weight_decay=spec.train.weight_decay)
+    # Weights that start random (the GCN, an LM head the checkpoint lacked) learn at encoder_lr; the
+    # pretrained LM weights (or their LoRA adapters) at the paper's lower lr.
+    new_weights = set(getattr(lm, "fmgnn_new_weights", []))
+
+    def fresh(name: str) -> bool:
+        return name.startswith("encoder.") or name.removeprefix("lm.").removeprefix("base_model.model.") in new_weights
+
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": [p for n, p in trained if fresh(n)], "lr": spec.train.encoder_lr},
+                                   {"params": [p for n, p in trained if not fresh(n)], "lr": spec.train.lr}],
+                                  weight_decay=spec.train.weight_decay)
     model = ray.train.torch.prepare_model(model)  # Ray: DDP when there is more than one worker
 
     state = restore(model, optimizer)
