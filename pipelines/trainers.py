@@ -21,7 +21,7 @@ def resolve_storage_path(storage_path: str | None, run_dir: str | Path) -> str:
 
 
 def make_trainer(train_fn: Callable[[dict], None], spec: Any, name: str, config: RayConfig,
-                 storage_path: str) -> TorchTrainer:
+                 storage_path: str, callbacks: list[Any] | None = None) -> TorchTrainer:
     """A TorchTrainer of ``train_fn`` over ``config.num_workers`` workers; ``name`` makes reruns resume."""
     return TorchTrainer(
         train_fn,
@@ -33,6 +33,7 @@ def make_trainer(train_fn: Callable[[dict], None], spec: Any, name: str, config:
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level=config.train_log_level),
+            callbacks=callbacks,
         ),
     )
 

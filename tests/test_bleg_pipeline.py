@@ -32,9 +32,15 @@ def bleg_overrides(cohort, texts, run_dir) -> list[str]:
             "ray.cpus_per_worker=0.5", "lm.max_length=160"]
 
 
-def test_bleg_two_workers_end_to_end_then_predict(small_synthetic, rules_texts, ray_session, tmp_path):
-    run_dir = tmp_path / "bleg"
+@pytest.fixture(scope="module")
+def bleg_run(small_synthetic, rules_texts, ray_session, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("bleg") / "run"
     summary = run_bleg(load_config(BLEGJobConfig, None, bleg_overrides(small_synthetic, rules_texts, run_dir)))
+    return run_dir, summary
+
+
+def test_bleg_two_workers_end_to_end_then_predict(small_synthetic, rules_texts, bleg_run, tmp_path):
+    run_dir, summary = bleg_run
     assert set(summary["models"]) == {"logistic", "gcn_alone", "align_only", "bleg"}
     for variant in summary["models"]:
         assert 0.0 <= summary["models"][variant]["summary"]["accuracy"]["mean"] <= 1.0
@@ -133,3 +139,73 @@ def test_rerun_with_other_settings_in_the_same_run_dir_is_refused(small_syntheti
     with pytest.raises(CohortError, match="other stage2 settings"):
         check_same_settings(load_config(BLEGJobConfig, None, [f"cohort={small_synthetic}", "stage2.epochs=2"]),
                             tmp_path / "config.yaml")
+
+
+def sweep_overrides(base_run, sweep_dir, **extra) -> list[str]:
+    values = {"base_run": base_run, "sweep_dir": sweep_dir, "num_samples": 6, "grace_period": 2,
+              "reduction_factor": 2, "max_concurrent_trials": 2, "retrain": "false", "search": "random",
+              "ray.num_workers": 1, "ray.cpus_per_worker": 0.5, **extra}
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+SPACE = {"stage3.lr": {"choice": [1.0e-6, 3.0e-3]}, "stage3.lam": {"choice": [0.2, 0.5]},
+         "stage3.epochs": 8, "stage3.patience": 8}
+
+
+def test_asha_stops_poor_trials_early_and_writes_the_best_config(bleg_run, tmp_path):
+    from pipelines.tune import TuneJobConfig, run_sweep
+
+    run_dir, _ = bleg_run
+    config = load_config(TuneJobConfig, None, sweep_overrides(run_dir, tmp_path / "sweep"))
+    config.space = SPACE
+    summary = run_sweep(config)
+    results = pq.read_table(tmp_path / "sweep" / "results.parquet").to_pandas()
+    assert len(results) == 6 and summary["trials"] == 6
+    # ASHA: some trials stopped before the 8 epochs, so fewer trial-epochs than running all to the end.
+    assert results["training_iteration"].min() < 8 and results["training_iteration"].max() == 8
+    assert summary["trial_epochs"] < 6 * 8
+    best = load_config(BLEGJobConfig, tmp_path / "sweep" / "best.yaml")
+    assert best.stage3.lr == summary["best_params"]["stage3.lr"] and best.variants == ["bleg"]
+    assert (tmp_path / "sweep" / "plots" / "trials.png").is_file()
+
+
+KILL_SWEEP = """
+import sys, json
+from fmgnn.config import load_config
+from pipelines.tune import TuneJobConfig, run_sweep
+config = load_config(TuneJobConfig, None, sys.argv[2:])
+config.space = json.loads(sys.argv[1])
+run_sweep(config)
+"""
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(bleg_run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir, _ = bleg_run
+    args = [sys.executable, "-c", KILL_SWEEP, json.dumps(SPACE),
+            *sweep_overrides(run_dir, tmp_path / "sweep", scheduler="fifo", num_samples=4, max_concurrent_trials=1)]
+    job = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    experiment = tmp_path / "sweep" / "ray_results" / "bleg"
+    deadline = time.time() + 400
+
+    def finished() -> list:
+        return [p for p in experiment.glob("*/result.json") if len(p.read_text().splitlines()) >= 8]
+
+    while len(finished()) < 1 and time.time() < deadline:
+        time.sleep(1)
+    os.killpg(job.pid, signal.SIGKILL)  # the driver and its embedded Ray, mid-sweep
+    job.wait()
+    done_before = {p.parent.name: p.read_text() for p in finished()}
+    assert 1 <= len(done_before) < 4
+
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    results = pq.read_table(tmp_path / "sweep" / "results.parquet").to_pandas()
+    assert len(results) == 4 and (results["training_iteration"] == 8).all()
+    for name, text in done_before.items():  # finished trials were restored, not trained again
+        assert (experiment / name / "result.json").read_text() == text

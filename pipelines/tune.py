@@ -1,0 +1,289 @@
+"""``fmgnn tune bleg``: a Ray Tune sweep over BLEG's stage-3 (adapter and alignment) hyperparameters.
+
+    fmgnn tune bleg --config configs/tune_bleg.yaml base_run=runs/bleg_nmda_rules
+    ray job submit --working-dir . -- python -m pipelines.tune bleg --config configs/tune_bleg.yaml ...
+
+The sweep reuses a finished ``fmgnn train bleg`` run: its stage-2 encoders and cached teacher
+targets are fixed inputs, and every trial trains stage 3 on the chosen folds in lockstep (one Ray
+Train run per trial, inside a Tune function trainable, metrics forwarded with
+``TuneReportCallback``). The objective is the mean validation cross-entropy over those folds;
+test folds are never scored during the sweep. ASHA stops poor trials early; Optuna proposes
+configurations. Outputs in ``sweep_dir``: ``results.parquet`` / ``results.csv`` (one row per
+trial), ``best.yaml`` (a ``fmgnn train bleg`` config with the best stage 3), ``plots/``, and, with
+``retrain: true``, the best configuration retrained and tested on every fold of the base run
+(``retrain/``) next to the base run's default configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from bleg.graph_encoder import GraphTokenEncoder
+from bleg.teacher import read_targets
+from bleg.train_student import AlignmentConfig
+from fmgnn.cohort import Cohort, CohortError
+from fmgnn.config import config_from_dict, load_config, save_config, to_dict
+from fmgnn.evaluation.splits import make_splits
+from fmgnn.io import atomic_write_json, environment_record
+from pipelines.bleg import BLEGJobConfig, run_bleg
+from pipelines.errors import exit_on_input_error
+from pipelines.ray_session import RayConfig, start_ray
+from pipelines.trainers import make_trainer, resolve_storage_path
+from tune.space import as_overrides, search_space
+from tune.train_folds import FoldInput, SweepSpec, train_folds
+
+log = logging.getLogger("fmgnn.tune")
+
+METRIC, MODE = "val_loss", "min"
+
+
+@dataclass
+class TuneJobConfig:
+    """Args:
+        base_run: A finished ``fmgnn train bleg`` run (with the ``bleg`` variant) whose stage 2 is reused.
+        sweep_dir: Output folder; also the Tune experiment, so a rerun restores an interrupted sweep.
+        name: Experiment name (deterministic trial run names derive from it).
+        space: Search space over the base config's ``stage3.*`` keys (see ``tune/space.py``).
+        num_samples: Trials.
+        seeds: Which of the base run's seeds' folds each trial trains on (all folds of these seeds).
+        scheduler: ``asha`` (early stopping) or ``fifo`` (every trial to the end).
+        grace_period: ASHA: epochs before a trial can be stopped.
+        reduction_factor: ASHA: keep the best 1/reduction_factor at each rung.
+        search: ``optuna`` or ``random``.
+        max_concurrent_trials: Cap on trials at once; None: what the cluster's CPUs allow.
+        storage_path: Where trial checkpoints go (local or s3://, gs://); None: ``<sweep_dir>/ray_results``.
+        retrain: Retrain the best configuration on every fold of the base run and report its test metrics.
+    """
+
+    base_run: str = ""
+    sweep_dir: str = "runs/tune_bleg"
+    name: str = "bleg"
+    space: dict[str, Any] = field(default_factory=dict)
+    num_samples: int = 16
+    seeds: list[int] = field(default_factory=lambda: [0])
+    scheduler: str = "asha"
+    grace_period: int = 5
+    reduction_factor: int = 2
+    search: str = "optuna"
+    max_concurrent_trials: int | None = None
+    storage_path: str | None = None
+    retrain: bool = True
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def base_config(config: TuneJobConfig) -> BLEGJobConfig:
+    path = Path(config.base_run) / "config.yaml"
+    if not path.is_file():
+        raise CohortError(f"base_run: {config.base_run} is not a fmgnn train bleg run (no config.yaml)")
+    return load_config(BLEGJobConfig, path)
+
+
+def fold_inputs(base: BLEGJobConfig, cohort: Cohort, seeds: list[int]) -> list[FoldInput]:
+    """Stage-2 encoders and teacher targets of the base run's folds of ``seeds``."""
+    run_dir = Path(base.run_dir)
+    splits = [s for s in make_splits(cohort.labels(), base.folds, cohort.metadata.label_names) if s.seed in seeds]
+    if not splits:
+        raise CohortError(f"seeds: the base run has seeds {base.folds.seeds}, not {seeds}")
+    inputs = []
+    for split in splits:
+        fold_dir = run_dir / "folds" / split.name
+        targets = read_targets(fold_dir / "teacher-bleg.parquet", split.name,
+                               f"{base.lm.path}+stage2:{split.name}", base.pooling)
+        if targets is None or not (fold_dir / "stage2" / "encoder").is_dir():
+            raise CohortError(f"base_run: {fold_dir} has no stage 2 or teacher targets; finish the base run first")
+        encoder = GraphTokenEncoder.from_pretrained(fold_dir / "stage2" / "encoder")
+        ids = cohort.subject_ids()
+        train = [i for i in split.train if str(ids[i]) in targets]  # drop_missing runs leave some out
+        inputs.append(FoldInput(type(split)(split.seed, split.fold, train, split.val, split.test),
+                                encoder.state_dict(), targets))
+    return inputs
+
+
+def trial_stage3(base: AlignmentConfig, params: dict[str, Any]) -> AlignmentConfig:
+    """The base stage 3 with a trial's ``stage3.*`` values applied."""
+    overrides = [o.removeprefix("stage3.") for o in as_overrides(params)]
+    return config_from_dict(AlignmentConfig, to_dict(base), overrides)
+
+
+def make_trainable(base: BLEGJobConfig, cohort_path: str, folds_ref: ray.ObjectRef, encoder_config: Any,
+                   ray_config: RayConfig, storage_path: str, name: str):
+    def trainable(params: dict[str, Any]) -> None:
+        stage3 = trial_stage3(base.stage3, params)
+        spec = SweepSpec(cohort_path, base.graph, encoder_config, ray.get(folds_ref), stage3)
+        trial = tune.get_context().get_trial_id()
+        # A deterministic run name per trial: a restored sweep resumes each trial from its checkpoint.
+        trainer = make_trainer(train_folds, spec, f"{name}-{trial}", ray_config, storage_path,
+                               callbacks=[TuneReportCallback()])  # Ray: the trainer's reports reach Tune
+        trainer.fit()
+
+    return trainable
+
+
+def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
+    if not config.base_run:
+        raise CohortError("base_run: give a finished fmgnn train bleg run (base_run=runs/bleg_...)")
+    unknown = sorted(k for k in config.space if not k.startswith("stage3."))
+    if unknown:
+        raise CohortError(f"space: {unknown}: only stage3.* can be searched over a fixed stage 2 "
+                          "(stage-2 settings such as graph density or LoRA rank need a stage 2 per trial)")
+    base = base_config(config)
+    sweep_dir = Path(config.sweep_dir).resolve()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, sweep_dir / "config.yaml")
+    atomic_write_json(sweep_dir / "versions.json", environment_record())
+    cohort = Cohort(base.cohort)
+    folds = fold_inputs(base, cohort, config.seeds)
+    encoder_config = GraphTokenEncoder.from_pretrained(
+        Path(base.run_dir) / "folds" / folds[0].split.name / "stage2" / "encoder").config
+    start_ray(config.ray)
+    storage_path = resolve_storage_path(config.storage_path, sweep_dir)
+    trainable = tune.with_resources(
+        make_trainable(base, str(cohort.path.resolve()), ray.put(folds), encoder_config, config.ray, storage_path,
+                       config.name),
+        {"CPU": 0.1})  # the trial only drives its trainer; the trainer's workers hold the CPUs
+    tuner = restore_or_create(config, trainable, storage_path)
+    start = time.monotonic()
+    grid = tuner.fit()
+    results = grid.get_dataframe()
+    results.to_parquet(sweep_dir / "results.parquet")
+    results.to_csv(sweep_dir / "results.csv", index=False)
+    best = grid.get_best_result(metric="best_val_loss", mode=MODE, scope="last")
+    best_params = {k: best.config[k] for k in config.space}
+    best_config = config_from_dict(BLEGJobConfig, to_dict(base), as_overrides(best_params) + [
+        f"run_dir={sweep_dir / 'retrain'}", "variants=[bleg]"])
+    save_config(best_config, sweep_dir / "best.yaml")
+    summary = {"trials": len(results), "best_params": best_params, "best_val_loss": best.metrics["best_val_loss"],
+               "trial_epochs": int(results["training_iteration"].sum()),
+               "sweep_seconds": round(time.monotonic() - start, 1)}
+    log.info("sweep: %d trials, %d trial-epochs, best %s (validation loss %.4f)", summary["trials"],
+             summary["trial_epochs"], best_params, summary["best_val_loss"])
+    plot_sweep(results, grid, config, sweep_dir / "plots")
+    if config.retrain:
+        summary["retrained"] = retrain(best_config, base)
+    atomic_write_json(sweep_dir / "summary.json", summary)
+    return summary
+
+
+def retrain(best: BLEGJobConfig, base: BLEGJobConfig) -> dict[str, Any]:
+    """The best stage 3 on every fold of the base run (its stage 2 and teachers reused), tested once."""
+    base_dir, run_dir = Path(base.run_dir), Path(best.run_dir)
+    for fold_dir in sorted((base_dir / "folds").iterdir()):
+        target = run_dir / "folds" / fold_dir.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("stage2", "stage2_seconds.json", "teacher-bleg.parquet"):
+            if (fold_dir / name).exists() and not (target / name).exists():
+                (target / name).symlink_to((fold_dir / name).resolve())
+    tuned = run_bleg(best)["models"]["bleg"]["summary"]
+    default = json.loads((base_dir / "metrics.json").read_text())["models"]["bleg"]["summary"]
+    return {"best": tuned, "default": default}
+
+
+def restore_or_create(config: TuneJobConfig, trainable: Any, storage_path: str) -> tune.Tuner:
+    """``Tuner.restore`` of an interrupted sweep (finished trials are not rerun), else a new Tuner."""
+    path = os.path.join(storage_path, config.name)
+    if tune.Tuner.can_restore(path):
+        log.info("restoring the interrupted sweep at %s", path)
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    cpus = ray.cluster_resources().get("CPU", 1)
+    per_trial = 0.1 + config.ray.cpus_per_worker * max(config.ray.num_workers, 1)
+    concurrent = max(1, int(cpus // per_trial))
+    if config.max_concurrent_trials:
+        concurrent = min(concurrent, config.max_concurrent_trials)
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=int(config_epochs(config)),
+                              grace_period=config.grace_period, reduction_factor=config.reduction_factor) \
+        if config.scheduler == "asha" else FIFOScheduler()
+    search = OptunaSearch() if config.search == "optuna" else None
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(config.space),
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler, search_alg=search,
+                                    num_samples=config.num_samples, max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(name=config.name, storage_path=storage_path),
+    )
+
+
+def plot_sweep(results: Any, grid: Any, config: TuneJobConfig, folder: Path) -> None:
+    """Validation loss per trial over epochs, and a parameter importance bar chart (Optuna's fANOVA)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for result in grid:
+        if result.metrics_dataframe is not None and METRIC in result.metrics_dataframe:
+            frame = result.metrics_dataframe
+            ax.plot(frame["training_iteration"], frame[METRIC], lw=1)
+    ax.set(xlabel="epoch", ylabel="mean validation CE over folds", title="trials (ASHA stops the poor ones)")
+    fig.tight_layout()
+    fig.savefig(folder / "trials.png", dpi=120)
+    plt.close(fig)
+
+    importance = parameter_importance(results, list(config.space))
+    if importance:
+        fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(importance)))
+        ax.barh(list(importance), list(importance.values()))
+        ax.set(xlabel="importance (fANOVA on best validation loss)")
+        fig.tight_layout()
+        fig.savefig(folder / "importance.png", dpi=120)
+        plt.close(fig)
+        atomic_write_json(folder / "importance.json", importance)
+
+
+def parameter_importance(results: Any, keys: list[str]) -> dict[str, float]:
+    """fANOVA importance of each searched parameter for the trials' best validation loss."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    varying = [k for k in keys if f"config/{k}" in results and results[f"config/{k}"].nunique() > 1]
+    rows = results.dropna(subset=["best_val_loss"])
+    if not varying or len(rows) < 3:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize")
+    for _, row in rows.iterrows():
+        params, dists = {}, {}
+        for key in varying:
+            value = row[f"config/{key}"]
+            if isinstance(value, str) or results[f"config/{key}"].nunique() <= 6:
+                choices = sorted(results[f"config/{key}"].dropna().unique().tolist(), key=str)
+                params[key], dists[key] = value, CategoricalDistribution(choices)
+            else:
+                low, high = results[f"config/{key}"].min(), results[f"config/{key}"].max()
+                params[key], dists[key] = float(value), FloatDistribution(float(low), float(high))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=row["best_val_loss"]))
+    return dict(optuna.importance.get_param_importances(study))
+
+
+def config_epochs(config: TuneJobConfig) -> int:
+    fixed = config.space.get("stage3.epochs")
+    return int(fixed) if isinstance(fixed, (int, float)) else base_config(config).stage3.epochs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fmgnn tune", description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["bleg"], help="what to tune")
+    parser.add_argument("--config", help="YAML config file")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return exit_on_input_error("tune", lambda: run_sweep(load_config(TuneJobConfig, args.config, args.overrides)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
