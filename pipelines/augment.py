@@ -98,7 +98,8 @@ def build_dataset(config: AugmentConfig, cohort: Cohort, todo: set[str], seed: i
         # Resources are set here, where the stage is placed: one engine per actor replica.
         ds = ds.map_batches(GenerateStage, batch_size=engine.batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata},
-                            concurrency=engine.concurrency, num_gpus=engine.num_gpus or None)
+                            concurrency=engine.concurrency, num_gpus=engine.num_gpus or None,
+                            num_cpus=engine.num_cpus)
     return ds.map_batches(parse_stage, batch_format="numpy")
 
 

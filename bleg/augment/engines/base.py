@@ -35,6 +35,8 @@ class EngineConfig:
         batch_size: Prompts per generation call (and per Ray Data batch).
         concurrency: Engine replicas (Ray Data actors; GPUs for vllm).
         num_gpus: GPUs per replica for ``transformers``.
+        num_cpus: CPUs per replica for ``transformers`` and ``rules``; Ray sets the replica's torch
+            threads to it (a CPU-only model with 1 CPU runs on 1 thread).
         tensor_parallel_size: vLLM tensor parallelism per replica.
         accelerator_type: Ray accelerator type for vLLM replicas (``A10G``, ``H100``...).
         guided_json: Constrain decoding to the answer schema where the engine supports it.
@@ -57,6 +59,7 @@ class EngineConfig:
     batch_size: int = 16
     concurrency: int = 1
     num_gpus: float = 0.0
+    num_cpus: float = 1.0
     tensor_parallel_size: int = 1
     accelerator_type: str | None = None
     guided_json: bool = True
