@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from fimp.conv import FIMPConv
+from fimp.foundation import FIMPFoundationConv
 
 Layout = Literal["vit", "bert", "torch"]
 
@@ -91,3 +92,67 @@ def load_attention_weights(conv: FIMPConv, state_dict: dict[str, Tensor], layout
             if linear.bias is None:
                 raise CheckpointMismatch(f"the checkpoint has biases; build FIMPConv(..., bias=True) for {name}_proj")
             linear.bias.copy_(tensors[f"{name}_proj.bias"])
+
+
+# Per-layer names of a whole transformer layer, ours -> theirs, for load_foundation_weights.
+_LAYER_NAMES: dict[str, dict[str, str]] = {
+    # transformers 5 ViT / ViTMAE modules (a loaded model's state dict)
+    "vit": {"q_proj": "attention.q_proj", "k_proj": "attention.k_proj", "v_proj": "attention.v_proj",
+            "o_proj": "attention.o_proj", "norm1": "layernorm_before", "norm2": "layernorm_after",
+            "fc1": "mlp.fc1", "fc2": "mlp.fc2"},
+    # ViT / ViTMAE checkpoint files on the hub (BrainLM's included)
+    "vit_hub": {"q_proj": "attention.attention.query", "k_proj": "attention.attention.key",
+                "v_proj": "attention.attention.value", "o_proj": "attention.output.dense",
+                "norm1": "layernorm_before", "norm2": "layernorm_after", "fc1": "intermediate.dense",
+                "fc2": "output.dense"},
+    "bert": {"q_proj": "attention.self.query", "k_proj": "attention.self.key", "v_proj": "attention.self.value",
+             "o_proj": "attention.output.dense", "norm1": "attention.output.LayerNorm",
+             "norm2": "output.LayerNorm", "fc1": "intermediate.dense", "fc2": "output.dense"},
+    "torch": {"o_proj": "self_attn.out_proj", "norm1": "norm1", "norm2": "norm2", "fc1": "linear1",
+              "fc2": "linear2"},
+}
+_LAYER_PREFIX = {"vit": "layers.{l}.", "vit_hub": "encoder.layer.{l}.", "bert": "encoder.layer.{l}.",
+                 "torch": "layers.{l}."}
+_FINAL_NORM = {"vit": "layernorm", "vit_hub": "layernorm"}
+
+
+def load_foundation_weights(conv: FIMPFoundationConv, state_dict: dict[str, Tensor], layout: Layout) -> None:
+    """Copy every layer of a pretrained encoder (and its final LayerNorm) into ``conv``, checking keys and shapes.
+
+    ``update_proj`` is FIMP's own and keeps its initialisation.
+    """
+    if layout == "vit" and not any(".attention.q_proj." in k for k in state_dict):
+        layout = "vit_hub"
+    names = _LAYER_NAMES[layout]
+    first = _LAYER_PREFIX[layout].format(l=0) + names["o_proj"] + ".weight"
+    prefix = _find_prefix(state_dict, first)
+    targets: dict[str, Tensor] = {}
+    for index in range(len(conv.layers)):
+        base = prefix + _LAYER_PREFIX[layout].format(l=index)
+        for ours, theirs in names.items():
+            for kind in ("weight", "bias"):
+                targets[f"layers.{index}.{ours}.{kind}"] = _tensor(state_dict, base + f"{theirs}.{kind}")
+        if layout == "torch":  # Q, K, V stacked in in_proj
+            weight = _tensor(state_dict, base + "self_attn.in_proj_weight")
+            bias = _tensor(state_dict, base + "self_attn.in_proj_bias")
+            d = weight.shape[1]
+            for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                targets[f"layers.{index}.{name}.weight"] = weight[i * d:(i + 1) * d]
+                targets[f"layers.{index}.{name}.bias"] = bias[i * d:(i + 1) * d]
+    if layout in _FINAL_NORM and conv.config.final_norm:
+        for kind in ("weight", "bias"):
+            targets[f"final_norm.{kind}"] = _tensor(state_dict, prefix + f"{_FINAL_NORM[layout]}.{kind}")
+    ours = conv.state_dict()
+    for key, value in targets.items():
+        if tuple(value.shape) != tuple(ours[key].shape):
+            raise CheckpointMismatch(f"checkpoint tensor for {key}: expected shape {tuple(ours[key].shape)}, "
+                                     f"found {tuple(value.shape)}")
+    with torch.no_grad():
+        for key, value in targets.items():
+            ours[key].copy_(value)
+
+
+def _tensor(state_dict: dict[str, Tensor], key: str) -> Tensor:
+    if key not in state_dict:
+        raise CheckpointMismatch(f"checkpoint key {key!r} is missing")
+    return state_dict[key]

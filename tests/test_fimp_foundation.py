@@ -1,0 +1,113 @@
+"""FIMP with a whole foundation model: self-loops reproduce the model, edges match a per-edge loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fimp.foundation import FIMPFoundationConv, FoundationConfig
+from fimp.weights import CheckpointMismatch, load_foundation_weights
+
+
+def self_loops(n: int) -> torch.Tensor:
+    return torch.arange(n).repeat(2, 1)
+
+
+def test_self_loop_messages_are_the_pretrained_vit_output():
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                             image_size=8, patch_size=4)).eval()
+    conv = FIMPFoundationConv(FoundationConfig(hidden=32, heads=4, layers=3, intermediate=64)).eval()
+    load_foundation_weights(conv, vit.state_dict(), "vit")
+    x = torch.randn(5, 7, 32)
+    expected = x
+    for layer in vit.layers:
+        expected = layer(expected)
+        expected = expected[0] if isinstance(expected, tuple) else expected
+    expected = vit.layernorm(expected)
+    torch.testing.assert_close(conv.node_outputs(x), expected, rtol=1e-5, atol=1e-5)
+    # Through message passing: a self-loop's message is that output, then residual and projection.
+    torch.testing.assert_close(conv(x, self_loops(5)), conv.update_proj(x + expected), rtol=1e-5, atol=1e-5)
+
+    # The same weights under the names of ViT/ViTMAE checkpoint files on the hub (BrainLM's).
+    hub_names = {"attention.q_proj": "attention.attention.query", "attention.k_proj": "attention.attention.key",
+                 "attention.v_proj": "attention.attention.value", "attention.o_proj": "attention.output.dense",
+                 "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+    hub = {}
+    for key, value in vit.state_dict().items():
+        for new, old in hub_names.items():
+            key = key.replace(new, old)
+        hub["vit." + key.replace("layers.", "encoder.layer.")] = value
+    from_hub = FIMPFoundationConv(FoundationConfig(hidden=32, heads=4, layers=3, intermediate=64)).eval()
+    load_foundation_weights(from_hub, hub, "vit")
+    torch.testing.assert_close(from_hub.node_outputs(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bert_post_ln_and_torch_encoder_layouts_load_exactly():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(1)
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                hidden_act="gelu")).eval()
+    conv = FIMPFoundationConv(FoundationConfig(hidden=32, heads=4, layers=2, intermediate=64, norm_first=False,
+                                               final_norm=False, layer_norm_eps=bert.config.layer_norm_eps)).eval()
+    load_foundation_weights(conv, bert.state_dict(), "bert")
+    x = torch.randn(3, 6, 32)
+    expected = bert.encoder(x).last_hidden_state
+    torch.testing.assert_close(conv.node_outputs(x), expected, rtol=1e-5, atol=1e-5)
+
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True,
+                                                               activation="gelu"), num_layers=2).eval()
+    conv = FIMPFoundationConv(FoundationConfig(hidden=32, heads=4, layers=2, intermediate=64, norm_first=False,
+                                               final_norm=False, layer_norm_eps=1e-5)).eval()
+    load_foundation_weights(conv, {f"transformer_encoder.{k}": v for k, v in encoder.state_dict().items()}, "torch")
+    with torch.no_grad():
+        torch.testing.assert_close(conv.node_outputs(x), encoder(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fast_layer_equals_a_per_edge_loop_in_float64():
+    torch.manual_seed(2)
+    conv = FIMPFoundationConv(FoundationConfig(hidden=16, heads=2, layers=2, intermediate=32,
+                                               edge_chunk_size=5)).double()
+    x = torch.randn(6, 4, 16, dtype=torch.float64, requires_grad=True)
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 5, 0, 2, 5, 1, 3], [1, 2, 3, 4, 5, 0, 3, 0, 2, 1, 1]])
+    fast = conv(x, edge_index)
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), x)
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        """Each edge on its own: j's hidden states by the model, then the cross-attention chain."""
+        def states(z):
+            out = [z]
+            for layer in conv.layers[:-1]:
+                out.append(layer.self_forward(out[-1]))
+            return out
+        summed = torch.zeros_like(x)
+        for j, i in edge_index.t().tolist():
+            z_j = states(x[j:j + 1])
+            h = x[i:i + 1]
+            for layer, z in zip(conv.layers, z_j):
+                h = layer(h, *layer.keys_values(z))
+            summed = summed + nn.functional.one_hot(torch.tensor(i), 6).double()[:, None, None] * conv.final_norm(h)
+        degree = torch.bincount(edge_index[1], minlength=6).clamp(min=1).double()
+        return conv.update_proj(x + summed / degree[:, None, None])
+
+    slow = reference(x)
+    (grad_slow,) = torch.autograd.grad(slow.square().sum(), x)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_fast, grad_slow, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_that_does_not_fit_names_the_key_and_shapes():
+    from transformers import ViTConfig, ViTModel
+
+    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                             image_size=8, patch_size=4))
+    wide = FIMPFoundationConv(FoundationConfig(hidden=32, heads=4, layers=2, intermediate=128))
+    with pytest.raises(CheckpointMismatch, match=r"layers.0.fc1.weight: expected shape \(128, 32\), found \(64, 32\)"):
+        load_foundation_weights(wide, vit.state_dict(), "vit")
+    deep = FIMPFoundationConv(FoundationConfig(hidden=32, heads=4, layers=3, intermediate=64))
+    with pytest.raises(CheckpointMismatch, match=r"'layers.2.attention.q_proj.weight' is missing"):
+        load_foundation_weights(deep, vit.state_dict(), "vit")
