@@ -149,3 +149,22 @@ class FIMPFoundationConv(nn.Module):
         for index, (layer, (k, v)) in enumerate(zip(self.layers, keys_values_j)):
             h = layer(h, k, v, first_queries if index == 0 else None)
         return self.final_norm(h)
+
+
+FinetuneMode = Literal["frozen", "full", "lora"]
+
+
+def apply_finetune(conv: FIMPFoundationConv, mode: FinetuneMode, lora_r: int = 8, lora_alpha: int = 16) -> nn.Module:
+    """Which weights train: the foundation layers frozen, fully fine-tuned, or through LoRA adapters
+    on their attention projections. FIMP's own ``update_proj`` always trains."""
+    if mode == "full":
+        return conv
+    conv.layers.requires_grad_(False)
+    conv.final_norm.requires_grad_(False)
+    if mode == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+        conv = inject_adapter_in_model(lora, conv)  # this freezes everything but the adapters
+        conv.update_proj.requires_grad_(True)
+    return conv

@@ -111,3 +111,23 @@ def test_checkpoint_that_does_not_fit_names_the_key_and_shapes():
     deep = FIMPFoundationConv(FoundationConfig(hidden=32, heads=4, layers=3, intermediate=64))
     with pytest.raises(CheckpointMismatch, match=r"'layers.2.attention.q_proj.weight' is missing"):
         load_foundation_weights(deep, vit.state_dict(), "vit")
+
+
+@pytest.mark.parametrize("mode", ["frozen", "full", "lora"])
+def test_finetune_modes_choose_what_trains(mode):
+    from fimp.foundation import apply_finetune
+
+    conv = apply_finetune(FIMPFoundationConv(FoundationConfig(hidden=16, heads=2, layers=2, intermediate=32)), mode)
+    trained = {n for n, p in conv.named_parameters() if p.requires_grad}
+    assert {"update_proj.weight", "update_proj.bias"} <= trained
+    if mode == "full":
+        assert trained == {n for n, _ in conv.named_parameters()}
+    elif mode == "frozen":
+        assert trained == {"update_proj.weight", "update_proj.bias"}
+    else:
+        lora = trained - {"update_proj.weight", "update_proj.bias"}
+        assert lora and all("lora_" in n for n in lora)
+        x = torch.randn(3, 4, 16)
+        loss = conv(x, torch.tensor([[0, 1, 2], [1, 2, 0]])).sum()
+        loss.backward()
+        assert all(p.grad is not None for n, p in conv.named_parameters() if "lora_B" in n)
