@@ -37,8 +37,8 @@ class LanguageModelConfig:
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator.
         lora_dropout: Dropout on the LoRA branch.
-        lora_targets: Module names that get adapters; None: peft's default for the architecture
-            (q/v projections for Llama, query/value for BERT).
+        lora_targets: Module names that get adapters; None: the query and value projections
+            (``q_proj``/``v_proj`` or ``query``/``value``), else peft's default for the architecture.
         max_length: Longest sequence (graph tokens + text), answers are cut to fit.
         mlm_probability: Share of answer tokens masked per step for a masked LM (at least one).
     """
@@ -150,12 +150,24 @@ def apply_finetune_mode(model: nn.Module, config: LanguageModelConfig) -> nn.Mod
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=config.lora_targets)
+                          target_modules=config.lora_targets or attention_targets(model))
         model = get_peft_model(model, lora)
     for name, parameter in model.named_parameters():
         if name.removeprefix("base_model.model.") in new_weights:
             parameter.requires_grad_(True)
     return model
+
+
+def attention_targets(model: nn.Module) -> list[str] | None:
+    """The query and value projections' names (the paper's LoRA targets); None: peft's own default.
+
+    peft knows the usual names of many architectures but not all (BioGPT); this looks them up.
+    """
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    for pair in (["q_proj", "v_proj"], ["query", "value"]):
+        if set(pair) <= names:
+            return pair
+    return None
 
 
 def merged(model: nn.Module) -> nn.Module:

@@ -269,3 +269,36 @@ def test_bert_head_on_masked_positions_only_gives_the_full_loss():
     labels = torch.cat([torch.full((3, 12), IGNORE), batch["labels"]], 1)
     full = lm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss  # the head at every position
     assert fast.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "biogpt"])
+def test_stage2_runs_on_other_causal_lm_families(family, tiny_llama, tmp_path):
+    """GPT-2, Qwen2 and BioGPT (the paper's LM) built locally with the tiny tokenizer, under LoRA."""
+    from transformers import AutoTokenizer, BioGptConfig, BioGptForCausalLM, GPT2Config, GPT2LMHeadModel
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    vocab = len(tokenizer)
+    model = {
+        "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2)),
+        "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                                                      num_hidden_layers=2, num_attention_heads=2,
+                                                      num_key_value_heads=1)),
+        "biogpt": lambda: BioGptForCausalLM(BioGptConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                                                         num_hidden_layers=2, num_attention_heads=2)),
+    }[family]()
+    model.save_pretrained(tmp_path / family)
+    tokenizer.save_pretrained(tmp_path / family)
+    config = LanguageModelConfig(path=str(tmp_path / family), finetune="lora", lora_r=2)
+    lm, tokenizer, kind = load_language_model(config)
+    assert kind == "causal"
+    lm = apply_finetune_mode(lm, config)
+    glm = GraphLanguageModel(GraphTokenEncoder(GraphEncoderConfig(in_channels=12, hidden=[8], out_channels=32)),
+                             lm, kind)
+    text = TextEncoder(tokenizer, kind, max_text_length=100)
+    pairs = [text.pair("Dataset: synthetic.", "A modular network.") for _ in range(2)]
+    batch = text.pad([p[0] for p in pairs], [p[1] for p in pairs])
+    loss = glm(Batch.from_data_list(random_graphs(2)), batch["input_ids"], batch["attention_mask"], batch["labels"])
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert any(p.grad is not None for n, p in lm.named_parameters() if "lora_" in n)
