@@ -142,16 +142,17 @@ def test_rerun_with_other_settings_in_the_same_run_dir_is_refused(small_syntheti
 
 
 def sweep_overrides(base_run, sweep_dir, **extra) -> list[str]:
-    values = {"base_run": base_run, "sweep_dir": sweep_dir, "num_samples": 6, "grace_period": 2,
+    values = {"base_run": base_run, "sweep_dir": sweep_dir, "num_samples": 3, "grace_period": 2,
               "reduction_factor": 2, "max_concurrent_trials": 2, "retrain": "false", "search": "random",
               "ray.num_workers": 1, "ray.cpus_per_worker": 0.5, **extra}
     return [f"{k}={v}" for k, v in values.items()]
 
 
-SPACE = {"stage3.lr": {"choice": [1.0e-6, 3.0e-3]}, "stage3.lam": {"choice": [0.2, 0.5]},
+SPACE = {"stage3.lr": {"grid": [1.0e-6, 3.0e-3]}, "stage3.lam": {"choice": [0.2, 0.5]},
          "stage3.epochs": 8, "stage3.patience": 8}
 
 
+@pytest.mark.timeout(1200)  # includes the module's BLEG run when this test runs first
 def test_asha_stops_poor_trials_early_and_writes_the_best_config(bleg_run, tmp_path):
     from pipelines.tune import TuneJobConfig, run_sweep
 
@@ -179,6 +180,7 @@ run_sweep(config)
 """
 
 
+@pytest.mark.timeout(1200)
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(bleg_run, tmp_path):
     import os
     import signal
@@ -188,7 +190,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(bleg_run, t
 
     run_dir, _ = bleg_run
     args = [sys.executable, "-c", KILL_SWEEP, json.dumps(SPACE),
-            *sweep_overrides(run_dir, tmp_path / "sweep", scheduler="fifo", num_samples=4, max_concurrent_trials=1)]
+            *sweep_overrides(run_dir, tmp_path / "sweep", scheduler="fifo", num_samples=2, max_concurrent_trials=1)]
     job = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     experiment = tmp_path / "sweep" / "ray_results" / "bleg"
     deadline = time.time() + 400

@@ -6,6 +6,7 @@ Each key is a dotted config path of the job being tuned, each value one sampler:
     stage3.lr: {loguniform: [1.0e-4, 1.0e-3]}
     stage3.student.bottleneck: {choice: [64, 128, 256]}
     stage3.temperature: {uniform: [1.0, 5.0]}
+    stage3.align: {grid: [mse, cosine, kl]}  # every value (with search: random)
     stage3.epochs: 60                       # a plain value is fixed for every trial
 """
 
@@ -21,6 +22,7 @@ SAMPLERS = {
     "loguniform": lambda v: tune.loguniform(*v),
     "randint": lambda v: tune.randint(*v),
     "quniform": lambda v: tune.quniform(*v),
+    "grid": lambda v: tune.grid_search(list(v)),  # every value, num_samples times each (random search only)
 }
 
 
