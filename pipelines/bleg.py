@@ -149,7 +149,10 @@ class FoldRunner:
         stage2_dir = fold_dir / "stage2"
         if "bleg" in self.config.variants and not (stage2_dir / "stage2.json").is_file():
             start = time.monotonic()
-            spec = InstructionSpec(str(self.cohort.path.resolve()), split, self.config.graph, self.lm,
+            # Stage 2 validates on answers, so on the validation subjects that have a description.
+            val = check_coverage(self.descriptions, self.cohort.subject_ids(), split.val, self.config.texts)
+            stage2_split = Split(split.seed, split.fold, split.train, val, split.test)
+            spec = InstructionSpec(str(self.cohort.path.resolve()), stage2_split, self.config.graph, self.lm,
                                    self.config.stage2, {i: self.descriptions[i] for i in self._ids(split)}, seed)
             metrics, checkpoint = yield self.fit(train_instruction, spec, f"stage2-{split.name}")
             with checkpoint.as_directory() as directory, atomic_dir(stage2_dir) as tmp:
