@@ -1,0 +1,1 @@
+"""FIMP tasks: data, masking and metrics of each reconstruction task."""

@@ -1,0 +1,95 @@
+"""FIMP task: fMRI recording reconstruction (METHODS.md, "Tasks and metrics").
+
+One graph per scan: nodes are the R regions, each carrying its time series cut into f windows of w
+time points (BrainLM's tokens: 20 points per window); edges join each region to its k most
+correlated regions (|r| of the scan's FC; a kNN over coordinates when the cohort has them). A
+share of each region's windows is masked and reconstructed; MSE and R^2 count masked windows only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from fmgnn.cohort import Cohort, CohortError
+
+
+@dataclass
+class FMRITaskConfig:
+    """Args:
+        window: Time points per token (BrainLM: 20).
+        n_windows: Windows per region (f); the first ``window * n_windows`` time points are used.
+        k: Neighbours per region in the kNN graph.
+        graph: ``fc`` (|r| of the scan) or ``coords`` (Euclidean, needs roi_coords).
+        mask_ratio: Share of each region's windows masked (at least one).
+        normalize: z-score each region's series over the used time points (per scan, no fitting).
+    """
+
+    window: int = 20
+    n_windows: int = 10
+    k: int = 8
+    graph: str = "fc"
+    mask_ratio: float = 0.2
+    normalize: bool = True
+
+
+def knn_edges(similarity: Tensor, k: int) -> Tensor:
+    """Edges (2, R k) from each region's k most similar others (source = neighbour, target = region)."""
+    r = similarity.shape[0]
+    scores = similarity.clone()
+    scores.fill_diagonal_(float("-inf"))
+    neighbours = scores.topk(min(k, r - 1), dim=1).indices  # (R, k)
+    target = torch.arange(r).repeat_interleave(neighbours.shape[1])
+    return torch.stack([neighbours.reshape(-1), target])
+
+
+def scan_graph(series: np.ndarray, config: FMRITaskConfig, coords: np.ndarray | None = None,
+               where: str = "scan") -> Data:
+    """``Data`` with ``x`` (R, f, w) windows and kNN ``edge_index``."""
+    needed = config.window * config.n_windows
+    t, r = series.shape
+    if t < needed:
+        raise CohortError(f"{where}: {t} time points, the task needs {needed} (window x n_windows)")
+    values = torch.as_tensor(series[:needed].T, dtype=torch.float32)  # (R, T)
+    if config.normalize:
+        values = (values - values.mean(1, keepdim=True)) / (values.std(1, keepdim=True) + 1e-6)
+    if config.graph == "coords":
+        if coords is None:
+            raise CohortError(f"{where}: graph=coords needs roi_coords in the cohort metadata")
+        points = torch.as_tensor(np.asarray(coords), dtype=torch.float32)
+        similarity = -torch.cdist(points, points)
+    else:
+        similarity = torch.corrcoef(values).abs().nan_to_num(0.0)
+    return Data(x=values.view(r, config.n_windows, config.window), edge_index=knn_edges(similarity, config.k),
+                num_nodes=r)
+
+
+def load_scans(cohort: Cohort, indices: list[int], config: FMRITaskConfig) -> list[Data]:
+    graphs = []
+    for i in indices:
+        series = cohort.timeseries(int(i))
+        if series is None:
+            raise CohortError(f"{cohort.path}: subject {cohort.subject_ids()[i]} has no time series (FC only); "
+                              "the reconstruction task needs time series")
+        graphs.append(scan_graph(series, config, cohort.metadata.roi_coords,
+                                 f"{cohort.path}: subject {cohort.subject_ids()[i]}"))
+    return graphs
+
+
+def window_mask(n_nodes: int, n_windows: int, ratio: float, generator: torch.Generator) -> Tensor:
+    """(N, f) booleans, True where a window is hidden; every node hides at least one window."""
+    n_masked = max(1, round(ratio * n_windows))
+    order = torch.rand(n_nodes, n_windows, generator=generator).argsort(dim=1)
+    return order < n_masked
+
+
+def reconstruction_metrics(predicted: Tensor, target: Tensor, mask: Tensor) -> dict[str, float]:
+    """MSE and R^2 over the masked windows: (N, f, w) predictions and targets, (N, f) mask."""
+    p, y = predicted[mask], target[mask]  # (M, w)
+    mse = torch.mean((p - y) ** 2).item()
+    total = torch.sum((y - y.mean()) ** 2).item()
+    return {"mse": mse, "r2": 1.0 - torch.sum((p - y) ** 2).item() / total if total > 0 else float("nan")}

@@ -1,0 +1,53 @@
+"""FIMP task data: fMRI windows, kNN graphs, masks, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fimp.tasks.fmri import FMRITaskConfig, knn_edges, load_scans, reconstruction_metrics, scan_graph, window_mask
+from fmgnn.cohort import Cohort, CohortError
+
+
+def test_knn_edges_point_from_the_most_correlated_regions():
+    similarity = torch.tensor([[1.0, 0.9, 0.1, 0.5], [0.9, 1.0, 0.2, 0.3], [0.1, 0.2, 1.0, 0.8], [0.5, 0.3, 0.8, 1.0]])
+    edges = knn_edges(similarity, 2)
+    into = {t: sorted(edges[0, edges[1] == t].tolist()) for t in range(4)}
+    assert into == {0: [1, 3], 1: [0, 3], 2: [1, 3], 3: [0, 2]}  # never a self-loop
+
+
+def test_scan_graph_windows_and_normalisation():
+    rng = np.random.default_rng(0)
+    series = rng.standard_normal((230, 6)) * 5 + 3
+    graph = scan_graph(series, FMRITaskConfig(window=20, n_windows=10, k=3))
+    assert graph.x.shape == (6, 10, 20) and graph.edge_index.shape == (2, 18)
+    flat = graph.x.reshape(6, 200)
+    torch.testing.assert_close(flat.mean(1), torch.zeros(6), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(flat[2, 20:40].numpy(), ((series[20:40, 2] - series[:200, 2].mean())
+                                                      / series[:200, 2].std(ddof=1)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(CohortError, match="100 time points, the task needs 200"):
+        scan_graph(series[:100], FMRITaskConfig())
+
+
+def test_masks_hide_the_ratio_and_metrics_count_masked_windows_only():
+    mask = window_mask(50, 10, 0.2, torch.Generator().manual_seed(0))
+    assert mask.shape == (50, 10) and (mask.sum(1) == 2).all()
+    assert not torch.equal(mask[0], mask[1])  # random per node
+    target = torch.randn(50, 10, 4)
+    predicted = target.clone()
+    predicted[~mask] = 100.0  # errors on visible windows do not count
+    assert reconstruction_metrics(predicted, target, mask) == {"mse": 0.0, "r2": 1.0}
+    metrics = reconstruction_metrics(torch.zeros_like(target), target, mask)
+    assert metrics["r2"] == pytest.approx(-(target[mask].mean() ** 2 / target[mask].var(unbiased=False)).item(),
+                                          abs=1e-4)
+
+
+def test_fc_only_cohorts_are_refused_with_the_subject(nmda_cohort):
+    with pytest.raises(CohortError, match="has no time series"):
+        load_scans(Cohort(nmda_cohort), [0], FMRITaskConfig())
+
+
+def test_synthetic_time_series_load(small_synthetic):
+    graphs = load_scans(Cohort(small_synthetic), [0, 1], FMRITaskConfig(window=20, n_windows=3, k=4))
+    assert graphs[0].x.shape == (90, 3, 20) and graphs[0].edge_index.shape == (2, 360)
