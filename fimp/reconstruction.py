@@ -1,0 +1,132 @@
+"""Masked-token reconstruction models: FIMP and the baselines it is compared with, on identical inputs.
+
+Every model reads a batch of nodes with ``f`` tokens of ``w`` values each, ``x`` (N, f, w), and a mask
+(N, f) of hidden tokens, and predicts every token's values (N, f, w); losses and metrics use the
+hidden tokens only.
+
+- ``fimp``: tokens -> linear embedding (hidden tokens replaced by a learned mask token) + position ->
+  ``layers`` FIMP layers (``FIMPFoundationConv``: random = FIMP-base, or a foundation model's
+  weights) -> linear decoder.
+- ``foundation``: the same embedding, the foundation model on each node alone (no graph), decoder.
+- ``mlp``: a node's visible values and mask flags -> MLP, no graph.
+- ``gcn``, ``sage``, ``gat``, ``gin``, ``gps``: PyG layers over the same flattened node features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch_geometric import nn as pyg
+
+from fimp.foundation import FIMPFoundationConv, FoundationConfig
+
+ModelKind = Literal["fimp", "foundation", "mlp", "gcn", "sage", "gat", "gin", "gps"]
+GNN_KINDS = ("gcn", "sage", "gat", "gin", "gps")
+
+
+@dataclass
+class ReconstructionConfig:
+    """Args:
+        kind: Which model.
+        n_tokens: Tokens per node f.
+        token_values: Values per token w.
+        fimp_layers: FIMP message-passing layers (each a whole foundation model).
+        foundation: The foundation model's shape (hidden, heads, layers, MLP width...).
+        gnn_hidden: Width of the baselines' GNN and MLP layers.
+        gnn_layers: Depth of the baselines.
+        dropout: Dropout of the baselines.
+    """
+
+    kind: ModelKind = "fimp"
+    n_tokens: int = 10
+    token_values: int = 20
+    fimp_layers: int = 1
+    foundation: FoundationConfig = field(default_factory=FoundationConfig)
+    gnn_hidden: int = 256
+    gnn_layers: int = 2
+    dropout: float = 0.0
+
+
+class TokenModel(nn.Module):
+    """``fimp`` and ``foundation``: token embedding, FIMP layers (or none), token decoder."""
+
+    def __init__(self, config: ReconstructionConfig) -> None:
+        super().__init__()
+        d = config.foundation.hidden
+        self.config = config
+        self.embed = nn.Linear(config.token_values, d)
+        self.mask_token = nn.Parameter(torch.zeros(d))
+        self.position = nn.Parameter(torch.zeros(config.n_tokens, d))
+        nn.init.normal_(self.position, std=0.02)
+        n_convs = config.fimp_layers if config.kind == "fimp" else 1
+        self.convs = nn.ModuleList(FIMPFoundationConv(config.foundation) for _ in range(n_convs))
+        self.decode = nn.Linear(d, config.token_values)
+
+    def tokens(self, x: Tensor, mask: Tensor) -> Tensor:
+        embedded = self.embed(x)  # (N, f, D)
+        embedded = torch.where(mask.unsqueeze(-1), self.mask_token.expand_as(embedded), embedded)
+        return embedded + self.position
+
+    def forward(self, x: Tensor, mask: Tensor, edge_index: Tensor) -> Tensor:
+        h = self.tokens(x, mask)
+        if self.config.kind == "foundation":
+            h = self.convs[0].node_outputs(h)  # the foundation model on each node alone
+        else:
+            for conv in self.convs:
+                h = conv(h, edge_index)
+        return self.decode(h)  # (N, f, w)
+
+
+class NodeModel(nn.Module):
+    """``mlp`` and the PyG baselines: flattened visible values plus mask flags per node."""
+
+    def __init__(self, config: ReconstructionConfig) -> None:
+        super().__init__()
+        self.config = config
+        f, w, h = config.n_tokens, config.token_values, config.gnn_hidden
+        self.inputs = nn.Linear(f * w + f, h)
+        self.layers = nn.ModuleList(self._layer(config.kind, h) for _ in range(config.gnn_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(h) for _ in range(config.gnn_layers))
+        self.dropout = nn.Dropout(config.dropout)
+        self.output = nn.Linear(h, f * w)
+
+    @staticmethod
+    def _layer(kind: str, h: int) -> nn.Module:
+        if kind == "mlp":
+            return nn.Linear(h, h)
+        if kind == "gcn":
+            return pyg.GCNConv(h, h)
+        if kind == "sage":
+            return pyg.SAGEConv(h, h)
+        if kind == "gat":
+            return pyg.GATConv(h, h // 4, heads=4)
+        if kind == "gin":
+            return pyg.GINConv(nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, h)))
+        if kind == "gps":  # local message passing plus global attention over the graph's nodes
+            return pyg.GPSConv(h, pyg.GINConv(nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, h))), heads=4)
+        raise ValueError(f"unknown baseline {kind!r}")
+
+    def forward(self, x: Tensor, mask: Tensor, edge_index: Tensor, batch: Tensor | None = None) -> Tensor:
+        n, f, w = x.shape
+        visible = x.masked_fill(mask.unsqueeze(-1), 0.0).reshape(n, f * w)
+        h = self.inputs(torch.cat([visible, mask.float()], dim=1))  # (N, hidden)
+        for layer, norm in zip(self.layers, self.norms):
+            if self.config.kind == "mlp":
+                update = layer(h)
+            elif self.config.kind == "gps":
+                update = layer(h, edge_index, batch=batch)
+            else:
+                update = layer(h, edge_index)
+            h = norm(h + self.dropout(torch.nn.functional.gelu(update)))
+        return self.output(h).view(n, f, w)
+
+
+def build_model(config: ReconstructionConfig) -> nn.Module:
+    return TokenModel(config) if config.kind in ("fimp", "foundation") else NodeModel(config)
+
+
+def masked_mse(predicted: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    return torch.mean((predicted[mask] - target[mask]) ** 2)
