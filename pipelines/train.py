@@ -165,11 +165,15 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fmgnn train", description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["baseline", "bleg"], help="what to train")
+    parser.add_argument("what", choices=["baseline", "bleg", "fimp"], help="what to train")
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. gcn.hidden=32")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.what == "fimp":
+        from pipelines.fimp import FIMPJobConfig, run_fimp
+
+        return exit_on_input_error("train", lambda: run_fimp(load_config(FIMPJobConfig, args.config, args.overrides)))
     if args.what == "bleg":
         from pipelines.bleg import BLEGJobConfig, run_bleg
 
