@@ -18,6 +18,7 @@ COMMANDS = {
     "augment": ("pipelines.augment", "LLM descriptions of every subject's graph (BLEG stage 1)"),
     "train": ("pipelines.train", "train models on a cohort (baseline, bleg)"),
     "predict": ("pipelines.predict", "score a cohort with trained BLEG models"),
+    "pretrain": ("pipelines.pretrain", "pretrain a foundation model (masked ROI windows) for FIMP"),
     "tune": ("pipelines.tune", "Ray Tune sweep over BLEG's adapter and alignment settings"),
     "run": ("pipelines.main", "the main job: sample cohort -> graphs -> baselines"),
 }

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fimp.hf_export import load_token_weights
 from fimp.reconstruction import ReconstructionConfig, build_model
 from fimp.tasks.fmri import FMRITaskConfig
 from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTrainConfig, train_reconstruction
@@ -92,6 +93,9 @@ def pretrained_state(config: FIMPJobConfig, model_config: ReconstructionConfig) 
     model = build_model(model_config)
     for conv in model.convs:
         load_foundation_weights(conv, foundation.state_dict(), "vit")
+    tokens = load_token_weights(config.pretrained)  # the pretraining model's embedding and decoder
+    if tokens is not None:
+        model.load_state_dict(tokens, strict=False)
     return model.state_dict()
 
 

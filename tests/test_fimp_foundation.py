@@ -131,3 +131,26 @@ def test_finetune_modes_choose_what_trains(mode):
         loss = conv(x, torch.tensor([[0, 1, 2], [1, 2, 0]])).sum()
         loss.backward()
         assert all(p.grad is not None for n, p in conv.named_parameters() if "lora_B" in n)
+
+
+def test_pretrained_model_saves_as_hugging_face_vit_and_loads_into_fimp(tmp_path):
+    from transformers import AutoModel
+
+    from fimp.hf_export import load_token_weights, save_foundation
+    from fimp.reconstruction import ReconstructionConfig, TokenModel
+
+    torch.manual_seed(3)
+    pretrained = TokenModel(ReconstructionConfig(kind="foundation", n_tokens=4, token_values=10,
+                                                 foundation=FoundationConfig(hidden=32, heads=4, layers=2,
+                                                                             intermediate=64))).eval()
+    for p in pretrained.parameters():  # move off the initial values so that a missed copy shows
+        p.data.add_(0.01 * torch.randn_like(p))
+    save_foundation(pretrained, tmp_path / "fm")
+    vit = AutoModel.from_pretrained(tmp_path / "fm")
+    assert type(vit).__name__ == "ViTModel" and vit.config.num_hidden_layers == 2
+    conv = FIMPFoundationConv(FoundationConfig(hidden=32, heads=4, layers=2, intermediate=64)).eval()
+    load_foundation_weights(conv, vit.state_dict(), "vit")
+    x = torch.randn(3, 4, 32)
+    torch.testing.assert_close(conv.node_outputs(x), pretrained.convs[0].node_outputs(x))
+    tokens = load_token_weights(tmp_path / "fm")
+    torch.testing.assert_close(tokens["position"], pretrained.position)
