@@ -74,6 +74,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return {k: _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; for a float field it can only mean the number.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{path}: expected float, received {value!r}") from None
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             raise ConfigError(f"{path}: expected {tp.__name__}, received {value!r}")
@@ -119,6 +125,14 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
     return parsed
+
+
+def with_values(cfg: T, values: dict[str, Any]) -> T:
+    """A copy of ``cfg`` with dotted keys set to values (already typed: no YAML parsing)."""
+    tree = to_dict(cfg)
+    for key, value in values.items():
+        _set_dotted(tree, key, value)
+    return _build(type(cfg), tree)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

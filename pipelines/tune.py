@@ -35,14 +35,14 @@ from bleg.graph_encoder import GraphTokenEncoder
 from bleg.teacher import read_targets
 from bleg.train_student import AlignmentConfig
 from fmgnn.cohort import Cohort, CohortError
-from fmgnn.config import config_from_dict, load_config, save_config, to_dict
+from fmgnn.config import load_config, save_config, with_values
 from fmgnn.evaluation.splits import make_splits
 from fmgnn.io import atomic_write_json, environment_record
 from pipelines.bleg import BLEGJobConfig, run_bleg
 from pipelines.errors import exit_on_input_error
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import make_trainer, resolve_storage_path
-from tune.space import as_overrides, search_space
+from tune.space import search_space
 from tune.train_folds import FoldInput, SweepSpec, train_folds
 
 log = logging.getLogger("fmgnn.tune")
@@ -114,8 +114,7 @@ def fold_inputs(base: BLEGJobConfig, cohort: Cohort, seeds: list[int]) -> list[F
 
 def trial_stage3(base: AlignmentConfig, params: dict[str, Any]) -> AlignmentConfig:
     """The base stage 3 with a trial's ``stage3.*`` values applied."""
-    overrides = [o.removeprefix("stage3.") for o in as_overrides(params)]
-    return config_from_dict(AlignmentConfig, to_dict(base), overrides)
+    return with_values(base, {k.removeprefix("stage3."): v for k, v in params.items()})
 
 
 def make_trainable(base: BLEGJobConfig, cohort_path: str, folds_ref: ray.ObjectRef, encoder_config: Any,
@@ -157,15 +156,20 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
     tuner = restore_or_create(config, trainable, storage_path)
     start = time.monotonic()
     grid = tuner.fit()
+    failed = [str(r.error).splitlines()[-1] for r in grid if r.error is not None]
+    if failed:
+        log.warning("%d of %d trials failed, e.g. %s", len(failed), len(grid), failed[0])
+        if len(failed) == len(grid):
+            raise RuntimeError(f"every trial failed: {failed[0]}")
     results = grid.get_dataframe()
     results.to_parquet(sweep_dir / "results.parquet")
     results.to_csv(sweep_dir / "results.csv", index=False)
     best = grid.get_best_result(metric="best_val_loss", mode=MODE, scope="last")
     best_params = {k: best.config[k] for k in config.space}
-    best_config = config_from_dict(BLEGJobConfig, to_dict(base), as_overrides(best_params) + [
-        f"run_dir={sweep_dir / 'retrain'}", "variants=[bleg]"])
+    best_config = with_values(base, {**best_params, "run_dir": str(sweep_dir / "retrain"), "variants": ["bleg"]})
     save_config(best_config, sweep_dir / "best.yaml")
-    summary = {"trials": len(results), "best_params": best_params, "best_val_loss": best.metrics["best_val_loss"],
+    summary = {"trials": len(results), "failed_trials": len(failed), "best_params": best_params,
+               "best_val_loss": best.metrics["best_val_loss"],
                "trial_epochs": int(results["training_iteration"].sum()),
                "sweep_seconds": round(time.monotonic() - start, 1)}
     log.info("sweep: %d trials, %d trial-epochs, best %s (validation loss %.4f)", summary["trials"],

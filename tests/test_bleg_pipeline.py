@@ -161,7 +161,7 @@ def test_asha_stops_poor_trials_early_and_writes_the_best_config(bleg_run, tmp_p
     config.space = SPACE
     summary = run_sweep(config)
     results = pq.read_table(tmp_path / "sweep" / "results.parquet").to_pandas()
-    assert len(results) == 6 and summary["trials"] == 6
+    assert len(results) == 6 and summary["trials"] == 6 and summary["failed_trials"] == 0
     # ASHA: some trials stopped before the 8 epochs, so fewer trial-epochs than running all to the end.
     assert results["training_iteration"].min() < 8 and results["training_iteration"].max() == 8
     assert summary["trial_epochs"] < 6 * 8

@@ -59,3 +59,24 @@ def test_shipped_configs_load():
     assert main.baseline.folds.n_folds == 5
     baseline = load_config(BaselineJobConfig, repo / "configs/baseline.yaml")
     assert baseline.folds.n_folds == 10 and baseline.graph.density == 0.12
+
+
+def test_floats_written_without_a_dot_and_typed_value_updates():
+    from fmgnn.config import with_values
+
+    @dataclass
+    class Inner:
+        lr: float = 0.1
+
+    @dataclass
+    class Outer:
+        inner: Inner = field(default_factory=Inner)
+        name: str = "a"
+
+    assert load_config(Outer, None, ["inner.lr=1e-4"]).inner.lr == 1e-4  # YAML 1.1 reads 1e-4 as a string
+    with pytest.raises(ConfigError, match="inner.lr: expected float, received 'fast'"):
+        load_config(Outer, None, ["inner.lr=fast"])
+    updated = with_values(Outer(), {"inner.lr": 1e-6, "name": "b"})
+    assert updated == Outer(Inner(1e-6), "b")
+    with pytest.raises(ConfigError):
+        with_values(Outer(), {"inner.lr": "slow"})

@@ -42,7 +42,3 @@ def search_space(values: dict[str, Any], where: str = "space") -> dict[str, Any]
             space[key] = spec
     return space
 
-
-def as_overrides(params: dict[str, Any]) -> list[str]:
-    """A trial's sampled values as ``key=value`` overrides for ``fmgnn.config.load_config``."""
-    return [f"{key}={value}" for key, value in params.items()]
