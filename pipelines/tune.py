@@ -127,8 +127,26 @@ def make_trainable(base: BLEGJobConfig, cohort_path: str, folds_ref: ray.ObjectR
         trainer = make_trainer(train_folds, spec, f"{name}-{trial}", ray_config, storage_path,
                                callbacks=[TuneReportCallback()])  # Ray: the trainer's reports reach Tune
         trainer.fit()
+        wait_for_last_report()
 
     return trainable
+
+
+def wait_for_last_report(timeout_s: float = 60.0) -> None:
+    """Return only after Tune has taken the trainer's last report.
+
+    TuneReportCallback hands reports over through a one-item queue that the trial's session polls;
+    when the function returned right after ``fit()``, the final epoch's report was sometimes still in
+    the queue and was lost (seen in CI: a finished 8-epoch trial recorded 7). Ray 2.60 exposes no
+    public way to wait, hence the internal session's queue.
+    """
+    from ray.train._internal.session import get_session
+
+    queue = get_session()._get_or_create_inter_actor_queue()
+    deadline = time.monotonic() + timeout_s
+    while not queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the session takes the item off the queue, then records it: let it finish
 
 
 def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
