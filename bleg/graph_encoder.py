@@ -87,13 +87,17 @@ class GraphTokenEncoder(nn.Module):
         if values.pop("model_type", None) != "bleg_graph_encoder":
             raise CohortError(f"{folder / CONFIG_NAME}: model_type is not bleg_graph_encoder")
         model = cls(GraphEncoderConfig(**values))
-        state = load_file(str(folder / WEIGHTS_NAME))
-        expected = model.state_dict()
-        for key, value in expected.items():
-            if key not in state:
-                raise CohortError(f"{folder / WEIGHTS_NAME}: missing {key}")
-            if state[key].shape != value.shape:
-                raise CohortError(f"{folder / WEIGHTS_NAME}: {key} has shape {tuple(state[key].shape)}, "
-                                  f"the config expects {tuple(value.shape)}")
-        model.load_state_dict(state)
+        load_checked_weights(model, folder / WEIGHTS_NAME)
         return model
+
+
+def load_checked_weights(model: nn.Module, path: Path) -> None:
+    """Load a safetensors file into ``model``; a missing key or another shape fails naming the file and key."""
+    state = load_file(str(path))
+    for key, value in model.state_dict().items():
+        if key not in state:
+            raise CohortError(f"{path}: missing {key}")
+        if state[key].shape != value.shape:
+            raise CohortError(f"{path}: {key} has shape {tuple(state[key].shape)}, "
+                              f"the config expects {tuple(value.shape)}")
+    model.load_state_dict(state)

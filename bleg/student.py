@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch_geometric.nn import global_max_pool, global_mean_pool
 
-from bleg.graph_encoder import GraphEncoderConfig, GraphTokenEncoder
+from bleg.graph_encoder import GraphEncoderConfig, GraphTokenEncoder, load_checked_weights
 from fmgnn.cohort import CohortError
 
 CONFIG_NAME = "config.json"
@@ -97,14 +97,7 @@ class BLEGStudent(nn.Module):
         if values.get("model_type") != "bleg_student":
             raise CohortError(f"{folder / CONFIG_NAME}: model_type {values.get('model_type')!r} is not bleg_student")
         model = cls(GraphTokenEncoder(GraphEncoderConfig(**values["encoder"])), StudentConfig(**values["student"]))
-        state = load_file(str(folder / WEIGHTS_NAME))
-        for key, value in model.state_dict().items():
-            if key not in state:
-                raise CohortError(f"{folder / WEIGHTS_NAME}: missing {key}")
-            if state[key].shape != value.shape:
-                raise CohortError(f"{folder / WEIGHTS_NAME}: {key} has shape {tuple(state[key].shape)}, "
-                                  f"expected {tuple(value.shape)}")
-        model.load_state_dict(state)
+        load_checked_weights(model, folder / WEIGHTS_NAME)
         return model
 
 
