@@ -27,7 +27,7 @@ from fmgnn.cohort import Cohort
 from fmgnn.evaluation.splits import Split
 from fmgnn.graphs import GraphConfig
 from fmgnn.ray_logging import quiet_report_logs
-from fmgnn.train_state import TrainState, load_model_state, report_epoch, restore, unwrap
+from fmgnn.train_state import TrainState, load_model_state, report_epoch, restore, seed_epoch, unwrap
 
 
 @dataclass
@@ -131,8 +131,8 @@ def train_instruction(config: dict) -> None:
     # Ray: each worker tunes on its own shard of the training subjects.
     sampler = DistributedSampler(train_examples, num_replicas=context.get_world_size(),
                                  rank=context.get_world_rank(), shuffle=True, seed=spec.seed)
-    loader = DataLoader(train_examples, batch_size=spec.train.batch_size, sampler=sampler,
-                        collate_fn=Collate(text_encoder, spec.seed + context.get_world_rank()))
+    collate = Collate(text_encoder, spec.seed)
+    loader = DataLoader(train_examples, batch_size=spec.train.batch_size, sampler=sampler, collate_fn=collate)
     # Weights that start random (the GCN, an LM head the checkpoint lacked) learn at encoder_lr; the
     # pretrained LM weights (or their LoRA adapters) at the paper's lower lr.
     new_weights = set(getattr(lm, "fmgnn_new_weights", []))
@@ -150,6 +150,7 @@ def train_instruction(config: dict) -> None:
     while not state.finished(spec.train.epochs):
         epoch = state.epoch + 1
         sampler.set_epoch(epoch)
+        collate.generator.manual_seed(seed_epoch(spec.seed, epoch, context.get_world_rank()))
         train_loss = answer_loss(model, loader, optimizer)
         # The same masked positions every epoch, so that validation losses compare.
         val_loader = DataLoader(val_examples, batch_size=spec.train.batch_size, collate_fn=Collate(text_encoder, 0))

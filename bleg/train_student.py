@@ -29,7 +29,7 @@ from fmgnn.evaluation.metrics import classification_metrics
 from fmgnn.evaluation.splits import Split
 from fmgnn.graphs import GraphConfig
 from fmgnn.ray_logging import quiet_report_logs
-from fmgnn.train_state import load_model_state, report_epoch, restore, unwrap
+from fmgnn.train_state import load_model_state, report_epoch, restore, seed_epoch, unwrap
 
 GRAPH_CONFIG_NAME = "graph.json"
 
@@ -157,6 +157,7 @@ def train_student(config: dict) -> None:
     while not state.finished(spec.train.epochs):
         epoch = state.epoch + 1
         sampler.set_epoch(epoch)
+        seed_epoch(spec.seed, epoch)
         losses = train_epoch(model, loader, optimizer, spec.train)
         val_probabilities, val_y, val_loss = predict(unwrap(model), val_graphs, spec.train.batch_size)
         val = classification_metrics(val_y, val_probabilities)
@@ -178,6 +179,7 @@ def train_student(config: dict) -> None:
 
     report_epoch(state, model, optimizer, {
         **state.history[-1], "best_epoch": state.best_epoch, "history": state.history, "done": True,
+        "resumed_at": state.resumed_at,
         "test_probabilities": probabilities.tolist(), "test_labels": y.tolist(),
         **{f"test_{k}": v for k, v in classification_metrics(y, probabilities).items()},
     }, export=export)

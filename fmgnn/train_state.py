@@ -33,6 +33,7 @@ class TrainState:
     best_model: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    resumed_at: list[int] = field(default_factory=list)  # first epoch of each resume from a checkpoint
 
     def finished(self, max_epochs: int) -> bool:
         return self.stopped_early or self.epoch + 1 >= max_epochs
@@ -46,6 +47,17 @@ class TrainState:
             self.best_score, self.best_epoch = score, self.epoch
             self.best_model = model_state(model, trainable_only)
         self.stopped_early = self.epoch - self.best_epoch >= patience
+
+
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed torch's RNG for one epoch; returns the seed.
+
+    Seeding per epoch (not once per run) makes a run resumed from a checkpoint draw the same dropout
+    masks as an uninterrupted one, so a killed worker changes no result.
+    """
+    value = (seed * 100_003 + epoch) * 1_009 + rank
+    torch.manual_seed(value)
+    return value
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -79,7 +91,9 @@ def restore(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> TrainS
     load_model_state(model, saved["model"])
     if optimizer is not None:
         optimizer.load_state_dict(saved["optimizer"])
-    return saved["state"]
+    state = saved["state"]
+    state.resumed_at = [*getattr(state, "resumed_at", []), state.epoch + 1]  # older checkpoints lack the field
+    return state
 
 
 @contextmanager

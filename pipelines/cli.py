@@ -6,6 +6,7 @@
     fmgnn train bleg cohort=cohorts/nmda_aal.parquet texts.output=runs/augment/nmda
     fmgnn predict cohort=cohorts/new.parquet run_dir=runs/bleg
     fmgnn run                      # the main job on the built-in sample cohort
+    fmgnn submit --address http://HEAD:8265 -- train bleg cohort=/mnt/shared/c.parquet   # on a cluster
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ COMMANDS = {
     "pretrain": ("pipelines.pretrain", "pretrain a foundation model (masked ROI windows) for FIMP"),
     "tune": ("pipelines.tune", "Ray Tune sweep over BLEG's adapter and alignment settings"),
     "run": ("pipelines.main", "the main job: sample cohort -> graphs -> baselines"),
+    "submit": ("pipelines.submit:submit_main", "run one of these jobs on a Ray cluster (Jobs API)"),
+    "status": ("pipelines.submit:status_main", "the cluster's jobs and their status"),
+    "logs": ("pipelines.submit:logs_main", "a submitted job's logs"),
+    "stop": ("pipelines.submit:stop_main", "stop a submitted job"),
 }
 
 
@@ -31,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"  {name:<8} {summary}" for name, (_, summary) in COMMANDS.items()]
         print("\n".join(lines), file=sys.stdout if argv[:1] in ([], ["-h"], ["--help"]) else sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    module = import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:])
+    module, _, function = COMMANDS[argv[0]][0].partition(":")
+    return getattr(import_module(module), function or "main")(argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,131 @@
+"""Jobs on a real two-node Ray cluster, submitted through the Jobs API with the repo as working dir.
+
+The head has no CPUs for tasks (as in cluster/aws.yaml), so all training runs on the worker node.
+Killing that node mid-training and bringing up a replacement (what the autoscaler does) must let the
+job finish from its last checkpoints with the same results as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bleg.augment.store import read_augmentations
+from fmgnn.cohort import Cohort
+from pipelines.submit import job_client, submit, submit_main
+from tests.local_cluster import LocalCluster
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+# Resumed runs reseed every epoch (fmgnn.train_state.seed_epoch) and reload optimizer and BatchNorm
+# state, so results should match to float32 rounding.
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # A dead node is noticed after 3 missed 1 s health checks instead of Ray's default 5 x 3 s.
+    with LocalCluster(head_cpus=0, system_config={"health_check_period_ms": 1000,
+                                                  "health_check_failure_threshold": 3}) as local:
+        local.add_node(num_cpus=4)
+        local.wait_for_nodes(2)
+        yield local
+
+
+def run_job(cluster: LocalCluster, args: list[str], timeout_s: float = 420) -> str:
+    job_id = submit(args, address=cluster.dashboard)
+    deadline = time.monotonic() + timeout_s
+    while str(job_client(cluster.dashboard).get_job_status(job_id).value) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
+        assert time.monotonic() < deadline, f"job {job_id} still running after {timeout_s} s"
+        time.sleep(1)
+    return job_id
+
+
+def job_status(cluster: LocalCluster, job_id: str) -> str:
+    return str(job_client(cluster.dashboard).get_job_status(job_id).value)
+
+
+def student_args(cohort: Path, run_dir: Path, variants: str, texts: Path | None = None) -> list[str]:
+    args = ["train", "bleg", f"cohort={cohort}", f"run_dir={run_dir}", f"variants={variants}", "folds.n_folds=2",
+            "folds.seeds=[0]", "stage3.epochs=40", "stage3.patience=40", "stage3.student.bottleneck=16",
+            "stage3.student.head_hidden=16", "ray.num_workers=2", "ray.cpus_per_worker=0.5"]
+    if texts is not None:
+        args += [f"texts.output={texts}", "stage2.epochs=1", "stage2.encoder_hidden=[32]", "lm.max_length=160"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def augmented(cluster, small_synthetic, tmp_path_factory) -> Path:
+    """Through the command line: ``fmgnn submit`` waits for the job and returns 0 when it succeeded."""
+    output = tmp_path_factory.mktemp("multinode") / "texts"
+    assert submit_main(["--address", cluster.dashboard, "--", "augment", f"cohort={small_synthetic}",
+                        f"output={output}"]) == 0
+    return output
+
+
+def test_augment_job_on_the_cluster(augmented, small_synthetic):
+    table = read_augmentations(augmented)
+    ids = table["subject_id"].to_pylist()
+    assert sorted(ids) == sorted(str(s) for s in Cohort(small_synthetic).subject_ids())
+    assert all(error is None for error in table["error"].to_pylist())
+
+
+@pytest.fixture(scope="module")
+def reference_run(cluster, small_synthetic, augmented, tmp_path_factory) -> Path:
+    """Full BLEG and the GCN alone, uninterrupted."""
+    run_dir = tmp_path_factory.mktemp("multinode") / "reference"
+    job_id = run_job(cluster, student_args(small_synthetic, run_dir, "[gcn_alone,bleg]", augmented))
+    assert job_status(cluster, job_id) == "SUCCEEDED", job_client(cluster.dashboard).get_job_logs(job_id)
+    return run_dir
+
+
+def test_bleg_job_on_the_cluster(reference_run):
+    summary = json.loads((reference_run / "metrics.json").read_text())
+    assert set(summary["models"]) == {"gcn_alone", "bleg"}
+    for split in ("seed0_fold0", "seed0_fold1"):
+        assert (reference_run / "folds" / split / "stage2" / "lm" / "config.json").is_file()
+        result = json.loads((reference_run / "bleg" / f"{split}.json").read_text())
+        assert result["epochs_run"] == 40 and result["resumed_at"] == []
+
+
+def test_killed_worker_node_job_finishes_from_checkpoint(cluster, small_synthetic, reference_run, tmp_path):
+    run_dir = tmp_path / "killed"
+    job_id = submit(student_args(small_synthetic, run_dir, "[gcn_alone]"), address=cluster.dashboard)
+
+    # Kill the node once a fold has checkpointed and before any fold has finished.
+    deadline = time.monotonic() + 300
+    while not list((run_dir / "ray_results").glob("gcn_alone-*/checkpoint_*")):
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        assert job_status(cluster, job_id) == "RUNNING" or job_status(cluster, job_id) == "PENDING"
+        time.sleep(0.2)
+    assert not list((run_dir / "gcn_alone").glob("*.json")), "training finished before the kill"
+    worker = next(node for node in cluster.nodes if node.num_cpus > 0)
+    killed_at = time.monotonic()
+    worker.kill()
+    cluster.add_node(num_cpus=4)  # the autoscaler's replacement
+
+    status = job_status(cluster, job_id)
+    while status not in {"SUCCEEDED", "FAILED", "STOPPED"}:
+        assert time.monotonic() < killed_at + 420, "job did not finish within 420 s of the kill"
+        time.sleep(1)
+        status = job_status(cluster, job_id)
+    assert status == "SUCCEEDED", job_client(cluster.dashboard).get_job_logs(job_id)[-5000:]
+
+    resumed = []
+    for split in ("seed0_fold0", "seed0_fold1"):
+        killed = json.loads((run_dir / "gcn_alone" / f"{split}.json").read_text())
+        uninterrupted = json.loads((reference_run / "gcn_alone" / f"{split}.json").read_text())
+        resumed += killed["resumed_at"]
+        assert killed["epochs_run"] == uninterrupted["epochs_run"] == 40
+        np.testing.assert_allclose(killed["test_probabilities"], uninterrupted["test_probabilities"],
+                                   atol=TOLERANCE)
+        for key in ("accuracy", "auc"):
+            assert abs(killed["metrics"][key] - uninterrupted["metrics"][key]) <= TOLERANCE
+        np.testing.assert_allclose([h["val_loss"] for h in killed["history"]],
+                                   [h["val_loss"] for h in uninterrupted["history"]], atol=TOLERANCE)
+    # At least one fold restarted from a checkpoint after epoch 0 rather than from scratch.
+    assert resumed and all(epoch > 0 for epoch in resumed), resumed
