@@ -2,10 +2,17 @@
 
     fmgnn train fimp --config configs/fimp_fmri.yaml                    # the built-in synthetic cohort
     fmgnn train fimp --config configs/fimp_fmri.yaml cohort=cohorts/my_scans.parquet
+    fmgnn train fimp --config configs/fimp_genes.yaml genes.path=../shared/data/tangram/smFISH_anndata.h5ad
+    fmgnn train fimp --config configs/fimp_images.yaml
     ray job submit --working-dir . -- python -m pipelines.train fimp --config configs/fimp_fmri.yaml
 
-Per seed the scans are split into train, validation and test; every model of that seed sees the
-same split and the same validation and test masks. The run directory holds ``config.yaml``,
+Tasks: ``fmri`` (one graph per scan, fimp/tasks/fmri.py), ``genes`` (one graph of cells,
+fimp/tasks/spatial.py), ``images`` (one graph of images, fimp/tasks/images.py). Per seed the scans
+(or nodes) are split into train, validation and test; every model of that seed sees the same split
+and the same validation and test masks. ``fimp_pretrained`` starts from a foundation model: a
+Hugging Face folder (``pretrained=PATH``, e.g. from ``fmgnn pretrain``), or ``pretrained=foundation``:
+the ``foundation`` baseline of the same seed, trained without the graph on that split's training
+nodes only, whose layers then become FIMP's message operators. The run directory holds ``config.yaml``,
 ``versions.json``, ``<model>/seed<s>.json``, ``metrics.json`` (mean and std over seeds, and FIMP's
 relative improvement over the best baseline) and ``plots/`` (learning curves, true vs predicted
 windows). A rerun skips finished (model, seed) pairs and resumes unfinished ones.
@@ -22,10 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fimp.hf_export import load_token_weights
 from fimp.reconstruction import ReconstructionConfig, build_model
 from fimp.tasks.fmri import FMRITaskConfig
+from fimp.tasks.images import ImageTaskConfig, load_images
+from fimp.tasks.nodes import NodeTask, split_nodes
+from fimp.tasks.spatial import SpatialTaskConfig, load_spatial
+from fimp.train_node_reconstruction import NodeReconstructionSpec, train_node_reconstruction
 from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTrainConfig, train_reconstruction
 from fimp.weights import load_foundation_weights
 from fmgnn.cohort import Cohort, CohortError
@@ -38,25 +50,32 @@ from pipelines.trainers import Steps, fit_remote, make_trainer, resolve_storage_
 log = logging.getLogger("fmgnn.fimp")
 
 BASELINES = ("foundation", "mlp", "gcn", "sage", "gat", "gin", "gps")
+TASKS = ("fmri", "genes", "images")
+FROM_FOUNDATION = "foundation"  # pretrained=foundation: the same seed's foundation baseline
 
 
 @dataclass
 class FIMPJobConfig:
     """Args:
-        cohort: Cohort with time series; empty: a synthetic cohort written into run_dir (``synthetic``).
+        task: ``fmri``, ``genes`` or ``images``.
+        cohort: fmri: cohort with time series; empty: a synthetic cohort written into run_dir (``synthetic``).
         synthetic: The built-in cohort's size when ``cohort`` is empty.
         run_dir: Output directory.
         models: ``fimp`` (FIMP-base), ``fimp_pretrained`` (needs ``pretrained``) and baselines.
-        pretrained: A foundation model folder (Hugging Face ViT/ViTMAE format, e.g. from ``fmgnn pretrain``).
+        pretrained: A foundation model folder (Hugging Face ViT/ViTMAE format, e.g. from ``fmgnn pretrain``),
+            or ``foundation``: the same seed's ``foundation`` baseline (trained first).
         seeds: One split of the scans per seed.
         val_fraction: Share of scans for validation.
         test_fraction: Share of scans for testing.
-        fmri: Windows, graph and masking.
+        fmri: Windows, graph and masking of the fmri task.
+        genes: Data, graph and masking of the genes task.
+        images: Data, graph and masking of the images task.
         model: Model shapes (the kind is set per entry of ``models``).
         optim: Optimisation.
         storage_path: Ray Train checkpoints (local or s3://, gs://); None: ``<run_dir>/ray_results``.
     """
 
+    task: str = "fmri"
     cohort: str = ""
     synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(n_subjects=60, n_timepoints=200))
     run_dir: str = "runs/fimp_fmri"
@@ -66,23 +85,27 @@ class FIMPJobConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     fmri: FMRITaskConfig = field(default_factory=FMRITaskConfig)
+    genes: SpatialTaskConfig = field(default_factory=SpatialTaskConfig)
+    images: ImageTaskConfig = field(default_factory=ImageTaskConfig)
     model: ReconstructionConfig = field(default_factory=ReconstructionConfig)
     optim: ReconstructionTrainConfig = field(default_factory=ReconstructionTrainConfig)
     storage_path: str | None = None
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task: {self.task!r} is not one of {list(TASKS)}")
         unknown = sorted(set(self.models) - {"fimp", "fimp_pretrained", *BASELINES})
         if unknown:
             raise ValueError(f"models: unknown {unknown}")
         if "fimp_pretrained" in self.models and not self.pretrained:
-            raise ValueError("models: fimp_pretrained needs pretrained=<foundation model folder>")
+            raise ValueError("models: fimp_pretrained needs pretrained=<foundation model folder> or "
+                             "pretrained=foundation")
+        if self.pretrained == FROM_FOUNDATION and "foundation" not in self.models:
+            raise ValueError("pretrained=foundation: add foundation to models (it is trained first)")
 
 
-def split_scans(n: int, seed: int, val_fraction: float, test_fraction: float) -> tuple[list[int], ...]:
-    order = np.random.default_rng(seed).permutation(n).tolist()
-    n_test, n_val = max(1, round(test_fraction * n)), max(1, round(val_fraction * n))
-    return sorted(order[n_test + n_val:]), sorted(order[n_test:n_test + n_val]), sorted(order[:n_test])
+split_scans = split_nodes  # one split of scans per seed, as of nodes
 
 
 def pretrained_state(config: FIMPJobConfig, model_config: ReconstructionConfig) -> dict:
@@ -99,46 +122,107 @@ def pretrained_state(config: FIMPJobConfig, model_config: ReconstructionConfig) 
     return model.state_dict()
 
 
+def from_foundation_baseline(path: Path, model_config: ReconstructionConfig) -> dict:
+    """FIMP's initial weights from a trained ``foundation`` baseline: its embedding, decoder, and its
+    foundation layers in every FIMP layer."""
+    trained = torch.load(path, weights_only=True)
+    model = build_model(model_config)
+    state = model.state_dict()
+    for key, value in trained.items():
+        if key.startswith("convs.0."):
+            for i in range(len(model.convs)):
+                state[f"convs.{i}.{key.removeprefix('convs.0.')}"] = value
+        elif key in state:
+            state[key] = value
+    return state
+
+
+@dataclass
+class TaskData:
+    """What the steps of one seed need: the fmri cohort file, or the node task of that seed."""
+
+    cohort_path: Path | None = None
+    n_items: int = 0
+    nodes: NodeTask | None = None
+    n_tokens: int = 0
+    token_values: int = 0
+
+
+def load_task(config: FIMPJobConfig, run_dir: Path, seed: int) -> TaskData:
+    if config.task == "genes":
+        task = load_spatial(config.genes)
+    elif config.task == "images":
+        task = load_images(config.images, seed)  # the graph depends on the seed's hidden patches
+    else:
+        cohort_path = Path(config.cohort) if config.cohort else run_dir / "synthetic.parquet"
+        if not config.cohort and not cohort_path.is_file():
+            ingest_synthetic(cohort_path, config.synthetic)
+        cohort = Cohort(cohort_path)
+        if cohort.timeseries(0) is None:
+            raise CohortError(f"{cohort_path}: FC only; fMRI reconstruction needs time series")
+        return TaskData(cohort_path.resolve(), len(cohort), None, config.fmri.n_windows, config.fmri.window)
+    return TaskData(None, task.num_nodes, task, task.x.shape[1], task.x.shape[2])
+
+
 def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     atomic_write_json(run_dir / "versions.json", environment_record())
-    cohort_path = Path(config.cohort) if config.cohort else run_dir / "synthetic.parquet"
-    if not config.cohort and not cohort_path.is_file():
-        ingest_synthetic(cohort_path, config.synthetic)
-    cohort = Cohort(cohort_path)
-    if cohort.timeseries(0) is None:
-        raise CohortError(f"{cohort_path}: FC only; fMRI reconstruction needs time series")
+    data = {seed: load_task(config, run_dir, seed) for seed in config.seeds}
     start_ray(config.ray)
     storage_path = resolve_storage_path(config.storage_path, run_dir)
     started = time.monotonic()
+    mask_ratio = {"fmri": config.fmri.mask_ratio, "genes": config.genes.mask_ratio,
+                  "images": config.images.mask_ratio}[config.task]
 
     def steps(model_name: str, seed: int) -> Steps:
         out = run_dir / model_name / f"seed{seed}.json"
         if out.is_file():
             return
-        train, val, test = split_scans(len(cohort), seed, config.val_fraction, config.test_fraction)
+        task = data[seed]
+        train, val, test = split_nodes(task.n_items, seed, config.val_fraction, config.test_fraction)
         kind = "fimp" if model_name.startswith("fimp") else model_name
-        model_config = ReconstructionConfig(**{**config.model.__dict__, "kind": kind,
-                                               "n_tokens": config.fmri.n_windows, "token_values": config.fmri.window})
-        init = pretrained_state(config, model_config) if model_name == "fimp_pretrained" else None
-        spec = ReconstructionSpec(str(cohort_path.resolve()), train, val, test, config.fmri, model_config,
-                                  config.optim, init, seed)
+        model_config = ReconstructionConfig(**{**config.model.__dict__, "kind": kind, "n_tokens": task.n_tokens,
+                                               "token_values": task.token_values})
+        init = None
+        if model_name == "fimp_pretrained":
+            init = (from_foundation_baseline(run_dir / "foundation" / f"seed{seed}-model.pt", model_config)
+                    if config.pretrained == FROM_FOUNDATION else pretrained_state(config, model_config))
+        if task.nodes is not None:
+            spec, train_fn = NodeReconstructionSpec(task.nodes, train, val, test, mask_ratio, model_config,
+                                                    config.optim, init, seed), train_node_reconstruction
+        else:
+            spec, train_fn = ReconstructionSpec(str(task.cohort_path), train, val, test, config.fmri, model_config,
+                                                config.optim, init, seed), train_reconstruction
         start = time.monotonic()
         metrics, checkpoint = yield fit_remote.remote(
-            make_trainer(train_reconstruction, spec, f"{model_name}-seed{seed}", config.ray, storage_path))
+            make_trainer(train_fn, spec, f"{model_name}-seed{seed}", config.ray, storage_path))
         with checkpoint.as_directory() as directory:
             shutil.copy(Path(directory) / "example.npz", run_dir / model_name / f"seed{seed}-example.npz")
+            shutil.copy(Path(directory) / "model.pt", run_dir / model_name / f"seed{seed}-model.pt")
         result = {"model": model_name, "seed": seed, "mse": metrics["test_mse"], "r2": metrics["test_r2"],
                   "best_epoch": metrics["best_epoch"], "history": metrics["history"],
                   "seconds": round(time.monotonic() - start, 1), "n_train": len(train), "n_test": len(test)}
         atomic_write_json(out, result)
         log.info("%s seed %d: test MSE %.4f, R^2 %.3f", model_name, seed, result["mse"], result["r2"])
 
+    def chain(names: list[str], seed: int) -> Steps:
+        for name in names:
+            yield from steps(name, seed)
+
     for name in config.models:
         (run_dir / name).mkdir(exist_ok=True)
-    run_steps([steps(m, s) for s in config.seeds for m in config.models], config.ray.max_concurrent_runs)
+    # With pretrained=foundation, FIMP-pretrained waits for its seed's foundation baseline.
+    together = ["foundation", "fimp_pretrained"]
+    if config.pretrained != FROM_FOUNDATION or "fimp_pretrained" not in config.models:
+        together = []
+    chains = []
+    for seed in config.seeds:
+        if together:
+            chains.append(chain(together, seed))
+        chains += [chain([m], seed) for m in config.models if m not in together]
+    run_steps(chains, config.ray.max_concurrent_runs)
     summary = summarize_runs(run_dir, config)
     summary["wall_time_s"] = round(time.monotonic() - started, 1)
     atomic_write_json(run_dir / "metrics.json", summary)
@@ -155,7 +239,7 @@ def summarize_runs(run_dir: Path, config: FIMPJobConfig) -> dict[str, Any]:
                             "std": float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else 0.0}
                         for k in ("mse", "r2")}
         models[name]["seconds"] = sum(r["seconds"] for r in runs)
-    summary: dict[str, Any] = {"task": "fmri", "seeds": config.seeds, "models": models}
+    summary: dict[str, Any] = {"task": config.task, "seeds": config.seeds, "models": models}
     baselines = [m for m in config.models if m in BASELINES]
     for fimp in [m for m in config.models if m.startswith("fimp")]:
         if baselines:
@@ -182,7 +266,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def plot_reconstructions(run_dir: Path, config: FIMPJobConfig) -> None:
-    """True vs predicted windows of one test region per model (seed of the first run), hidden ones shaded."""
+    """One test item per model (first seed): images as pictures, otherwise true vs predicted tokens."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,18 +275,37 @@ def plot_reconstructions(run_dir: Path, config: FIMPJobConfig) -> None:
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     seed = config.seeds[0]
-    fig, axes = plt.subplots(len(config.models), 1, figsize=(9, 1.6 * len(config.models)), squeeze=False)
-    for ax, name in zip(axes[:, 0], config.models):
-        example = np.load(run_dir / name / f"seed{seed}-example.npz")
-        f, w = example["target"].shape
-        t = np.arange(f * w)
-        ax.plot(t, example["target"].reshape(-1), "k", lw=1, label="true")
-        ax.plot(t, example["predicted"].reshape(-1), "C1", lw=1, label="predicted")
-        for window in np.flatnonzero(example["mask"]):
-            ax.axvspan(window * w, (window + 1) * w, color="0.85", zorder=0)
-        ax.set_ylabel(name, rotation=0, ha="right")
-    axes[0, 0].legend(loc="upper right", fontsize=7)
-    axes[-1, 0].set_xlabel("time point (hidden windows shaded)")
+    examples = {name: np.load(run_dir / name / f"seed{seed}-example.npz") for name in config.models}
+    if config.task == "images":
+        fig, axes = plt.subplots(len(examples), 3, figsize=(4.5, 1.6 * len(examples)), squeeze=False)
+        for row, (name, example) in zip(axes, examples.items()):
+            grid, patch = int(example["grid"]), int(example["patch"])
+            hidden = example["mask"][:, None].repeat(patch * patch, axis=1)
+            shown = np.where(hidden, 0.5, example["target"])
+            filled = np.where(hidden, example["predicted"], example["target"])
+            for ax, tokens, title in zip(row, (example["target"], shown, filled), ("true", "input", "predicted")):
+                ax.imshow(tokens_to_image(tokens, grid, patch), cmap="gray", vmin=0, vmax=1)
+                ax.set_xticks([]), ax.set_yticks([])
+                ax.set_title(title if name == config.models[0] else "", fontsize=8)
+            row[0].set_ylabel(name, rotation=0, ha="right")
+    else:
+        fig, axes = plt.subplots(len(examples), 1, figsize=(9, 1.6 * len(examples)), squeeze=False)
+        for ax, (name, example) in zip(axes[:, 0], examples.items()):
+            f, w = example["target"].shape
+            t = np.arange(f * w)
+            ax.plot(t, example["target"].reshape(-1), "k", lw=1, label="true")
+            ax.plot(t, example["predicted"].reshape(-1), "C1", lw=1, label="predicted")
+            for window in np.flatnonzero(example["mask"]):
+                ax.axvspan(window * w, (window + 1) * w, color="0.85", zorder=0)
+            ax.set_ylabel(name, rotation=0, ha="right")
+        axes[0, 0].legend(loc="upper right", fontsize=7)
+        axes[-1, 0].set_xlabel("gene (held-out genes shaded)" if config.task == "genes"
+                               else "time point (hidden windows shaded)")
     fig.tight_layout()
     fig.savefig(plots / "reconstruction.png", dpi=110)
     plt.close(fig)
+
+
+def tokens_to_image(tokens: np.ndarray, grid: int, patch: int) -> np.ndarray:
+    """(grid^2, patch^2) raster-order patches -> (grid * patch, grid * patch) image."""
+    return tokens.reshape(grid, grid, patch, patch).transpose(0, 2, 1, 3).reshape(grid * patch, grid * patch)

@@ -1,0 +1,80 @@
+"""Reconstruction on one large graph (cells, images): node splits, masks, scaling and neighbourhood batches.
+
+The graph is transductive: every node is an input, but a validation or test node's held-out tokens
+are hidden in every forward pass, training included, and only training nodes' held-out tokens are
+ever a loss target. Token scaling (per token: mean and std) is fitted on training nodes only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.utils import k_hop_subgraph
+
+from fimp.tasks.fmri import window_mask
+
+
+@dataclass
+class NodeTask:
+    """Args:
+        x: Token values of every node, (N, f, w).
+        edge_index: Edges (2, E), source = neighbour, target = node.
+        token_names: What token t is (a gene name, a patch position).
+        name: The dataset's name, for reports.
+        standardize: Scale each token's values with the training nodes' mean and std.
+        masks: Fixed held-out tokens (N, f) when the task defines them (images: the graph was built
+            from the visible patches); None: drawn per seed by ``fixed_masks``.
+        shape: How a node's tokens tile back into its picture (images: patch grid and patch size).
+    """
+
+    x: Tensor
+    edge_index: Tensor
+    token_names: list[str]
+    name: str
+    standardize: bool = False
+    masks: Tensor | None = None
+    shape: dict = field(default_factory=dict)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.x.shape[0]
+
+
+def split_nodes(n: int, seed: int, val_fraction: float, test_fraction: float) -> tuple[list[int], list[int], list[int]]:
+    """Random train / validation / test indices, fixed by ``seed``."""
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    n_test, n_val = max(1, round(test_fraction * n)), max(1, round(val_fraction * n))
+    return sorted(order[n_test + n_val:]), sorted(order[n_test:n_test + n_val]), sorted(order[:n_test])
+
+
+def scale_tokens(x: Tensor, train: list[int]) -> Tensor:
+    """Standardise each (token, value) column with the training nodes' statistics only."""
+    reference = x[train]
+    mean, std = reference.mean(0, keepdim=True), reference.std(0, keepdim=True)
+    return (x - mean) / std.clamp_min(1e-6)
+
+
+def held_out_masks(task: NodeTask, ratio: float, seed: int) -> Tensor:
+    if task.masks is not None:
+        return task.masks
+    return window_mask(task.num_nodes, task.x.shape[1], ratio, torch.Generator().manual_seed(seed))
+
+
+@dataclass
+class Neighbourhood:
+    """The subgraph a batch of target nodes needs: ``nodes`` (global ids), edges relabelled to it, and
+    the positions of the targets inside it."""
+
+    nodes: Tensor
+    edge_index: Tensor
+    targets: Tensor
+
+
+def neighbourhood(edge_index: Tensor, targets: Tensor, hops: int, num_nodes: int) -> Neighbourhood:
+    """The ``hops``-hop in-neighbourhood of ``targets``: exactly what ``hops`` message-passing layers read."""
+    nodes, sub_edges, position, _ = k_hop_subgraph(targets, hops, edge_index, relabel_nodes=True,
+                                                   num_nodes=num_nodes, flow="source_to_target")
+    return Neighbourhood(nodes, sub_edges, position)
