@@ -80,7 +80,7 @@ def test_generate_stage_retries_then_keeps_an_error_row(tiny_llama, small_synthe
     """A tiny random Llama cannot write JSON: every answer is retried, then stored as an error with its text."""
     cohort = Cohort(small_synthetic)
     engine = EngineConfig(kind="transformers", model=str(tiny_llama), max_attempts=2, max_model_len=4096,
-                          sampling=SamplingConfig(max_tokens=12))
+                          guided_json=False, sampling=SamplingConfig(max_tokens=12))
     described = describe_stage(cohort_batch(cohort, [0, 1, 2]), cohort.metadata, DescribeConfig())
     generated = GenerateStage(engine, cohort.metadata)(described)
     rows = parse_stage(generated.to_pydict() | {"engine_error": generated["engine_error"].to_pylist()}).to_pylist()
@@ -88,6 +88,34 @@ def test_generate_stage_retries_then_keeps_an_error_row(tiny_llama, small_synthe
     for row in rows:
         assert row["error"] and row["raw_output"] and row["key_features"] is None
         assert row["output_tokens"] > 0 and row["prompt_tokens"] > 100 and row["model"] == str(tiny_llama)
+
+
+def test_guided_transformers_answers_always_parse(tiny_llama, small_synthetic):
+    """Guided, the engine writes the JSON syntax and the model only the strings: a random Llama's
+    answers parse, and their strings are what the model generated."""
+    cohort = Cohort(small_synthetic)
+    engine = EngineConfig(kind="transformers", model=str(tiny_llama), max_attempts=1, max_model_len=4096,
+                          guided_json=True, sampling=SamplingConfig(max_tokens=24))
+    described = describe_stage(cohort_batch(cohort, [0, 1, 2]), cohort.metadata, DescribeConfig())
+    generated = GenerateStage(engine, cohort.metadata)(described)
+    rows = parse_stage(generated.to_pydict() | {"engine_error": generated["engine_error"].to_pylist()}).to_pylist()
+    for row in rows:
+        answer = json.loads(row["raw_output"])
+        assert set(answer) == {"key_features", "conclusion"} and isinstance(answer["key_features"], list)
+        if row["error"] is None:
+            assert row["key_features"] == [f.strip() for f in answer["key_features"]]
+        else:  # the model wrote an empty string: valid JSON, caught by validation
+            assert "non-empty" in row["error"]
+        assert 0 < row["output_tokens"] <= 24 + 16
+
+
+def test_guided_parsing_of_the_models_strings():
+    from bleg.augment.engines.hf import split_features, until_quote
+
+    assert split_features('hub at X", "low modularity"], "x') == (["hub at X", "low modularity"],
+                                                                  'hub at X", "low modularity')
+    assert split_features("ran out of tokens")[0] == ["ran out of tokens"]
+    assert until_quote('a \\"quoted\\" word" and more') == 'a "quoted" word'
 
 
 class OpenAIHandler(BaseHTTPRequestHandler):
@@ -169,6 +197,7 @@ def test_pipeline_rules_engine_resume_and_no_duplicates(nmda_cohort, ray_session
 def test_pipeline_keeps_failed_rows_and_retries_them_on_request(tiny_llama, small_synthetic, ray_session, tmp_path):
     overrides = [f"cohort={small_synthetic}", f"output={tmp_path / 'aug'}", "limit=4", "engine.kind=transformers",
                  f"engine.model={tiny_llama}", "engine.max_attempts=1", "engine.sampling.max_tokens=8",
+                 "engine.guided_json=false",
                  "engine.max_model_len=4096", "engine.batch_size=4"]
     first = run_augment(load_config(AugmentConfig, None, overrides))
     assert first["rows_written"] == 4 and first["error_rows"] == 4

