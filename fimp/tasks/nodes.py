@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.utils import k_hop_subgraph
 
 from fimp.tasks.fmri import window_mask
 
@@ -74,7 +73,24 @@ class Neighbourhood:
 
 
 def neighbourhood(edge_index: Tensor, targets: Tensor, hops: int, num_nodes: int) -> Neighbourhood:
-    """The ``hops``-hop in-neighbourhood of ``targets``: exactly what ``hops`` message-passing layers read."""
-    nodes, sub_edges, position, _ = k_hop_subgraph(targets, hops, edge_index, relabel_nodes=True,
-                                                   num_nodes=num_nodes, flow="source_to_target")
-    return Neighbourhood(nodes, sub_edges, position)
+    """What ``hops`` message-passing layers read to compute ``targets``: nodes within ``hops`` in-hops,
+    and only the edges into nodes within ``hops - 1`` (an edge into an outermost node would change
+    nothing the targets see, and with many neighbours most edges are such)."""
+    keep = torch.zeros(edge_index.shape[1], dtype=torch.bool)
+    reached = torch.zeros(num_nodes, dtype=torch.bool)
+    reached[targets] = True
+    frontier = reached.clone()
+    for _ in range(hops):
+        incoming = frontier[edge_index[1]] & ~keep
+        keep |= incoming
+        frontier = torch.zeros(num_nodes, dtype=torch.bool)
+        frontier[edge_index[0, incoming]] = True
+        frontier &= ~reached
+        reached |= frontier
+    # Targets first, in their order, so that their outputs are the first rows.
+    others = torch.nonzero(reached, as_tuple=True)[0]
+    others = others[~torch.isin(others, targets)]
+    nodes = torch.cat([targets, others])
+    relabel = torch.full((num_nodes,), -1, dtype=torch.long)
+    relabel[nodes] = torch.arange(len(nodes))
+    return Neighbourhood(nodes, relabel[edge_index[:, keep]], torch.arange(len(targets)))
