@@ -63,6 +63,10 @@ class TokenModel(nn.Module):
         nn.init.normal_(self.position, std=0.02)
         n_convs = config.fimp_layers if config.kind == "fimp" else 1
         self.convs = nn.ModuleList(FIMPFoundationConv(config.foundation) for _ in range(n_convs))
+        if config.kind == "foundation":
+            # Alone, the model combines no neighbour messages: the update projection never gets a
+            # gradient, which DDP refuses for a trained parameter.
+            self.convs[0].update_proj.requires_grad_(False)
         self.decode = nn.Linear(d, config.token_values)
 
     def tokens(self, x: Tensor, mask: Tensor) -> Tensor:

@@ -42,3 +42,44 @@ def test_pretrain_then_fimp_from_pretrained_weights_against_baselines(small_synt
     before = (tmp_path / "run" / "gin" / "seed0.json").stat().st_mtime
     run_fimp(load_config(FIMPJobConfig, None, overrides))  # a rerun trains nothing
     assert (tmp_path / "run" / "gin" / "seed0.json").stat().st_mtime == before
+
+
+def test_images_task_under_ray_train_with_fimp_from_the_foundation_baseline(ray_session, tmp_path):
+    """The one-graph path: 2 DDP workers over target-node batches; FIMP-pretrained waits for and starts
+    from the same seed's foundation baseline."""
+    overrides = ["task=images", "images.limit=240", f"run_dir={tmp_path / 'digits'}", "pretrained=foundation",
+                 "models=[fimp_pretrained,foundation,gcn]", "seeds=[0]", f"model.foundation={FOUNDATION}",
+                 "model.gnn_hidden=32", "optim.epochs=2", "optim.batch_size=64", "ray.num_workers=2",
+                 "ray.cpus_per_worker=0.5"]
+    summary = run_fimp(load_config(FIMPJobConfig, None, overrides))
+    assert summary["task"] == "images" and set(summary["models"]) == {"fimp_pretrained", "foundation", "gcn"}
+    assert summary["fimp_pretrained_vs_best_baseline"]["baseline"] in {"foundation", "gcn"}
+    run = tmp_path / "digits"
+    result = json.loads((run / "fimp_pretrained" / "seed0.json").read_text())
+    assert result["n_test"] == 36 and len(result["history"]) == 2 and 0 < result["mse"] < 1
+    # The foundation baseline finished before FIMP-pretrained started from it.
+    finished = {m: (run / m / "seed0.json").stat().st_mtime for m in ("foundation", "fimp_pretrained")}
+    assert finished["foundation"] < finished["fimp_pretrained"]
+    assert (run / "plots" / "reconstruction.png").is_file()
+
+
+def test_fimp_from_the_foundation_baseline_copies_its_layers_into_every_fimp_layer(tmp_path):
+    import torch
+
+    from fimp.foundation import FoundationConfig
+    from fimp.reconstruction import ReconstructionConfig, build_model
+    from pipelines.fimp import from_foundation_baseline
+
+    shape = {"n_tokens": 4, "token_values": 3, "foundation": FoundationConfig(hidden=16, heads=2, layers=1,
+                                                                                 intermediate=32)}
+    foundation = build_model(ReconstructionConfig(kind="foundation", **shape))
+    torch.save(foundation.state_dict(), tmp_path / "model.pt")
+    state = from_foundation_baseline(tmp_path / "model.pt", ReconstructionConfig(kind="fimp", fimp_layers=2, **shape))
+    fimp = build_model(ReconstructionConfig(kind="fimp", fimp_layers=2, **shape))
+    fimp.load_state_dict(state)
+    for key, value in foundation.state_dict().items():
+        if key.startswith("convs.0."):
+            for layer in (0, 1):
+                assert torch.equal(fimp.state_dict()[key.replace("convs.0.", f"convs.{layer}.")], value)
+        else:
+            assert torch.equal(fimp.state_dict()[key], value)
