@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from torch_geometric import nn as pyg
+from torch_geometric.utils import add_remaining_self_loops
 
 from fimp.foundation import FIMPFoundationConv, FoundationConfig
 
@@ -38,6 +39,10 @@ class ReconstructionConfig:
         gnn_hidden: Width of the baselines' GNN and MLP layers.
         gnn_layers: Depth of the baselines.
         dropout: Dropout of the baselines.
+        self_loops: FIMP also takes a message from the node itself (the foundation model's reading of
+            its own tokens, ``node_outputs``), as the GNN baselines see themselves (GCN's and GAT's
+            self-loops, GIN's and SAGE's root terms). Without it a hidden token learns only from
+            neighbours, never from the node's visible tokens.
     """
 
     kind: ModelKind = "fimp"
@@ -48,6 +53,7 @@ class ReconstructionConfig:
     gnn_hidden: int = 256
     gnn_layers: int = 2
     dropout: float = 0.0
+    self_loops: bool = True
 
 
 class TokenModel(nn.Module):
@@ -79,6 +85,8 @@ class TokenModel(nn.Module):
         if self.config.kind == "foundation":
             h = self.convs[0].node_outputs(h)  # the foundation model on each node alone
         else:
+            if self.config.self_loops:
+                edge_index, _ = add_remaining_self_loops(edge_index, num_nodes=h.shape[0])
             for conv in self.convs:
                 h = conv(h, edge_index)
         return self.decode(h)  # (N, f, w)
