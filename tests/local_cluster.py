@@ -46,6 +46,18 @@ def node_port_flags() -> tuple[list[str], int]:
     return flags, node_manager
 
 
+def ensure_auth_token() -> None:
+    """``ray get-auth-token --generate``: token authentication needs a token, and unlike ``ray.init``,
+    ``ray start`` does not make one (a clean machine has none)."""
+    from ray._private.authentication.authentication_token_setup import generate_and_save_token
+    from ray._raylet import AuthenticationTokenLoader
+
+    loader = AuthenticationTokenLoader.instance()
+    if not loader.has_token(ignore_auth_mode=True):
+        generate_and_save_token()
+        loader.reset_cache()
+
+
 @dataclass
 class Node:
     node_manager_port: int
@@ -101,6 +113,7 @@ class LocalCluster:
             raise RuntimeError(f"ray start failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
     def start(self) -> LocalCluster:
+        ensure_auth_token()
         flags, port = node_port_flags()
         head = ["--head", f"--port={self.gcs_port}", f"--num-cpus={self.head_cpus}", f"--temp-dir={self.temp_dir}",
                 "--include-dashboard=true", f"--dashboard-host={LOOPBACK}", f"--dashboard-port={self.dashboard_port}",
