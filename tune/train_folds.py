@@ -82,6 +82,11 @@ def train_folds(config: dict) -> None:
     optimizer = _Optimizers(optimizers)
     folds = ray.train.torch.prepare_model(folds)  # Ray: DDP when there is more than one worker
     state = restore(folds, optimizer)
+    if state.finished(spec.stage3.epochs) and state.history:
+        # Restarted after its last epoch (the sweep was killed before Tune recorded the trial as done):
+        # report the final epoch again, or this attempt would end with no result for Tune.
+        report_epoch(state, folds, optimizer, {**state.history[-1], "best_val_loss": state.best_score,
+                                               "best_epoch": state.best_epoch})
     while not state.finished(spec.stage3.epochs):
         epoch = state.epoch + 1
         losses, aucs = [], []
