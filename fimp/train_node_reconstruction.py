@@ -24,7 +24,7 @@ from torch.utils.data import DistributedSampler
 from fimp.reconstruction import ReconstructionConfig, build_model, masked_mse
 from fimp.tasks.fmri import reconstruction_metrics, window_mask
 from fimp.tasks.nodes import NodeTask, held_out_masks, neighbourhood, scale_tokens
-from fimp.train_reconstruction import ReconstructionTrainConfig
+from fimp.train_reconstruction import ReconstructionTrainConfig, end_epoch
 from fmgnn.ray_logging import quiet_report_logs
 from fmgnn.train_state import load_model_state, report_epoch, restore, seed_epoch, unwrap
 
@@ -113,11 +113,7 @@ def train_node_reconstruction(config: dict[str, Any]) -> None:
             optimizer.step()
             total, count = total + loss.item() * len(targets), count + len(targets)
         val_metrics, _ = evaluate(unwrap(model), x, fixed, task.edge_index, spec.val, spec.optim.batch_size, hops)
-        record = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val_metrics["mse"],
-                  "val_r2": val_metrics["r2"]}
-        state.update(model, record, val_metrics["mse"], spec.optim.patience)
-        if not state.finished(spec.optim.epochs):
-            report_epoch(state, model, optimizer, {**record, "done": False})
+        end_epoch(state, model, optimizer, epoch, total / max(count, 1), val_metrics, spec.optim)
 
     load_model_state(model, state.best_model)
     test_metrics, predicted = evaluate(unwrap(model), x, fixed, task.edge_index, spec.test, spec.optim.batch_size,

@@ -23,7 +23,7 @@ from fimp.reconstruction import ReconstructionConfig, build_model, masked_mse
 from fimp.tasks.fmri import FMRITaskConfig, load_scans, reconstruction_metrics, window_mask
 from fmgnn.cohort import Cohort
 from fmgnn.ray_logging import quiet_report_logs
-from fmgnn.train_state import load_model_state, report_epoch, restore, unwrap
+from fmgnn.train_state import TrainState, load_model_state, report_epoch, restore, unwrap
 
 
 @dataclass
@@ -81,6 +81,16 @@ def evaluate(model: torch.nn.Module, graphs: list[Data], masks: list[torch.Tenso
     return reconstruction_metrics(predicted, target, mask), [predicted, target, mask]
 
 
+def end_epoch(state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+              train_loss: float, val_metrics: dict[str, float], optim: ReconstructionTrainConfig) -> None:
+    """Record the epoch (the lowest validation MSE is the best) and checkpoint it unless it is the last:
+    the last epoch's report carries the test metrics and the exported model."""
+    record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_metrics["mse"], "val_r2": val_metrics["r2"]}
+    state.update(model, record, val_metrics["mse"], optim.patience)
+    if not state.finished(optim.epochs):
+        report_epoch(state, model, optimizer, {**record, "done": False})
+
+
 def train_reconstruction(config: dict) -> None:
     spec: ReconstructionSpec = config["spec"]
     quiet_report_logs()
@@ -118,11 +128,7 @@ def train_reconstruction(config: dict) -> None:
             optimizer.step()
             total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
         val_metrics, _ = evaluate(unwrap(model), val, val_masks, spec.optim.batch_size)
-        record = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val_metrics["mse"],
-                  "val_r2": val_metrics["r2"]}
-        state.update(model, record, val_metrics["mse"], spec.optim.patience)
-        if not state.finished(spec.optim.epochs):
-            report_epoch(state, model, optimizer, {**record, "done": False})
+        end_epoch(state, model, optimizer, epoch, total / max(count, 1), val_metrics, spec.optim)
 
     load_model_state(model, state.best_model)
     test = load_scans(cohort, spec.test, spec.task)
