@@ -103,16 +103,22 @@ def _build(cls: type[T], values: dict[str, Any], path: str = "") -> T:
         raise ConfigError(f"{path or cls.__name__}: {err}") from None
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, cls: Any = None) -> None:
+    """Set ``a.b.c`` in a config tree. Below a mapping field (``dict[str, ...]``) the rest of the key is
+    one entry: ``tune.space.stage3.lr=...`` sets the entry ``stage3.lr`` of ``space``."""
     keys = dotted.split(".")
     node = tree
-    for key in keys[:-1]:
+    for i, key in enumerate(keys[:-1]):
+        hint = typing.get_type_hints(cls).get(key) if dataclasses.is_dataclass(cls) else None
+        if typing.get_origin(hint) is dict:
+            node.setdefault(key, {})[".".join(keys[i + 1:])] = value
+            return
         child = node.get(key)
         if child is None:
             child = node[key] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"override {dotted}: {key} is not a section")
-        node = child
+        node, cls = child, hint
     node[keys[-1]] = value
 
 
@@ -131,7 +137,7 @@ def with_values(cfg: T, values: dict[str, Any]) -> T:
     """A copy of ``cfg`` with dotted keys set to values (already typed: no YAML parsing)."""
     tree = to_dict(cfg)
     for key, value in values.items():
-        _set_dotted(tree, key, value)
+        _set_dotted(tree, key, value, type(cfg))
     return _build(type(cfg), tree)
 
 
@@ -144,7 +150,7 @@ def config_from_dict(cls: type[T], values: dict[str, Any], overrides: list[str] 
     """Build ``cls`` from nested plain data, with dotted overrides applied on top."""
     tree = to_dict(cls()) if not values else _merge(to_dict(cls()), values)
     for key, value in parse_overrides(overrides or []):
-        _set_dotted(tree, key, value)
+        _set_dotted(tree, key, value, cls)
     return _build(cls, tree)
 
 

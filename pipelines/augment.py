@@ -26,10 +26,9 @@ import pyarrow.compute as pc
 import ray
 
 from bleg.augment.describe import DescribeConfig
-from bleg.augment.engines import EngineConfig
+from bleg.augment.engines import EngineConfig, preflight, resolve_auto
 from bleg.augment.prompt import PROMPT_VERSION
 from bleg.augment.stages import INPUT_COLUMNS, GenerateStage, describe_stage, parse_stage
-from bleg.augment.engines import preflight
 from bleg.augment.store import PartWriter, drop_replaced_rows, read_keys
 from fmgnn.cohort import Cohort
 from fmgnn.config import load_config, save_config
@@ -148,6 +147,7 @@ def write_pass(dataset: ray.data.Dataset, writer: PartWriter, config: AugmentCon
 def run_augment(config: AugmentConfig) -> dict[str, Any]:
     if not config.cohort:
         raise ValueError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
+    config.engine = resolve_auto(config.engine)
     cohort = Cohort(config.cohort)
     output = Path(config.output)
     parts = output / "parts"

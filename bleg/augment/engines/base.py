@@ -26,7 +26,9 @@ class SamplingConfig:
 @dataclass
 class EngineConfig:
     """Args:
-        kind: ``rules`` (no model), ``transformers``, ``http`` (OpenAI-compatible server) or ``vllm``.
+        kind: ``rules`` (no model), ``transformers``, ``http`` (OpenAI-compatible server), ``vllm``, or
+            ``auto``: ``transformers`` with ``model`` (default SmolLM2-135M-Instruct) when that model's
+            package is installed, else ``rules``.
         model: Hub id, local folder, or a folder holding ``gguf_file``; the model name for ``http``.
         gguf_file: GGUF file name inside ``model`` (transformers dequantises it).
         url: Base URL of the OpenAI-compatible API for ``http`` (``.../v1``).
@@ -50,7 +52,7 @@ class EngineConfig:
         sampling: Sampling parameters.
     """
 
-    kind: Literal["rules", "transformers", "http", "vllm"] = "rules"
+    kind: Literal["auto", "rules", "transformers", "http", "vllm"] = "rules"
     model: str = ""
     gguf_file: str | None = None
     url: str = "http://127.0.0.1:8000/v1"

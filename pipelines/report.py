@@ -1,0 +1,228 @@
+"""``fmgnn report OUT_DIR``: the main job's report, ``report.html`` and ``figures.json``, from its outputs.
+
+    fmgnn report runs/main
+
+Reads what the stages wrote under ``OUT_DIR`` (``summary.json``, ``augment/``, ``bleg/``, ``tune/``,
+``foundation.run/``, ``fimp/``) and skips the stages that did not run. The HTML file is
+self-contained (figures embedded, no external resources); ``figures.json`` holds each figure's data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from fmgnn.io import atomic_write_json, atomic_write_text
+from fmgnn.report_html import Section, Table, render_html
+
+log = logging.getLogger("fmgnn.report")
+
+Figures = dict[str, dict[str, Any]]
+CLASSIFICATION = ("accuracy", "balanced_accuracy", "auc", "f1")
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _mean_std(summary: dict[str, Any], key: str) -> str:
+    value = summary[key]
+    return f"{value['mean']:.3f} ± {value['std']:.3f}"
+
+
+def _mean_curves(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, list[float]]:
+    """Mean over runs of each history key per epoch (runs that stopped early drop out of later epochs)."""
+    histories = [r["history"] for r in runs if r.get("history")]
+    longest = max((len(h) for h in histories), default=0)
+    curves: dict[str, list[float]] = {"epoch": list(range(longest))}
+    for key in keys:
+        curves[key] = [float(np.mean([h[e][key] for h in histories if len(h) > e and key in h[e]]))
+                       for e in range(longest)]
+    return curves
+
+
+def overview_section(out_dir: Path, summary: dict[str, Any]) -> Section:
+    section = Section("Cohort and run")
+    cohort = summary.get("cohort") or {}
+    if cohort:
+        section.tables.append(Table("cohort", ["field", "value"], [
+            ["name", cohort.get("name", "")], ["subjects", cohort.get("n_subjects", "")],
+            ["regions", cohort.get("n_rois", "")], ["labels", json.dumps(cohort.get("label_counts", {}))]]))
+    graphs = summary.get("graphs")
+    if graphs:
+        section.tables.append(Table("graphs as the models see them", ["measure", "value"], [
+            ["graphs", graphs["n_graphs"]], ["density", graphs["density_mean"]],
+            ["mean degree", graphs["mean_degree"]]]))
+    timings = summary.get("timings_s") or {}
+    if timings:
+        section.tables.append(Table("stage times of the last run (s; a resumed stage only counts what was left)", ["stage", "seconds"],
+                                    [[k.removesuffix("_s"), v] for k, v in timings.items()]))
+    return section
+
+
+def augment_section(out_dir: Path) -> Section | None:
+    summaries = sorted((out_dir / "augment").glob("summary-*.json"), key=lambda p: p.stat().st_mtime)
+    if not summaries:
+        return None
+    section = Section("Stage 1: LLM descriptions (augment)")
+    rows = []
+    for path in summaries:
+        s = _read(path)
+        rows.append([s["run_id"], s["engine"], s["model"], s["rows_written"], s["error_rows"],
+                     s["skipped_already_answered"], s["seconds"], s["subjects_per_s"], s["output_tokens_per_s"]])
+    section.tables.append(Table("augmentation runs (a rerun skips answered subjects)",
+                                ["run", "engine", "model", "written", "errors", "skipped", "seconds", "subjects/s",
+                                 "output tokens/s"], rows))
+    from bleg.augment.store import read_augmentations
+
+    table = read_augmentations(out_dir / "augment").to_pylist()
+    valid = [r for r in table if not r.get("error")][:3]
+    if valid:
+        section.tables.append(Table("example descriptions", ["subject", "key features", "conclusion"], [
+            [r["subject_id"], "; ".join(r["key_features"] or []), r["conclusion"]] for r in valid]))
+    return section
+
+
+def bleg_section(out_dir: Path, figures: Figures) -> Section | None:
+    metrics = _read(out_dir / "bleg" / "metrics.json")
+    if metrics is None:
+        return None
+    section = Section("BLEG: stages 2 and 3, with its ablations (test folds)")
+    section.notes.append(f"LM {metrics['lm']}; every model on the same stratified folds; mean ± std over test folds.")
+    section.tables.append(Table("classification", ["model", *CLASSIFICATION, "folds", "trainer seconds"], [
+        [name, *[_mean_std(m["summary"], k) for k in CLASSIFICATION], m["summary"]["accuracy"]["n"],
+         m["fold_seconds"]] for name, m in metrics["models"].items()]))
+    folds = {name: [_read(p) for p in sorted((out_dir / "bleg" / name).glob("seed*_fold*.json"))]
+             for name in metrics["models"]}
+    roc = {}
+    for name, runs in folds.items():
+        labels = np.concatenate([r["test_labels"] for r in runs])
+        probabilities = np.concatenate([np.asarray(r["test_probabilities"]) for r in runs])
+        if probabilities.shape[1] == 2 and len(set(labels)) == 2:
+            fpr, tpr, _ = roc_curve(labels, probabilities[:, 1])
+            roc[name] = {"fpr": fpr.round(4).tolist(), "tpr": tpr.round(4).tolist(),
+                         "auc_mean": metrics["models"][name]["summary"]["auc"]["mean"]}
+    if roc:
+        figures["bleg_roc"] = {"kind": "roc", "title": "test ROC, folds pooled", "series": roc}
+        section.figures.append("bleg_roc")
+    curves = {name: _mean_curves(runs, ("train_loss", "val_loss")) for name, runs in folds.items()
+              if any(r.get("history") for r in runs)}
+    if curves:
+        figures["bleg_learning_curves"] = {"kind": "curves", "title": "stage 3 learning curves (mean over folds)",
+                                           "x": "epoch", "y": ["train_loss", "val_loss"], "series": curves}
+        section.figures.append("bleg_learning_curves")
+    return section
+
+
+def tune_section(out_dir: Path, figures: Figures) -> Section | None:
+    summary = _read(out_dir / "tune" / "summary.json")
+    if summary is None:
+        return None
+    section = Section("Ray Tune: stage 3 sweep (validation folds only)")
+    section.notes.append(f"{summary['trials']} trials, {summary['trial_epochs']} trial-epochs; objective: mean "
+                         f"validation cross-entropy over the folds; best {summary['best_val_loss']:.4f}.")
+    section.tables.append(Table("best configuration", ["parameter", "value"],
+                                [[k, v] for k, v in summary["best_params"].items()]))
+    trials = _read(out_dir / "tune" / "trials.json") or {}
+    if trials:
+        keys = sorted({k for t in trials.values() for k in t["params"]})
+        section.tables.append(Table("trials", ["trial", *keys, "epochs", "best validation loss"], [
+            [trial, *[t["params"].get(k, "") for k in keys], len(t["epoch"]), min(t["val_loss"])]
+            for trial, t in sorted(trials.items(), key=lambda kv: min(kv[1]["val_loss"]))]))
+        figures["sweep_trials"] = {"kind": "curves", "title": "trials: validation loss per epoch (ASHA stops the "
+                                   "poor ones)", "x": "epoch", "y": ["val_loss"],
+                                   "series": {k: {"epoch": t["epoch"], "val_loss": t["val_loss"]}
+                                              for k, t in trials.items()}}
+        section.figures.append("sweep_trials")
+    importance = _read(out_dir / "tune" / "plots" / "importance.json")
+    if importance:
+        figures["sweep_importance"] = {"kind": "bars", "title": "parameter importance (fANOVA)",
+                                       "xlabel": "importance", "values": importance}
+        section.figures.append("sweep_importance")
+    retrained = summary.get("retrained")
+    if retrained:
+        section.tables.append(Table("best configuration retrained on every fold, against the default",
+                                    ["configuration", *CLASSIFICATION],
+                                    [[name, *[_mean_std(s, k) for k in CLASSIFICATION]]
+                                     for name, s in retrained.items()]))
+    return section
+
+
+def fimp_section(out_dir: Path, figures: Figures) -> Section | None:
+    metrics = _read(out_dir / "fimp" / "metrics.json")
+    if metrics is None:
+        return None
+    section = Section("FIMP: masked fMRI window reconstruction (test scans)")
+    section.tables.append(Table("reconstruction of the hidden windows", ["model", "MSE", "R^2", "seconds"], [
+        [name, _mean_std(m, "mse"), _mean_std(m, "r2"), m["seconds"]] for name, m in metrics["models"].items()]))
+    relative = [[k.removesuffix("_vs_best_baseline"), v["baseline"], f"{100 * v['r2_relative']:+.1f}%",
+                 f"{100 * v['mse_relative']:+.1f}%"] for k, v in metrics.items() if k.endswith("_vs_best_baseline")]
+    if relative:
+        section.tables.append(Table("against the best baseline", ["model", "best baseline", "R^2", "MSE"], relative))
+    pretrain = _read(out_dir / "foundation.run" / "metrics.json")
+    if pretrain:
+        section.notes.append(f"Foundation model pretrained on a separate cohort (masked windows, no graph): "
+                             f"held-out MSE {pretrain['val_mse']:.4f}, R^2 {pretrain['val_r2']:.3f}, "
+                             f"{pretrain['epochs']} epochs.")
+        figures["pretrain_curve"] = {"kind": "curves", "title": "foundation pretraining", "x": "epoch",
+                                     "y": ["train_loss", "val_loss"],
+                                     "series": {"foundation": _mean_curves([pretrain], ("train_loss", "val_loss"))}}
+        section.figures.append("pretrain_curve")
+    seed = metrics["seeds"][0]
+    runs = {name: _read(out_dir / "fimp" / name / f"seed{seed}.json") for name in metrics["models"]}
+    figures["fimp_learning_curves"] = {"kind": "curves", "title": f"reconstruction learning curves (seed {seed})",
+                                       "x": "epoch", "y": ["train_loss", "val_loss"],
+                                       "series": {n: _mean_curves([r], ("train_loss", "val_loss"))
+                                                  for n, r in runs.items()}}
+    section.figures.append("fimp_learning_curves")
+    examples = {}
+    for name in metrics["models"]:
+        example = np.load(out_dir / "fimp" / name / f"seed{seed}-example.npz")
+        window = int(example["target"].shape[1])
+        examples[name] = {"true": example["target"].reshape(-1).round(4).tolist(),
+                          "predicted": example["predicted"].reshape(-1).round(4).tolist(),
+                          "hidden": np.flatnonzero(example["mask"]).tolist(), "window": window}
+    figures["reconstruction"] = {"kind": "reconstruction", "xlabel": "time point (hidden windows shaded)",
+                                 "title": f"one test region's series, true vs predicted (seed {seed})",
+                                 "series": examples}
+    section.figures.append("reconstruction")
+    return section
+
+
+def write_report(out_dir: str | Path) -> Path:
+    """Write ``report.html`` and ``figures.json`` into ``out_dir``; returns the HTML path."""
+    out_dir = Path(out_dir)
+    summary = _read(out_dir / "summary.json") or {}
+    figures: Figures = {}
+    sections = [overview_section(out_dir, summary), augment_section(out_dir), bleg_section(out_dir, figures),
+                tune_section(out_dir, figures), fimp_section(out_dir, figures)]
+    config = (out_dir / "config.yaml").read_text() if (out_dir / "config.yaml").is_file() else ""
+    versions = _read(out_dir / "versions.json") or {}
+    footer = "versions: " + json.dumps(versions, indent=1) + "\n\nconfig.yaml:\n" + config
+    page = render_html(f"fmgnn report: {out_dir.name}", [s for s in sections if s is not None], figures, footer)
+    atomic_write_json(out_dir / "figures.json", figures)
+    atomic_write_text(out_dir / "report.html", page)
+    log.info("report: %s (%d figures)", out_dir / "report.html", len(figures))
+    return out_dir / "report.html"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fmgnn report", description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir", help="the main job's out_dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not (Path(args.out_dir) / "summary.json").is_file():
+        parser.error(f"{args.out_dir}: no summary.json (not a finished fmgnn run out_dir)")
+    print(write_report(args.out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
