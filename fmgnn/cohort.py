@@ -344,8 +344,14 @@ class Cohort:
         missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
         if missing:
             raise CohortError(f"{self.path}: missing column(s) {', '.join(missing)}")
+        for name in REQUIRED_COLUMNS:  # a file written by other tools may carry the names with other types
+            expected = COHORT_SCHEMA.field(name).type
+            if not schema.field(name).type.equals(expected):
+                raise CohortError(f"{self.path}: column {name} is {schema.field(name).type}, expected {expected}")
         self.schema = schema
         self.num_rows = parquet.metadata.num_rows
+        if self.num_rows == 0:
+            raise CohortError(f"{self.path}: the cohort is empty (no subjects)")
         self._table: pa.Table | None = None
 
     @property

@@ -247,6 +247,7 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
 
     if not config.cohort:
         raise CohortError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
+    cohort = Cohort(config.cohort)  # a bad cohort fails before anything in run_dir is touched
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_same_settings(config, run_dir / "config.yaml")
@@ -254,7 +255,6 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
     atomic_write_json(run_dir / "versions.json", environment_record())
     started = time.monotonic()
 
-    cohort = Cohort(config.cohort)
     splits = make_splits(cohort.labels(), config.folds, cohort.metadata.label_names)
     save_splits(splits, cohort.subject_ids(), run_dir / "splits.json")
     descriptions = load_descriptions(config.texts) if config.needs_texts else {}

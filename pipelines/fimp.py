@@ -167,9 +167,9 @@ def load_task(config: FIMPJobConfig, run_dir: Path, seed: int) -> TaskData:
 def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    data = {seed: load_task(config, run_dir, seed) for seed in config.seeds}  # bad input fails before any write
     save_config(config, run_dir / "config.yaml")
     atomic_write_json(run_dir / "versions.json", environment_record())
-    data = {seed: load_task(config, run_dir, seed) for seed in config.seeds}
     start_ray(config.ray)
     storage_path = resolve_storage_path(config.storage_path, run_dir)
     started = time.monotonic()

@@ -154,8 +154,6 @@ def check_cohort(cohort: Cohort, config: MainJobConfig) -> None:
 def run_main(config: MainJobConfig) -> dict[str, Any]:
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
-    atomic_write_json(out_dir / "versions.json", environment_record())
     stages = [s for s in STAGES if s in config.stages or s in ("ingest", "report")]
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"stages": stages}
@@ -181,9 +179,10 @@ def run_main(config: MainJobConfig) -> dict[str, Any]:
                  summary["graphs"]["mean_degree"])
         return cohort
 
-    cohort = stage("ingest", ingest)
+    cohort = stage("ingest", ingest)  # a bad cohort fails here, before anything in out_dir is rewritten
     chain_stages(config, cohort.path)
     save_config(config, out_dir / "config.yaml")  # as run, with the chained paths
+    atomic_write_json(out_dir / "versions.json", environment_record())
     start_ray(config.ray)  # one instance for every stage (the stages' own start_ray then joins it)
     summary["augment"] = stage("augment", lambda: run_augment(config.augment))
     summary["bleg"] = stage("bleg", lambda: run_bleg(config.bleg))

@@ -90,12 +90,12 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
         log.info("%s: already pretrained with this config", output)
         return json.loads((work / "metrics.json").read_text())
     work.mkdir(parents=True, exist_ok=True)
-    save_config(config, work / "config.yaml")
-    atomic_write_json(work / "versions.json", environment_record())
     cohort_path = Path(config.cohort) if config.cohort else work / "synthetic.parquet"
     if not config.cohort and not cohort_path.is_file():
         ingest_synthetic(cohort_path, config.synthetic)
-    cohort = Cohort(cohort_path)
+    cohort = Cohort(cohort_path)  # a bad cohort fails before the run's records are rewritten
+    save_config(config, work / "config.yaml")
+    atomic_write_json(work / "versions.json", environment_record())
     train, val, _ = split_scans(len(cohort), config.seed, config.val_fraction, 0.0)
     model_config = ReconstructionConfig(kind="foundation", n_tokens=config.fmri.n_windows,
                                         token_values=config.fmri.window, foundation=config.foundation)

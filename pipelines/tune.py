@@ -160,12 +160,12 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
     if not config.base_run:
         raise CohortError("base_run: give a finished fmgnn train bleg run (base_run=runs/bleg_...)")
     base = base_config(config)
+    cohort = Cohort(base.cohort)
+    folds = fold_inputs(base, cohort, config.seeds)  # a bad base run fails before the sweep's records change
     sweep_dir = Path(config.sweep_dir).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, sweep_dir / "config.yaml")
     atomic_write_json(sweep_dir / "versions.json", environment_record())
-    cohort = Cohort(base.cohort)
-    folds = fold_inputs(base, cohort, config.seeds)
     encoder_config = GraphTokenEncoder.from_pretrained(
         Path(base.run_dir) / "folds" / folds[0].split.name / "stage2" / "encoder").config
     start_ray(config.ray)

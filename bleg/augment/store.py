@@ -100,4 +100,14 @@ def read_augmentations(output: str | Path) -> pa.Table:
     paths = part_files(Path(output) / "parts")
     if not paths:
         raise CohortError(f"{output}: no augmentation part files in parts/ (run `fmgnn augment` first)")
-    return pa.concat_tables([pq.read_table(p) for p in paths])
+    tables = []
+    for path in paths:
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise CohortError(f"{path}: unreadable part file ({err}); move it away to continue") from None
+        missing = [name for name in OUTPUT_SCHEMA.names if name not in table.column_names]
+        if missing:
+            raise CohortError(f"{path}: not an augmentation part file (no column {', '.join(missing)})")
+        tables.append(table.select(OUTPUT_SCHEMA.names))
+    return pa.concat_tables(tables)

@@ -1,0 +1,104 @@
+"""Bad input as a user meets it: the command ends with one line naming the file and the problem, exit
+status 2, and every output already written stays byte for byte as it was.
+
+Killed work is tested where it happens: ``test_augment`` (kill -9 mid-augmentation, rerun: no row lost
+or duplicated), ``test_bleg_pipeline`` (kill -9 mid-sweep, restore), ``test_multinode`` (a worker node
+SIGKILLed with the training worker on it: the run resumes from its checkpoint with the same results).
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from bleg.augment.prompt import PROMPT_VERSION
+from bleg.augment.store import OUTPUT_SCHEMA, PartWriter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fmgnn(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def bad_cohorts(good: Path, folder: Path) -> dict[str, tuple[Path, str]]:
+    """Truncated, unexpected schema (label stored as text), and empty: each with its expected message."""
+    metadata = {b"fmgnn.cohort": pq.ParquetFile(good).metadata.metadata[b"fmgnn.cohort"]}
+    table = pq.read_table(good).replace_schema_metadata(metadata)
+    truncated = folder / "truncated.parquet"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    wrong_type = folder / "label_as_text.parquet"
+    column = table.schema.get_field_index("label")
+    relabelled = table.set_column(column, "label", pc.cast(table["label"], pa.string()))
+    pq.write_table(relabelled.replace_schema_metadata(metadata), wrong_type)
+    empty = folder / "empty.parquet"
+    pq.write_table(table.slice(0, 0), empty)
+    return {"truncated": (truncated, "not a readable Parquet file, or truncated"),
+            "schema": (wrong_type, "column label is string, expected int64"),
+            "empty": (empty, "the cohort is empty (no subjects)")}
+
+
+@pytest.fixture()
+def earlier_run(tmp_path) -> Path:
+    """An out_dir holding what an earlier main job left: records, a report, augmentation parts."""
+    out = tmp_path / "main"
+    (out / "augment" / "parts").mkdir(parents=True)
+    (out / "config.yaml").write_text("out_dir: earlier\n")
+    (out / "versions.json").write_text('{"fmgnn": "earlier"}')
+    (out / "summary.json").write_text('{"total_s": 1.0}')
+    (out / "report.html").write_text("<html>earlier report</html>")
+    write_parts(out / "augment" / "parts", ["sub-000", "sub-001"], run_id="earlier")
+    return out
+
+
+def write_parts(folder: Path, subjects: list[str], run_id: str) -> Path:
+    rows = {name: [None] * len(subjects) for name in OUTPUT_SCHEMA.names if name != "run_id"}
+    rows.update(subject_id=subjects, prompt_version=[PROMPT_VERSION] * len(subjects), model=["rules"] * len(subjects),
+                engine=["rules"] * len(subjects), key_features=[["a feature"]] * len(subjects),
+                conclusion=["a conclusion"] * len(subjects), attempts=[1] * len(subjects))
+    return PartWriter(folder, run_id).write(pa.table(rows))
+
+
+@pytest.mark.parametrize("fault", ["truncated", "schema", "empty"])
+def test_bad_cohort_stops_the_main_job_and_damages_nothing(fault, small_synthetic, earlier_run, tmp_path):
+    path, message = bad_cohorts(small_synthetic, tmp_path)[fault]
+    before = snapshot(earlier_run)
+    result = fmgnn("run", f"out_dir={earlier_run}", f"cohort={path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"fmgnn run: error: {path}: {message}")
+    assert snapshot(earlier_run) == before
+
+
+def test_bad_cohort_stops_augment_and_bleg_before_their_outputs_change(small_synthetic, earlier_run, tmp_path):
+    path, message = bad_cohorts(small_synthetic, tmp_path)["schema"]
+    before = snapshot(earlier_run)
+    result = fmgnn("augment", f"cohort={path}", f"output={earlier_run / 'augment'}")
+    assert result.returncode == 2 and f"{path}: {message}" in result.stderr
+    result = fmgnn("train", "bleg", f"cohort={path}", f"run_dir={earlier_run}",
+                   f"texts.output={earlier_run / 'augment'}")
+    assert result.returncode == 2 and f"{path}: {message}" in result.stderr
+    assert snapshot(earlier_run) == before
+
+
+def test_truncated_augmentation_part_is_named_and_the_others_kept(small_synthetic, earlier_run, tmp_path):
+    parts = earlier_run / "augment" / "parts"
+    broken = write_parts(parts, ["sub-002"], run_id="broken")
+    broken.write_bytes(broken.read_bytes()[:-40])
+    before = snapshot(earlier_run)
+    result = fmgnn("augment", f"cohort={small_synthetic}", f"output={earlier_run / 'augment'}")
+    assert result.returncode == 2
+    assert f"fmgnn augment: error: {broken}: unreadable part file" in result.stderr
+    result = fmgnn("train", "bleg", f"cohort={small_synthetic}", f"run_dir={tmp_path / 'bleg'}",
+                   f"texts.output={earlier_run / 'augment'}")
+    assert result.returncode == 2
+    assert f"fmgnn train: error: {broken}: unreadable part file" in result.stderr
+    assert snapshot(earlier_run) == before
