@@ -61,8 +61,8 @@ def overview_section(out_dir: Path, summary: dict[str, Any]) -> Section:
             ["mean degree", graphs["mean_degree"]]]))
     timings = summary.get("timings_s") or {}
     if timings:
-        section.tables.append(Table("stage times of the last run (s; a resumed stage only counts what was left)", ["stage", "seconds"],
-                                    [[k.removesuffix("_s"), v] for k, v in timings.items()]))
+        section.tables.append(Table("stage times of the last run (s; a resumed stage counts only what was left)",
+                                    ["stage", "seconds"], [[k.removesuffix("_s"), v] for k, v in timings.items()]))
     return section
 
 

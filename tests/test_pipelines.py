@@ -1,15 +1,11 @@
 """The entry points as a user runs them: subprocesses from the repo root, no install needed."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from fmgnn.cohort import Cohort
-from pipelines.main import MainJobConfig, run_main
-from fmgnn.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,25 +40,6 @@ def test_fmgnn_cli_dispatches(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(Cohort(tmp_path / "s.parquet")) == 12
     assert run_module("pipelines.cli", "frobnicate").returncode == 2
-
-
-@pytest.mark.ray
-def test_main_job_end_to_end(ray_session, tmp_path):
-    config = load_config(MainJobConfig, REPO / "configs/main.yaml", [
-        f"out_dir={tmp_path / 'main'}", "synthetic.n_subjects=40", "synthetic.n_timepoints=50",
-        "synthetic.effect_size=0.8", "baseline.folds.n_folds=3", "baseline.gcn.epochs=3",
-    ])
-    summary = run_main(config)
-    out = tmp_path / "main"
-    assert json.loads((out / "summary.json").read_text()) == summary
-    assert summary["cohort"]["n_subjects"] == 40
-    assert summary["graphs"]["density_mean"] == pytest.approx(0.12, abs=0.002)
-    assert set(summary["baselines"]) == {"logistic", "gcn"}
-    assert (out / "baselines" / "splits.json").is_file() and (out / "config.yaml").is_file()
-    # A rerun reuses the generated cohort rather than writing it again.
-    mtime = (out / "cohort.parquet").stat().st_mtime_ns
-    run_main(config)
-    assert (out / "cohort.parquet").stat().st_mtime_ns == mtime
 
 
 def test_train_errors_name_the_problem(tmp_path):

@@ -1,0 +1,97 @@
+"""The main job end to end on a small sample cohort, its resume, and its report in a real browser."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from fmgnn.cohort import Cohort
+from fmgnn.config import load_config
+from pipelines.main import MainJobConfig, run_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+# configs/main.yaml, made small: every stage runs, each on a few subjects and epochs.
+SMALL = ["synthetic.n_subjects=24", "synthetic.effect_size=0.8", "augment.engine.kind=rules", "bleg.folds.n_folds=2",
+         "bleg.stage2.encoder_hidden=[32]", "bleg.stage3.epochs=4", "bleg.stage3.student.bottleneck=16",
+         "bleg.stage3.student.head_hidden=16", "bleg.lm.max_length=160", "tune.num_samples=3",
+         "tune.space.stage3.epochs=4", "tune.grace_period=2", "pretrain.synthetic.n_subjects=12",
+         "pretrain.optim.epochs=2", "pretrain.foundation.hidden=16", "pretrain.foundation.intermediate=32",
+         "pretrain.foundation.layers=1", "fimp.optim.epochs=2", "fimp.model.gnn_hidden=16"]
+
+
+@pytest.fixture(scope="module")
+def main_run(ray_session, tmp_path_factory):
+    out = tmp_path_factory.mktemp("main") / "run"
+    config = load_config(MainJobConfig, REPO / "configs/main.yaml", [f"out_dir={out}", *SMALL])
+    return out, run_main(config)
+
+
+def test_every_stage_runs_and_a_rerun_resumes(main_run):
+    out, summary = main_run
+    assert summary["stages"] == ["ingest", "augment", "bleg", "tune", "pretrain", "fimp", "report"]
+    assert json.loads((out / "summary.json").read_text())["total_s"] == summary["total_s"]
+    assert summary["cohort"]["n_subjects"] == 24
+    assert summary["augment"]["rows_written"] == 24 and summary["augment"]["error_rows"] == 0
+    assert set(summary["bleg"]["models"]) == {"logistic", "gcn_alone", "bleg"}
+    assert summary["tune"]["trials"] == 3 and (out / "tune" / "trials.json").is_file()
+    assert set(summary["fimp"]["models"]) == {"fimp", "fimp_pretrained", "gcn"}
+    assert yaml.safe_load((out / "fimp" / "config.yaml").read_text())["pretrained"] == str(out / "foundation")
+    # The foundation model is pretrained on other subjects than the ones FIMP is tested on.
+    main_cohort, pretrain_cohort = Cohort(out / "cohort.parquet"), Cohort(out / "foundation.run" / "synthetic.parquet")
+    assert not np.allclose(main_cohort.timeseries(0)[:50], pretrain_cohort.timeseries(0)[:50])
+
+    finished = sorted(p for p in out.rglob("seed*.json") if not {"ray_results", "logistic"} & set(p.parts))
+    assert len(finished) == 2 * 2 + 3  # gcn_alone and bleg per fold (logistic is refitted: seconds), FIMP runs
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+    again = run_main(load_config(MainJobConfig, out / "config.yaml"))
+    assert {p: p.stat().st_mtime_ns for p in finished} == stamps  # nothing trained twice
+    assert again["augment"]["subjects_to_do"] == 0 and again["augment"]["skipped_already_answered"] == 24
+    assert again["bleg"]["models"]["bleg"]["summary"] == summary["bleg"]["models"]["bleg"]["summary"]
+    assert again["tune"]["best_params"] == summary["tune"]["best_params"]
+    assert again["fimp"]["models"] == summary["fimp"]["models"]
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return name
+    if os.environ.get("FMGNN_NO_BROWSER") == "1":
+        pytest.skip("FMGNN_NO_BROWSER=1 and no Chromium")
+    pytest.fail("no Chromium on PATH: `make test` installs Debian's chromium package (apt-get install chromium)")
+
+
+def test_report_renders_in_headless_chromium_with_its_tables_and_figures(main_run, tmp_path):
+    out, summary = main_run
+    html = (out / "report.html").read_text()
+    figures = json.loads((out / "figures.json").read_text())
+    assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:|//)""", html)  # self-contained: nothing fetched
+    browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*browser, "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    for caption in ("classification", "trials", "reconstruction of the hidden windows", "augmentation runs"):
+        assert f"<caption>{caption}" in dom
+    bleg_rows = re.search(r"<caption>classification</caption>.*?<tbody>(.*?)</tbody>", dom, re.S).group(1)
+    assert [re.sub("<.*?>", "", r.split("</td>")[0]) for r in bleg_rows.split("</tr>")[:-1]] == \
+        list(summary["bleg"]["models"])
+    assert dom.count("<img ") == len(figures) >= 6
+    assert set(figures) >= {"bleg_roc", "bleg_learning_curves", "sweep_trials", "fimp_learning_curves",
+                            "reconstruction", "pretrain_curve"}
+    assert figures["bleg_roc"]["series"]["bleg"]["auc_mean"] == summary["bleg"]["models"]["bleg"]["summary"]["auc"][
+        "mean"]
+
+    screenshot = tmp_path / "report.png"
+    subprocess.run([*browser, "--window-size=1200,3000", f"--screenshot={screenshot}", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(screenshot)[..., :3]
+    assert (pixels.min(axis=2) < 0.5).mean() > 0.01  # text, tables and figures drawn, not a blank page
