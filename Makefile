@@ -1,6 +1,7 @@
 # make run   - create .venv with the pinned set (constraints.txt) and run the main job on a local Ray
 # make test  - create .venv with the pinned set and run the test suite
 # make test-vllm - create .venv-vllm (vLLM's CPU build, constraints-vllm.txt) and run the vLLM tests
+# make bench - every benchmark of bench/ (figures recorded in bench/RESULTS.md); bench-vllm: the engine comparison
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.fmgnn-installed
@@ -8,7 +9,10 @@ STAMP := $(VENV)/.fmgnn-installed
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.fmgnn-installed
 
-.PHONY: run test test-vllm clean-venv
+# The report test renders HTML in headless Chromium: Debian's chromium package, installed when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test test-vllm bench bench-vllm chromium clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +27,29 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(VENV)/bin/fmgnn run
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(VENV)/bin/python -m pytest
+
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  $(SUDO) apt-get install -y --no-install-recommends chromium || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+
+# One script per figure; the ASHA figure reads the main job's sweep (made by `make run` when missing).
+bench: $(STAMP) runs/main/tune/summary.json
+	$(VENV)/bin/python bench/synthetic_stream.py --subjects 100000 --timepoints 120 --store fc
+	$(VENV)/bin/python bench/graph_measures.py --subjects 256
+	$(VENV)/bin/python bench/augment_pipeline.py --engine rules --subjects 2000
+	$(VENV)/bin/python bench/augment_pipeline.py --engine transformers --subjects 16 --max-model-len 1024
+	$(VENV)/bin/python bench/train_overhead.py --subjects 512 --epochs 20
+	$(VENV)/bin/python bench/fimp_layer.py
+	$(VENV)/bin/python bench/asha_saving.py runs/main/tune
+
+runs/main/tune/summary.json:
+	$(MAKE) run
+
+bench-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python bench/augment_engines.py --prompts 64 --max-tokens 32
 
 $(VLLM_STAMP): pyproject.toml constraints-vllm.txt
 	$(PYTHON) -m venv $(VLLM_VENV)
