@@ -211,4 +211,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(bleg_run, t
     # Every trial reached its last epoch (a trial resumed mid-run counts Tune iterations from the resume).
     assert len(results) == 2 and (results["epoch"] == 7).all()
     for name, text in done_before.items():  # finished trials were restored, not trained again
-        assert (experiment / name / "result.json").read_text() == text
+        after = (experiment / name / "result.json").read_text()
+        # A kill after a trial's last report but before Tune recorded it as finished makes Tune start it
+        # again: it finds its final checkpoint and only reports that last epoch once more (seen in CI).
+        assert after == text or [json.loads(line)["epoch"] for line in after.splitlines()] == [7]
