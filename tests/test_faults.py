@@ -4,12 +4,18 @@ status 2, and every output already written stays byte for byte as it was.
 Killed work is tested where it happens: ``test_augment`` (kill -9 mid-augmentation, rerun: no row lost
 or duplicated), ``test_bleg_pipeline`` (kill -9 mid-sweep, restore), ``test_multinode`` (a worker node
 SIGKILLed with the training worker on it: the run resumes from its checkpoint with the same results).
+Here: a training worker process SIGKILLed on the embedded default resumes the same way.
 """
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -102,3 +108,57 @@ def test_truncated_augmentation_part_is_named_and_the_others_kept(small_syntheti
     assert result.returncode == 2
     assert f"fmgnn train: error: {broken}: unreadable part file" in result.stderr
     assert snapshot(earlier_run) == before
+
+
+def registered_epoch(run: Path) -> int:
+    """The latest epoch Ray Train has registered a checkpoint of."""
+    try:
+        results = json.loads((run / "checkpoint_manager_snapshot.json").read_text())["checkpoint_results"]
+        return max([c["metrics"]["epoch"] for c in results], default=-1)
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):  # not yet written, or being rewritten
+        return -1
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_killed_training_worker_resumes_from_its_checkpoint(small_synthetic, ray_session, tmp_path):
+    import ray
+    from ray.util.state import list_actors
+
+    from bleg.graph_encoder import GraphEncoderConfig
+    from bleg.student import StudentConfig
+    from bleg.train_student import AlignmentConfig, StudentSpec, train_student
+    from fmgnn.cohort import Cohort
+    from fmgnn.evaluation.splits import FoldConfig, make_splits
+    from fmgnn.graphs import GraphConfig
+    from pipelines.ray_session import RayConfig
+    from pipelines.trainers import fit_remote, make_trainer
+
+    cohort = Cohort(small_synthetic)
+    split = make_splits(cohort.labels(), FoldConfig(n_folds=2, seeds=[0]))[0]
+    spec = StudentSpec(str(small_synthetic), split, GraphConfig(),
+                       AlignmentConfig(lam=0.0, epochs=40, patience=100, student=StudentConfig(bottleneck=8,
+                                                                                               head_hidden=8)),
+                       GraphEncoderConfig(in_channels=cohort.n_rois, hidden=[16], out_channels=8))
+
+    def trainer(name: str):
+        return make_trainer(train_student, spec, name, RayConfig(num_workers=1, cpus_per_worker=0.5, max_failures=2),
+                            str(tmp_path))
+
+    reference = trainer("reference").fit().metrics
+    running = fit_remote.remote(trainer("killed"))
+    deadline = time.monotonic() + 180
+    while registered_epoch(tmp_path / "killed") < 3:
+        assert time.monotonic() < deadline, "no checkpoint within 180 s"
+        time.sleep(0.1)
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
+    assert len(workers) == 1
+    os.kill(workers[0].pid, signal.SIGKILL)
+    metrics, _ = ray.get(running, timeout=300)
+
+    assert registered_epoch(tmp_path / "killed") == 39  # the run went on to its last epoch
+    assert metrics["resumed_at"] and 3 <= metrics["resumed_at"][0] < 39  # from a checkpoint, not from scratch
+    assert [h["epoch"] for h in metrics["history"]] == list(range(40))
+    np.testing.assert_allclose([h["train_loss"] for h in metrics["history"]],
+                               [h["train_loss"] for h in reference["history"]], atol=1e-5)
+    np.testing.assert_allclose(metrics["test_probabilities"], reference["test_probabilities"], atol=1e-5)
