@@ -146,9 +146,10 @@ def check_cohort(cohort: Cohort, config: MainJobConfig) -> None:
     if "fimp" in config.stages and cohort.timeseries(0) is None:
         raise CohortError(f"{cohort.path}: FC only; the fimp stage (fMRI reconstruction) needs time series. Run "
                           "without it: stages=[ingest,augment,bleg,tune,report]")
-    if config.bleg.folds.n_folds > min(cohort.summary()["label_counts"].values()):
+    label_counts = cohort.summary()["label_counts"]
+    if config.bleg.folds.n_folds > min(label_counts.values()):
         raise CohortError(f"{cohort.path}: bleg.folds.n_folds={config.bleg.folds.n_folds} is more than the "
-                          f"smallest class has subjects ({cohort.summary()['label_counts']})")
+                          f"smallest class has subjects ({label_counts})")
 
 
 def run_main(config: MainJobConfig) -> dict[str, Any]:
@@ -192,7 +193,6 @@ def run_main(config: MainJobConfig) -> dict[str, Any]:
     summary["timings_s"] = timings
     atomic_write_json(out_dir / "summary.json", summary)
     stage("report", lambda: write_report(out_dir))
-    summary["timings_s"] = timings
     summary["total_s"] = round(sum(timings.values()), 1)
     atomic_write_json(out_dir / "summary.json", summary)
     log.info("main job done in %.0f s; report: %s", summary["total_s"], out_dir / "report.html")

@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from fmgnn.io import atomic_write_json, atomic_write_text
+from fmgnn.plots import mean_curves, pooled_predictions
 from fmgnn.report_html import Section, Table, render_html
 
 log = logging.getLogger("fmgnn.report")
@@ -34,17 +35,6 @@ def _read(path: Path) -> Any:
 def _mean_std(summary: dict[str, Any], key: str) -> str:
     value = summary[key]
     return f"{value['mean']:.3f} ± {value['std']:.3f}"
-
-
-def _mean_curves(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, list[float]]:
-    """Mean over runs of each history key per epoch (runs that stopped early drop out of later epochs)."""
-    histories = [r["history"] for r in runs if r.get("history")]
-    longest = max((len(h) for h in histories), default=0)
-    curves: dict[str, list[float]] = {"epoch": list(range(longest))}
-    for key in keys:
-        curves[key] = [float(np.mean([h[e][key] for h in histories if len(h) > e and key in h[e]]))
-                       for e in range(longest)]
-    return curves
 
 
 def overview_section(out_dir: Path, summary: dict[str, Any]) -> Section:
@@ -102,8 +92,7 @@ def bleg_section(out_dir: Path, figures: Figures) -> Section | None:
              for name in metrics["models"]}
     roc = {}
     for name, runs in folds.items():
-        labels = np.concatenate([r["test_labels"] for r in runs])
-        probabilities = np.concatenate([np.asarray(r["test_probabilities"]) for r in runs])
+        labels, probabilities = pooled_predictions(runs)
         if probabilities.shape[1] == 2 and len(set(labels)) == 2:
             fpr, tpr, _ = roc_curve(labels, probabilities[:, 1])
             roc[name] = {"fpr": fpr.round(4).tolist(), "tpr": tpr.round(4).tolist(),
@@ -111,7 +100,7 @@ def bleg_section(out_dir: Path, figures: Figures) -> Section | None:
     if roc:
         figures["bleg_roc"] = {"kind": "roc", "title": "test ROC, folds pooled", "series": roc}
         section.figures.append("bleg_roc")
-    curves = {name: _mean_curves(runs, ("train_loss", "val_loss")) for name, runs in folds.items()
+    curves = {name: mean_curves(runs, ("train_loss", "val_loss")) for name, runs in folds.items()
               if any(r.get("history") for r in runs)}
     if curves:
         figures["bleg_learning_curves"] = {"kind": "curves", "title": "stage 3 learning curves (mean over folds)",
@@ -172,13 +161,13 @@ def fimp_section(out_dir: Path, figures: Figures) -> Section | None:
                              f"{pretrain['epochs']} epochs.")
         figures["pretrain_curve"] = {"kind": "curves", "title": "foundation pretraining", "x": "epoch",
                                      "y": ["train_loss", "val_loss"],
-                                     "series": {"foundation": _mean_curves([pretrain], ("train_loss", "val_loss"))}}
+                                     "series": {"foundation": mean_curves([pretrain], ("train_loss", "val_loss"))}}
         section.figures.append("pretrain_curve")
     seed = metrics["seeds"][0]
     runs = {name: _read(out_dir / "fimp" / name / f"seed{seed}.json") for name in metrics["models"]}
     figures["fimp_learning_curves"] = {"kind": "curves", "title": f"reconstruction learning curves (seed {seed})",
                                        "x": "epoch", "y": ["train_loss", "val_loss"],
-                                       "series": {n: _mean_curves([r], ("train_loss", "val_loss"))
+                                       "series": {n: mean_curves([r], ("train_loss", "val_loss"))
                                                   for n, r in runs.items()}}
     section.figures.append("fimp_learning_curves")
     examples = {}
