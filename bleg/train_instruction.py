@@ -1,9 +1,9 @@
-"""Training function of BLEG stage 2 for one fold: plain PyTorch that Ray Train wraps.
+"""BLEG stage 2 of one fold as a task of the training loop (``fmgnn.engine``).
 
 The fold's training subjects are instruction-tuned, its validation subjects pick the epoch
-(lowest answer loss); test subjects are never read. Rank 0 exports the best epoch in Hugging Face
-format into the last checkpoint: ``encoder/`` (the GCN), ``lm/`` (LoRA merged, with its
-tokenizer) and ``stage2.json``.
+(lowest answer loss); test subjects are never read. The export is the best epoch in Hugging Face
+format: ``encoder/`` (the GCN), ``lm/`` (LoRA merged, with its tokenizer) and ``stage2.json``.
+Checkpoints hold the trained weights only (a frozen LM is not copied every epoch).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ray.train
-import ray.train.torch
+from typing import Any
+
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from torch_geometric.data import Batch, Data
@@ -26,8 +26,7 @@ from fmgnn.baselines.train_gcn import load_graphs
 from fmgnn.cohort import Cohort
 from fmgnn.evaluation.splits import Split
 from fmgnn.graphs import GraphConfig
-from fmgnn.ray_logging import quiet_report_logs
-from fmgnn.train_state import TrainState, load_model_state, report_epoch, restore, seed_epoch, unwrap
+from fmgnn.engine import BatchLoss, Validation, World, to_device
 
 
 @dataclass
@@ -56,7 +55,7 @@ class InstructionConfig:
 
 @dataclass
 class InstructionSpec:
-    """One fold's stage 2; passed to every worker as ``config["spec"]``."""
+    """One fold's stage 2."""
 
     cohort_path: str
     split: Split
@@ -83,11 +82,11 @@ def make_examples(cohort: Cohort, indices: list[int], spec: InstructionSpec) -> 
 
 
 class Collate:
-    """A PyG batch of graphs plus padded token ids and answer labels."""
+    """A PyG batch of graphs plus padded token ids and answer labels; ``generator`` draws masked-LM positions."""
 
-    def __init__(self, text_encoder: TextEncoder, seed: int) -> None:
+    def __init__(self, text_encoder: TextEncoder, generator: torch.Generator) -> None:
         self.text_encoder = text_encoder
-        self.generator = torch.Generator().manual_seed(seed)  # masked-LM positions
+        self.generator = generator
 
     def __call__(self, examples: list[Example]) -> dict:
         pairs = [self.text_encoder.pair(e.prompt, e.answer, self.generator) for e in examples]
@@ -95,87 +94,83 @@ class Collate:
         return {"graphs": Batch.from_data_list([e.graph for e in examples]), **text}
 
 
-def answer_loss(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer | None) -> float:
-    """Mean answer loss over ``loader``; trains when an optimizer is given."""
-    model.train(optimizer is not None)
-    total, count = 0.0, 0
-    for batch in loader:
-        with torch.set_grad_enabled(optimizer is not None):
-            loss = model(batch["graphs"], batch["input_ids"], batch["attention_mask"], batch["labels"])
-        if optimizer is not None:
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        total += loss.item() * len(batch["input_ids"])
-        count += len(batch["input_ids"])
-    return total / max(count, 1)
+def batch_loss(model: torch.nn.Module, batch: dict[str, Any]) -> BatchLoss:
+    loss = model(batch["graphs"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+    return BatchLoss(loss, len(batch["input_ids"]))
 
 
-def train_instruction(config: dict) -> None:
-    spec: InstructionSpec = config["spec"]
-    quiet_report_logs()
-    torch.manual_seed(spec.seed)
-    context = ray.train.get_context()
-    cohort = Cohort(spec.cohort_path)
-    train_examples = make_examples(cohort, spec.split.train, spec)
-    val_examples = make_examples(cohort, spec.split.val, spec)
+class InstructionTask:
+    """Stage 2 of one fold: the GCN's node outputs as graph tokens before [question][answer], LM loss on
+    the answer."""
 
-    lm, tokenizer, kind = load_language_model(spec.lm)
-    lm = apply_finetune_mode(lm, spec.lm)
-    encoder = GraphTokenEncoder(GraphEncoderConfig(
-        in_channels=train_examples[0].graph.num_node_features, hidden=spec.train.encoder_hidden,
-        out_channels=hidden_size(lm), dropout=spec.train.encoder_dropout))
-    model = GraphLanguageModel(encoder, lm, kind)
-    text_encoder = TextEncoder(tokenizer, kind, spec.lm.max_length - cohort.n_rois, spec.lm.mlm_probability)
+    trainable_only = True
 
-    # Ray: each worker tunes on its own shard of the training subjects.
-    sampler = DistributedSampler(train_examples, num_replicas=context.get_world_size(),
-                                 rank=context.get_world_rank(), shuffle=True, seed=spec.seed)
-    collate = Collate(text_encoder, spec.seed)
-    loader = DataLoader(train_examples, batch_size=spec.train.batch_size, sampler=sampler, collate_fn=collate)
-    # Weights that start random (the GCN, an LM head the checkpoint lacked) learn at encoder_lr; the
-    # pretrained LM weights (or their LoRA adapters) at the paper's lower lr.
-    new_weights = set(getattr(lm, "fmgnn_new_weights", []))
+    def __init__(self, name: str, spec: InstructionSpec, output: Path | None = None) -> None:
+        self.name, self.spec, self.output = name, spec, output
+        self.seed, self.epochs, self.patience = spec.seed, spec.train.epochs, spec.train.patience
 
-    def fresh(name: str) -> bool:
-        return name.startswith("encoder.") or name.removeprefix("lm.").removeprefix("base_model.model.") in new_weights
+    def setup(self, world: World) -> None:
+        self.world = world
+        cohort = Cohort(self.spec.cohort_path)
+        self.n_rois = cohort.n_rois
+        self.train_examples = make_examples(cohort, self.spec.split.train, self.spec)
+        self.val_examples = make_examples(cohort, self.spec.split.val, self.spec)
+        # Ray: each worker tunes on its own shard of the training subjects.
+        self.sampler = DistributedSampler(self.train_examples, num_replicas=world.size, rank=world.rank,
+                                          shuffle=True, seed=self.seed)
 
-    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": [p for n, p in trained if fresh(n)], "lr": spec.train.encoder_lr},
-                                   {"params": [p for n, p in trained if not fresh(n)], "lr": spec.train.lr}],
-                                  weight_decay=spec.train.weight_decay)
-    model = ray.train.torch.prepare_model(model)  # Ray: DDP when there is more than one worker
+    def build_model(self) -> GraphLanguageModel:
+        spec = self.spec
+        lm, self.tokenizer, self.kind = load_language_model(spec.lm)
+        lm = apply_finetune_mode(lm, spec.lm)
+        encoder = GraphTokenEncoder(GraphEncoderConfig(
+            in_channels=self.train_examples[0].graph.num_node_features, hidden=spec.train.encoder_hidden,
+            out_channels=hidden_size(lm), dropout=spec.train.encoder_dropout))
+        self.text_encoder = TextEncoder(self.tokenizer, self.kind, spec.lm.max_length - self.n_rois,
+                                        spec.lm.mlm_probability)
+        self.new_weights = set(getattr(lm, "fmgnn_new_weights", []))
+        return GraphLanguageModel(encoder, lm, self.kind)
 
-    state = restore(model, optimizer)
-    while not state.finished(spec.train.epochs):
-        epoch = state.epoch + 1
-        sampler.set_epoch(epoch)
-        collate.generator.manual_seed(seed_epoch(spec.seed, epoch, context.get_world_rank()))
-        train_loss = answer_loss(model, loader, optimizer)
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        # Weights that start random (the GCN, an LM head the checkpoint lacked) learn at encoder_lr; the
+        # pretrained LM weights (or their LoRA adapters) at the paper's lower lr.
+        def fresh(name: str) -> bool:
+            return name.startswith("encoder.") or \
+                name.removeprefix("lm.").removeprefix("base_model.model.") in self.new_weights
+
+        trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        return torch.optim.AdamW(
+            [{"params": [p for n, p in trained if fresh(n)], "lr": self.spec.train.encoder_lr},
+             {"params": [p for n, p in trained if not fresh(n)], "lr": self.spec.train.lr}],
+            weight_decay=self.spec.train.weight_decay)
+
+    def batches(self, epoch: int, generator: torch.Generator) -> DataLoader:
+        self.sampler.set_epoch(epoch)
+        return DataLoader(self.train_examples, batch_size=self.spec.train.batch_size, sampler=self.sampler,
+                          collate_fn=Collate(self.text_encoder, generator))
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> BatchLoss:
+        return batch_loss(model, batch)
+
+    @torch.no_grad()
+    def validate(self, model: torch.nn.Module) -> Validation:
         # The same masked positions every epoch, so that validation losses compare.
-        val_loader = DataLoader(val_examples, batch_size=spec.train.batch_size, collate_fn=Collate(text_encoder, 0))
-        val_loss = answer_loss(unwrap(model), val_loader, None)
-        state.update(model, {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}, val_loss,
-                     spec.train.patience, trainable_only=True)
-        if not state.finished(spec.train.epochs):
-            report_epoch(state, model, optimizer, {**state.history[-1], "done": False}, trainable_only=True)
-    final_report(state, model, optimizer, tokenizer, kind, spec)
+        collate = Collate(self.text_encoder, torch.Generator().manual_seed(0))
+        model.eval()
+        total, count = 0.0, 0
+        for batch in DataLoader(self.val_examples, batch_size=self.spec.train.batch_size, collate_fn=collate):
+            loss = batch_loss(model, to_device(batch, self.world.device))
+            total, count = total + loss.value.item() * loss.size, count + loss.size
+        val_loss = total / max(count, 1)
+        return Validation(val_loss, {"val_loss": val_loss})
 
+    def test(self, model: torch.nn.Module) -> dict[str, Any]:
+        return {}  # stage 2 never reads test subjects
 
-def final_report(state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokenizer: object,
-                 kind: str, spec: InstructionSpec) -> None:
-    """Report the last epoch with the best epoch's model exported in Hugging Face format."""
-    load_model_state(model, state.best_model)
-    tuned = unwrap(model)
-
-    def export(directory: Path) -> None:
-        tuned.encoder.save_pretrained(directory / "encoder")
-        merged(tuned.lm).save_pretrained(directory / "lm")
-        tokenizer.save_pretrained(directory / "lm")
+    def export(self, model: GraphLanguageModel, directory: Path) -> None:
+        model.encoder.save_pretrained(directory / "encoder")
+        merged(model.lm).save_pretrained(directory / "lm")
+        self.tokenizer.save_pretrained(directory / "lm")
         (directory / "stage2.json").write_text(json.dumps({
-            "kind": kind, "base_lm": spec.lm.path, "finetune": spec.lm.finetune, "split": spec.split.name,
-            "best_epoch": state.best_epoch, "history": state.history}, indent=2))
-
-    report_epoch(state, model, optimizer, {**state.history[-1], "best_epoch": state.best_epoch,
-                                           "history": state.history, "done": True},
-                 trainable_only=True, export=export)
+            "kind": self.kind, "base_lm": self.spec.lm.path, "finetune": self.spec.lm.finetune,
+            "split": self.spec.split.name}, indent=2))

@@ -1,4 +1,4 @@
-"""Training function of one reconstruction model on one large graph (cells, images): Ray Train wraps it.
+"""One reconstruction model on one large graph (cells, images) as a task of the training loop (``fmgnn.engine``).
 
 Each worker takes its shard of the training nodes, in batches; a batch runs on the in-neighbourhood
 its targets need (as many hops as the model has message-passing layers), so memory stays bounded
@@ -9,24 +9,20 @@ every epoch unless the task fixes them (images). The epoch with the lowest valid
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray.train
-import ray.train.torch
 import torch
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
-from fimp.reconstruction import ReconstructionConfig, build_model, masked_mse
+from fimp.reconstruction import ReconstructionConfig, masked_mse
 from fimp.tasks.fmri import reconstruction_metrics, window_mask
 from fimp.tasks.nodes import NodeTask, held_out_masks, neighbourhood, scale_tokens
-from fimp.train_reconstruction import ReconstructionTrainConfig, end_epoch
-from fmgnn.ray_logging import quiet_report_logs
-from fmgnn.train_state import load_model_state, report_epoch, restore, seed_epoch, unwrap
+from fimp.train_reconstruction import ReconstructionTrainConfig, TokenReconstructionTask
+from fmgnn.engine import BatchLoss, World, unwrap
 
 
 @dataclass
@@ -63,70 +59,50 @@ def run_on(model: torch.nn.Module, x: Tensor, masks: Tensor, edge_index: Tensor,
     return model(x[sub.nodes], masks[sub.nodes], sub.edge_index, **extra)[sub.targets]
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, x: Tensor, masks: Tensor, edge_index: Tensor, nodes: list[int],
-             batch_size: int, hops: int) -> tuple[dict[str, float], Tensor]:
-    model.eval()
-    predicted = torch.cat([run_on(model, x, masks, edge_index, torch.tensor(nodes[i:i + batch_size]), hops)
-                           for i in range(0, len(nodes), batch_size)])
-    return reconstruction_metrics(predicted, x[nodes], masks[nodes]), predicted
+class NodeReconstructionTask(TokenReconstructionTask):
+    """One model on one split of the nodes of one graph, in batches of target nodes."""
 
+    def __init__(self, name: str, spec: NodeReconstructionSpec, output: Path | None = None) -> None:
+        super().__init__(name, spec.model, spec.optim, spec.init_state, spec.seed, output)
+        self.spec = spec
 
-def train_node_reconstruction(config: dict[str, Any]) -> None:
-    spec: NodeReconstructionSpec = config["spec"]
-    quiet_report_logs()
-    torch.manual_seed(spec.seed)
-    context = ray.train.get_context()
-    task = spec.task
-    x = scale_tokens(task.x, spec.train) if task.standardize else task.x
-    fixed = held_out_masks(task, spec.mask_ratio, 10_000 + spec.seed)
-    hops = message_hops(spec.model)
+    def setup(self, world: World) -> None:
+        self.world = world
+        task = self.spec.task
+        self.x = scale_tokens(task.x, self.spec.train) if task.standardize else task.x
+        self.fixed = held_out_masks(task, self.spec.mask_ratio, 10_000 + self.spec.seed)
+        self.hops = message_hops(self.spec.model)
+        self.train_nodes = torch.tensor(self.spec.train)
+        # Ray: each worker trains on its own shard of the training nodes.
+        self.sampler = DistributedSampler(self.spec.train, num_replicas=world.size, rank=world.rank, shuffle=True,
+                                          seed=self.seed)
 
-    model = build_model(spec.model)
-    if spec.init_state is not None:
-        result = model.load_state_dict(spec.init_state, strict=False)
-        if result.unexpected_keys:
-            raise ValueError(f"pretrained weights do not fit the model: {result.unexpected_keys[:5]}")
-    sampler = DistributedSampler(spec.train, num_replicas=context.get_world_size(), rank=context.get_world_rank(),
-                                 shuffle=True, seed=spec.seed)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.optim.lr,
-                                  weight_decay=spec.optim.weight_decay)
-    model = ray.train.torch.prepare_model(model)  # Ray: DDP when there is more than one worker
-    train_nodes = torch.tensor(spec.train)
-    state = restore(model, optimizer)
-    generator = torch.Generator()
-    while not state.finished(spec.optim.epochs):
-        epoch = state.epoch + 1
-        sampler.set_epoch(epoch)
-        generator.manual_seed(seed_epoch(spec.seed, epoch, context.get_world_rank()))
-        masks = fixed.clone()
-        if task.masks is None:  # fresh held-out genes for the training nodes
-            masks[train_nodes] = window_mask(len(train_nodes), x.shape[1], spec.mask_ratio, generator)
-        model.train()
-        order = train_nodes[list(sampler)]
-        total, count = 0.0, 0
-        for start in range(0, len(order), spec.optim.batch_size):
-            targets = order[start:start + spec.optim.batch_size]
-            loss = masked_mse(run_on(model, x, masks, task.edge_index, targets, hops), x[targets], masks[targets])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total, count = total + loss.item() * len(targets), count + len(targets)
-        val_metrics, _ = evaluate(unwrap(model), x, fixed, task.edge_index, spec.val, spec.optim.batch_size, hops)
-        end_epoch(state, model, optimizer, epoch, total / max(count, 1), val_metrics, spec.optim)
+    def batches(self, epoch: int, generator: torch.Generator) -> Any:
+        masks = self.fixed.clone()
+        if self.spec.task.masks is None:  # fresh held-out tokens for the training nodes
+            masks[self.train_nodes] = window_mask(len(self.train_nodes), self.x.shape[1], self.spec.mask_ratio,
+                                                  generator)
+        self.sampler.set_epoch(epoch)
+        order = self.train_nodes[list(self.sampler)]
+        for start in range(0, len(order), self.optim.batch_size):
+            yield order[start:start + self.optim.batch_size], masks
 
-    load_model_state(model, state.best_model)
-    test_metrics, predicted = evaluate(unwrap(model), x, fixed, task.edge_index, spec.test, spec.optim.batch_size,
-                                       hops)
+    def loss(self, model: torch.nn.Module, batch: tuple[Tensor, Tensor]) -> BatchLoss:
+        targets, masks = batch
+        predicted = run_on(model, self.x, masks, self.spec.task.edge_index, targets, self.hops)
+        return BatchLoss(masked_mse(predicted, self.x[targets], masks[targets]), len(targets))
 
-    def export(directory: Path) -> None:
-        torch.save(unwrap(model).state_dict(), directory / "model.pt")
-        (directory / "model.json").write_text(json.dumps({"model": asdict(spec.model), "task": task.name}))
-        # The first test node, for the reconstruction plot: (f, w) true, predicted, held-out tokens.
-        first = spec.test[0]
-        np.savez(directory / "example.npz", target=x[first].numpy(), predicted=predicted[0].numpy(),
-                 mask=fixed[first].numpy(), **{k: np.asarray(v) for k, v in task.shape.items()})
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, part: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        model.eval()
+        nodes, size = self.spec.val if part == "val" else self.spec.test, self.optim.batch_size
+        predicted = torch.cat([run_on(model, self.x, self.fixed, self.spec.task.edge_index,
+                                      torch.tensor(nodes[i:i + size]), self.hops) for i in range(0, len(nodes), size)])
+        # The first node, for the reconstruction plot: (f, w) true, predicted, held-out tokens.
+        first = nodes[0]
+        example = {"target": self.x[first].numpy(), "predicted": predicted[0].numpy(),
+                   "mask": self.fixed[first].numpy(), **{k: np.asarray(v) for k, v in self.spec.task.shape.items()}}
+        return reconstruction_metrics(predicted, self.x[nodes], self.fixed[nodes]), example
 
-    report_epoch(state, model, optimizer, {**state.history[-1], "best_epoch": state.best_epoch,
-                                           "history": state.history, "done": True, "resumed_at": state.resumed_at,
-                                           **{f"test_{k}": v for k, v in test_metrics.items()}}, export=export)
+    def task_record(self) -> Any:
+        return self.spec.task.name

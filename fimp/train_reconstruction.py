@@ -1,8 +1,8 @@
-"""Training function of one reconstruction model on one split of scans: plain PyTorch that Ray Train wraps.
+"""One reconstruction model on one split of scans as a task of the training loop (``fmgnn.engine``).
 
-Training masks are drawn afresh every epoch; validation and test masks are fixed by the split's
-seed, so every model of a seed is scored on the same hidden windows. The epoch with the lowest
-validation MSE is kept and the test scans are scored once, at the end.
+Training masks are drawn afresh every batch from the engine's per-epoch generator; validation and
+test masks are fixed by the split's seed, so every model of a seed is scored on the same hidden
+windows. The epoch with the lowest validation MSE is kept and the test scans are scored once, at the end.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import ray.train
-import ray.train.torch
+from typing import Any
+
 import torch
 from torch.utils.data import DistributedSampler
 from torch_geometric.data import Data
@@ -22,8 +22,7 @@ from torch_geometric.loader import DataLoader
 from fimp.reconstruction import ReconstructionConfig, build_model, masked_mse
 from fimp.tasks.fmri import FMRITaskConfig, load_scans, reconstruction_metrics, window_mask
 from fmgnn.cohort import Cohort
-from fmgnn.ray_logging import quiet_report_logs
-from fmgnn.train_state import TrainState, load_model_state, report_epoch, restore, unwrap
+from fmgnn.engine import BatchLoss, Validation, World, unwrap
 
 
 @dataclass
@@ -61,88 +60,102 @@ def fixed_masks(graphs: list[Data], ratio: float, seed: int) -> list[torch.Tenso
     return [window_mask(g.num_nodes, g.x.shape[1], ratio, generator) for g in graphs]
 
 
-def run_model(model: torch.nn.Module, batch: Data, mask: torch.Tensor) -> torch.Tensor:
-    extra = {"batch": batch.batch} if getattr(model, "config", None) and model.config.kind == "gps" else {}
-    return model(batch.x, mask, batch.edge_index, **extra)
+def run_model(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, edge_index: torch.Tensor,
+              batch: torch.Tensor) -> torch.Tensor:
+    """Predictions (N, f, w). GPS's global attention needs each node's graph; ``model`` may be DDP-wrapped,
+    so the kind is read from the model inside."""
+    extra = {"batch": batch} if unwrap(model).config.kind == "gps" else {}
+    return model(x, mask.to(x.device), edge_index, **extra)
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, graphs: list[Data], masks: list[torch.Tensor],
-             batch_size: int) -> tuple[dict[str, float], list[torch.Tensor]]:
-    model.eval()
-    predictions, targets, all_masks = [], [], []
-    for start in range(0, len(graphs), batch_size):
-        batch = next(iter(DataLoader(graphs[start:start + batch_size], batch_size=batch_size)))
-        mask = torch.cat(masks[start:start + batch_size])
-        predictions.append(run_model(model, batch, mask))
-        targets.append(batch.x)
-        all_masks.append(mask)
-    predicted, target, mask = torch.cat(predictions), torch.cat(targets), torch.cat(all_masks)
-    return reconstruction_metrics(predicted, target, mask), [predicted, target, mask]
+class TokenReconstructionTask:
+    """What the scan and the node tasks share: the model (with pretrained initial weights), its optimizer,
+    validation on MSE of hidden tokens, and the export (weights, shapes, one test item for the plot)."""
+
+    trainable_only = False
+
+    def __init__(self, name: str, model: ReconstructionConfig, optim: ReconstructionTrainConfig,
+                 init_state: dict[str, torch.Tensor] | None, seed: int, output: Path | None) -> None:
+        self.name, self.model_config, self.optim, self.init_state = name, model, optim, init_state
+        self.seed, self.epochs, self.patience, self.output = seed, optim.epochs, optim.patience, output
+
+    def build_model(self) -> torch.nn.Module:
+        model = build_model(self.model_config)
+        if self.init_state is not None:
+            result = model.load_state_dict(self.init_state, strict=False)
+            if result.unexpected_keys:
+                raise ValueError(f"pretrained weights do not fit the model: {result.unexpected_keys[:5]}")
+        return model
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.optim.lr,
+                                 weight_decay=self.optim.weight_decay)
+
+    def validate(self, model: torch.nn.Module) -> Validation:
+        metrics = self.evaluate(model, "val")[0]
+        return Validation(metrics["mse"], {"val_loss": metrics["mse"], "val_r2": metrics["r2"]})
+
+    def test(self, model: torch.nn.Module) -> dict[str, Any]:
+        metrics, self.example = self.evaluate(model, "test")
+        return {f"test_{k}": v for k, v in metrics.items()}
+
+    def export(self, model: torch.nn.Module, directory: Path) -> None:
+        torch.save(model.state_dict(), directory / "model.pt")
+        (directory / "model.json").write_text(json.dumps({"model": asdict(self.model_config),
+                                                          "task": self.task_record()}))
+        np.savez(directory / "example.npz", **self.example)
+
+    def evaluate(self, model: torch.nn.Module, part: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Metrics on ``part`` (val or test) and one item of it for the plot: target, predicted, mask."""
+        raise NotImplementedError
+
+    def task_record(self) -> Any:
+        raise NotImplementedError
 
 
-def end_epoch(state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-              train_loss: float, val_metrics: dict[str, float], optim: ReconstructionTrainConfig) -> None:
-    """Record the epoch (the lowest validation MSE is the best) and checkpoint it unless it is the last:
-    the last epoch's report carries the test metrics and the exported model."""
-    record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_metrics["mse"], "val_r2": val_metrics["r2"]}
-    state.update(model, record, val_metrics["mse"], optim.patience)
-    if not state.finished(optim.epochs):
-        report_epoch(state, model, optimizer, {**record, "done": False})
+class ReconstructionTask(TokenReconstructionTask):
+    """One model on one split of scans (a graph per scan)."""
 
+    def __init__(self, name: str, spec: ReconstructionSpec, output: Path | None = None) -> None:
+        super().__init__(name, spec.model, spec.optim, spec.init_state, spec.seed, output)
+        self.spec = spec
 
-def train_reconstruction(config: dict) -> None:
-    spec: ReconstructionSpec = config["spec"]
-    quiet_report_logs()
-    torch.manual_seed(spec.seed)
-    context = ray.train.get_context()
-    cohort = Cohort(spec.cohort_path)
-    train = load_scans(cohort, spec.train, spec.task)
-    val = load_scans(cohort, spec.val, spec.task)
-    val_masks = fixed_masks(val, spec.task.mask_ratio, 10_000 + spec.seed)
+    def setup(self, world: World) -> None:
+        self.world = world
+        cohort = Cohort(self.spec.cohort_path)
+        self.train = load_scans(cohort, self.spec.train, self.spec.task)
+        self.parts = {"val": load_scans(cohort, self.spec.val, self.spec.task),
+                      "test": load_scans(cohort, self.spec.test, self.spec.task)}
+        self.masks = {part: fixed_masks(graphs, self.spec.task.mask_ratio, offset + self.spec.seed)
+                      for (part, graphs), offset in zip(self.parts.items(), (10_000, 20_000))}
+        # Ray: each worker trains on its own shard of the training scans.
+        self.sampler = DistributedSampler(self.train, num_replicas=world.size, rank=world.rank, shuffle=True,
+                                          seed=self.seed)
 
-    model = build_model(spec.model)
-    if spec.init_state is not None:
-        missing = model.load_state_dict(spec.init_state, strict=False)
-        if missing.unexpected_keys:
-            raise ValueError(f"pretrained weights do not fit the model: {missing.unexpected_keys[:5]}")
-    sampler = DistributedSampler(train, num_replicas=context.get_world_size(), rank=context.get_world_rank(),
-                                 shuffle=True, seed=spec.seed)
-    loader = DataLoader(train, batch_size=spec.optim.batch_size, sampler=sampler)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.optim.lr,
-                                  weight_decay=spec.optim.weight_decay)
-    model = ray.train.torch.prepare_model(model)  # Ray: DDP when there is more than one worker
-    state = restore(model, optimizer)
-    generator = torch.Generator()
-    while not state.finished(spec.optim.epochs):
-        epoch = state.epoch + 1
-        sampler.set_epoch(epoch)
-        generator.manual_seed(spec.seed * 100_003 + epoch * 101 + context.get_world_rank())
-        model.train()
-        total, count = 0.0, 0
-        for batch in loader:
-            mask = window_mask(batch.num_nodes, batch.x.shape[1], spec.task.mask_ratio, generator)
-            loss = masked_mse(run_model(model, batch, mask), batch.x, mask)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
-        val_metrics, _ = evaluate(unwrap(model), val, val_masks, spec.optim.batch_size)
-        end_epoch(state, model, optimizer, epoch, total / max(count, 1), val_metrics, spec.optim)
+    def batches(self, epoch: int, generator: torch.Generator) -> Any:
+        self.sampler.set_epoch(epoch)
+        for batch in DataLoader(self.train, batch_size=self.optim.batch_size, sampler=self.sampler):
+            yield batch, window_mask(batch.num_nodes, batch.x.shape[1], self.spec.task.mask_ratio, generator)
 
-    load_model_state(model, state.best_model)
-    test = load_scans(cohort, spec.test, spec.task)
-    test_metrics, (predicted, target, mask) = evaluate(unwrap(model), test, fixed_masks(test, spec.task.mask_ratio,
-                                                                                        20_000 + spec.seed),
-                                                        spec.optim.batch_size)
+    def loss(self, model: torch.nn.Module, batch: tuple[Data, torch.Tensor]) -> BatchLoss:
+        graphs, mask = batch
+        predicted = run_model(model, graphs.x, mask, graphs.edge_index, graphs.batch)
+        return BatchLoss(masked_mse(predicted, graphs.x, mask), graphs.num_graphs)
 
-    def export(directory: Path) -> None:
-        torch.save(unwrap(model).state_dict(), directory / "model.pt")
-        (directory / "model.json").write_text(json.dumps({"model": asdict(spec.model), "task": asdict(spec.task)}))
-        # One test scan's first region, for the reconstruction plot: (f, w) true, predicted, mask.
-        np.savez(directory / "example.npz", target=target[0].numpy(), predicted=predicted[0].numpy(),
-                 mask=mask[0].numpy())
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, part: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        model.eval()
+        graphs, masks, size = self.parts[part], self.masks[part], self.optim.batch_size
+        predictions, targets = [], []
+        for start in range(0, len(graphs), size):
+            batch = next(iter(DataLoader(graphs[start:start + size], batch_size=size))).to(self.world.device)
+            predictions.append(run_model(model, batch.x, torch.cat(masks[start:start + size]), batch.edge_index,
+                                         batch.batch).cpu())
+            targets.append(batch.x.cpu())
+        predicted, target, mask = torch.cat(predictions), torch.cat(targets), torch.cat(masks)
+        # One scan's first region: (f, w) true, predicted, mask.
+        example = {"target": target[0].numpy(), "predicted": predicted[0].numpy(), "mask": mask[0].numpy()}
+        return reconstruction_metrics(predicted, target, mask), example
 
-    report_epoch(state, model, optimizer, {**state.history[-1], "best_epoch": state.best_epoch,
-                                           "history": state.history, "done": True,
-                                           **{f"test_{k}": v for k, v in test_metrics.items()}}, export=export)
+    def task_record(self) -> Any:
+        return asdict(self.spec.task)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,19 +36,20 @@ from bleg.instruction import GraphLanguageModel, TextEncoder
 from bleg.language_model import LanguageModelConfig, load_language_model, lm_width, materialize, model_kind
 from bleg.teacher import Pooling, read_targets, teacher_vectors, write_targets
 from bleg.texts import Description, TextsConfig, check_coverage, load_descriptions, question
-from bleg.train_instruction import InstructionConfig, InstructionSpec, train_instruction
-from bleg.train_student import AlignmentConfig, StudentSpec, train_student
+from bleg.train_instruction import InstructionConfig, InstructionSpec, InstructionTask
+from bleg.train_student import AlignmentConfig, StudentTask
 from fmgnn.baselines.logistic import LogisticConfig
 from fmgnn.baselines.train_gcn import load_graphs
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config, save_config, to_dict
+from fmgnn.engine import read_result
 from fmgnn.evaluation.metrics import summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
 from fmgnn.graphs import GraphConfig
-from fmgnn.io import atomic_dir, atomic_write_json, environment_record
+from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.plots import plot_confusion, plot_learning_curves, plot_roc
 from pipelines.ray_session import RayConfig, start_ray
-from pipelines.trainers import Steps, fit_remote, make_trainer, resolve_storage_path, run_steps
+from pipelines.trainers import resolve_storage_path, run_stage
 
 log = logging.getLogger("fmgnn.bleg")
 
@@ -117,7 +117,7 @@ def teacher_remote(lm: LanguageModelConfig, encoder_dir: str | None, graphs: lis
 
 @dataclass
 class FoldRunner:
-    """Everything the per-fold steps share."""
+    """BLEG's stages over every split, a stage at a time: stage 2 of every fold, teachers, stage 3."""
 
     config: BLEGJobConfig
     cohort: Cohort
@@ -130,90 +130,109 @@ class FoldRunner:
         return GraphEncoderConfig(in_channels=self.cohort.n_rois, hidden=self.config.stage2.encoder_hidden,
                                   out_channels=lm_width(self.lm), dropout=self.config.stage2.encoder_dropout)
 
-    def fit(self, train_fn: Any, spec: Any, name: str) -> ray.ObjectRef:
-        return fit_remote.remote(make_trainer(train_fn, spec, name, self.config.ray, self.storage_path))
-
     def prompts(self, indices: list[int]) -> list[str]:
         ids, asked = self.cohort.subject_ids(), question(self.cohort.metadata.task)
         return [f"{self.descriptions[str(ids[i])].text()} {asked}" for i in indices]
 
-    def steps(self, split: Split) -> Steps:
-        """One split's chain; every step is skipped when its output exists."""
-        fold_dir = self.run_dir / "folds" / split.name
-        train = check_coverage(self.descriptions, self.cohort.subject_ids(), split.train, self.config.texts) \
-            if self.config.needs_texts else split.train
-        split = Split(split.seed, split.fold, train, split.val, split.test)
-        seed = split.seed * 1000 + split.fold
-        train_ids = [str(s) for s in self.cohort.subject_ids()[split.train]]
+    def fold_dir(self, split: Split) -> Path:
+        return self.run_dir / "folds" / split.name
 
-        stage2_dir = fold_dir / "stage2"
-        if "bleg" in self.config.variants and not (stage2_dir / "stage2.json").is_file():
-            start = time.monotonic()
-            # Stage 2 validates on answers, so on the validation subjects that have a description.
-            val = check_coverage(self.descriptions, self.cohort.subject_ids(), split.val, self.config.texts)
-            stage2_split = Split(split.seed, split.fold, split.train, val, split.test)
-            spec = InstructionSpec(str(self.cohort.path.resolve()), stage2_split, self.config.graph, self.lm,
-                                   self.config.stage2, {i: self.descriptions[i] for i in self._ids(split)}, seed)
-            metrics, checkpoint = yield self.fit(train_instruction, spec, f"stage2-{split.name}")
-            with checkpoint.as_directory() as directory, atomic_dir(stage2_dir) as tmp:
-                shutil.copytree(directory, tmp, dirs_exist_ok=True)
-            seconds = round(time.monotonic() - start, 1)
-            atomic_write_json(fold_dir / "stage2_seconds.json", seconds)
-            log.info("stage 2 %s: best epoch %d, val answer loss %.3f (%.0f s)", split.name, metrics["best_epoch"],
-                     min(h["val_loss"] for h in metrics["history"]), seconds)
+    def with_texts(self, split: Split) -> Split:
+        """The split's training subjects that have a description (all of them unless texts.missing drops some)."""
+        if not self.config.needs_texts:
+            return split
+        train = check_coverage(self.descriptions, self.cohort.subject_ids(), split.train, self.config.texts)
+        return Split(split.seed, split.fold, train, split.val, split.test)
 
-        for variant in [v for v in self.config.variants if v != "logistic"]:
-            out = self.run_dir / variant / f"{split.name}.json"
-            if out.is_file():
-                continue
-            start = time.monotonic()
-            targets, encoder_state = None, None
-            if variant == "bleg":
-                targets = yield from self.teacher(split, train_ids, fold_dir, tuned=stage2_dir)
-                encoder_state = GraphTokenEncoder.from_pretrained(stage2_dir / "encoder").state_dict()
-            elif variant == "align_only":
-                targets = yield from self.teacher(split, train_ids, fold_dir, tuned=None)
+    def run(self, splits: list[Split]) -> None:
+        splits = [self.with_texts(s) for s in splits]
+        cohort_path = str(self.cohort.path.resolve())
+        variants = [v for v in self.config.variants if v != "logistic"]
+        if "bleg" in variants:
+            tasks = []
+            for split in splits:
+                # Stage 2 validates on answers, so on the validation subjects that have a description.
+                val = check_coverage(self.descriptions, self.cohort.subject_ids(), split.val, self.config.texts)
+                spec = InstructionSpec(cohort_path, Split(split.seed, split.fold, split.train, val, split.test),
+                                       self.config.graph, self.lm, self.config.stage2,
+                                       {i: self.descriptions[i] for i in self._ids(split)}, fold_seed(split))
+                tasks.append(InstructionTask(f"stage2-{split.name}", spec, self.fold_dir(split) / "stage2"))
+            run_stage(tasks, "stage2", self.config.ray, self.storage_path)
+            for split in splits:
+                result = read_result(self.fold_dir(split) / "stage2")
+                log.info("stage 2 %s: best epoch %d, val answer loss %.3f (%.0f s)", split.name,
+                         result["best_epoch"], result["best_score"], result["seconds"])
+
+        targets = {variant: self.teachers(splits, tuned=variant == "bleg")
+                   for variant in ("bleg", "align_only") if variant in variants}
+        tasks = []
+        for variant in variants:
             stage3 = AlignmentConfig(**{**self.config.stage3.__dict__,
                                         "lam": 0.0 if variant == "gcn_alone" else self.config.stage3.lam})
-            spec = StudentSpec(str(self.cohort.path.resolve()), split, self.config.graph, stage3,
-                               self.encoder_config(), encoder_state, targets, seed)
-            metrics, checkpoint = yield self.fit(train_student, spec, f"{variant}-{split.name}")
-            with checkpoint.as_directory() as directory, atomic_dir(fold_dir / variant / "model") as tmp:
-                shutil.copytree(Path(directory) / "model", tmp, dirs_exist_ok=True)
-            seconds = time.monotonic() - start
-            if variant == "bleg":  # stage 2 is part of BLEG's cost
-                seconds += json.loads((fold_dir / "stage2_seconds.json").read_text())
-            result = fold_result(split, metrics, seconds=round(seconds, 1))
-            atomic_write_json(out, result)
-            log.info("%s %s: test accuracy %.3f, AUC %.3f", variant, split.name, result["metrics"]["accuracy"],
-                     result["metrics"]["auc"])
+            for split in splits:
+                encoder_state = GraphTokenEncoder.from_pretrained(
+                    self.fold_dir(split) / "stage2" / "encoder").state_dict() if variant == "bleg" else None
+                tasks.append(StudentTask(f"{variant}-{split.name}", cohort_path, split, self.config.graph, stage3,
+                                         self.encoder_config(), encoder_state,
+                                         targets.get(variant, {}).get(split.name), fold_seed(split),
+                                         output=self.fold_dir(split) / variant))
+        run_stage(tasks, "stage3", self.config.ray, self.storage_path)
+        for variant in variants:
+            for split in splits:
+                metrics = read_result(self.fold_dir(split) / variant)
+                seconds = metrics["seconds"]
+                if variant == "bleg":  # stage 2 is part of BLEG's cost
+                    seconds += read_result(self.fold_dir(split) / "stage2")["seconds"]
+                result = fold_result(split, metrics, seconds=round(seconds, 1))
+                atomic_write_json(self.run_dir / variant / f"{split.name}.json", result)
+            log.info("%s: %d folds done", variant, len(splits))
 
     def _ids(self, split: Split) -> list[str]:
         ids = self.cohort.subject_ids()
         return [str(ids[i]) for i in [*split.train, *split.val] if str(ids[i]) in self.descriptions]
 
-    def teacher(self, split: Split, train_ids: list[str], fold_dir: Path, tuned: Path | None) -> Steps:
-        """Cached h_LM of the training subjects: the tuned LM with graph tokens, or the base LM on text."""
+    def teachers(self, splits: list[Split], tuned: bool) -> dict[str, dict[str, np.ndarray]]:
+        """Cached h_LM of each split's training subjects: the tuned LM with graph tokens, or the base LM on
+        text; the missing ones computed ``ray.max_concurrent_runs`` at a time."""
         name = "bleg" if tuned else "align_only"
-        model = f"{self.config.lm.path}+stage2:{split.name}" if tuned else self.config.lm.path
-        path = fold_dir / f"teacher-{name}.parquet"
-        cached = read_targets(path, split.name, model, self.config.pooling)
-        if cached is not None and set(train_ids) <= set(cached):
-            return cached
+        ids = self.cohort.subject_ids()
+        found, todo = {}, []
+        for split in splits:
+            model = f"{self.config.lm.path}+stage2:{split.name}" if tuned else self.config.lm.path
+            path = self.fold_dir(split) / f"teacher-{name}.parquet"
+            train_ids = [str(ids[i]) for i in split.train]
+            cached = read_targets(path, split.name, model, self.config.pooling)
+            if cached is not None and set(train_ids) <= set(cached):
+                found[split.name] = cached
+            else:
+                todo.append((split, model, path, train_ids))
+        width = max(1, self.config.ray.max_concurrent_runs)
+        for start in range(0, len(todo), width):
+            batch = todo[start:start + width]
+            refs = [self.teacher_ref(split, tuned) for split, *_ in batch]
+            for (split, model, path, train_ids), vectors in zip(batch, ray.get(refs)):
+                write_targets(path, train_ids, vectors, split.name, model, self.config.pooling, uses_graph=tuned)
+                found[split.name] = dict(zip(train_ids, vectors))
+        return found
+
+    def teacher_ref(self, split: Split, tuned: bool) -> ray.ObjectRef:
+        stage2_dir = self.fold_dir(split) / "stage2"
         if tuned:
-            stage2 = json.loads((tuned / "stage2.json").read_text())
+            stage2 = json.loads((stage2_dir / "stage2.json").read_text())
             if stage2["base_lm"] != self.lm.path:
-                raise CohortError(f"{tuned}: stage 2 was tuned from {stage2['base_lm']}, not {self.lm.path}; "
+                raise CohortError(f"{stage2_dir}: stage 2 was tuned from {stage2['base_lm']}, not {self.lm.path}; "
                                   "use a new run_dir for another language model")
-            lm = LanguageModelConfig(**{**self.lm.__dict__, "path": str(tuned / "lm"), "kind": stage2["kind"]})
+            lm = LanguageModelConfig(**{**self.lm.__dict__, "path": str(stage2_dir / "lm"), "kind": stage2["kind"]})
         else:
             lm = self.lm
         graphs = load_graphs(self.cohort, split.train, self.config.graph) if tuned else None
-        vectors = yield teacher_remote.options(num_gpus=1 if self.config.ray.use_gpu else 0).remote(
-            lm, str(tuned / "encoder") if tuned else None, graphs, self.prompts(split.train), self.config.pooling,
-            self.config.teacher_batch_size, self.config.lm.max_length)
-        write_targets(path, train_ids, vectors, split.name, model, self.config.pooling, uses_graph=tuned is not None)
-        return dict(zip(train_ids, vectors))
+        return teacher_remote.options(num_gpus=1 if self.config.ray.use_gpu else 0).remote(
+            lm, str(stage2_dir / "encoder") if tuned else None, graphs, self.prompts(split.train),
+            self.config.pooling, self.config.teacher_batch_size, self.config.lm.max_length)
+
+
+def fold_seed(split: Split) -> int:
+    return split.seed * 1000 + split.fold
 
 
 # Settings that may change between runs of one run_dir: they do not change what a finished step computed.
@@ -274,8 +293,10 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
         run_logistic(cohort, splits, config.logistic, run_dir / "logistic")
         timings["logistic"] = round(time.monotonic() - start, 1)
     start_ray(config.ray)
-    runner = FoldRunner(config, cohort, lm, descriptions, resolve_storage_path(config.storage_path, run_dir), run_dir)
-    run_steps([runner.steps(s) for s in splits], config.ray.max_concurrent_runs)
+    for variant in config.variants:
+        (run_dir / variant).mkdir(exist_ok=True)
+    FoldRunner(config, cohort, lm, descriptions, resolve_storage_path(config.storage_path, run_dir),
+               run_dir).run(splits)
 
     results = collect(run_dir, config.variants, splits)
     summary = {"cohort": cohort.summary(), "lm": config.lm.path, "texts": config.texts.output,

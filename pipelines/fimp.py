@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,15 +36,16 @@ from fimp.tasks.fmri import FMRITaskConfig
 from fimp.tasks.images import ImageTaskConfig, load_images
 from fimp.tasks.nodes import NodeTask, split_nodes
 from fimp.tasks.spatial import SpatialTaskConfig, load_spatial
-from fimp.train_node_reconstruction import NodeReconstructionSpec, train_node_reconstruction
-from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTrainConfig, train_reconstruction
+from fimp.train_node_reconstruction import NodeReconstructionSpec, NodeReconstructionTask
+from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTask, ReconstructionTrainConfig
 from fimp.weights import load_foundation_weights
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import save_config
+from fmgnn.engine import TrainTask, read_result
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from pipelines.ray_session import RayConfig, start_ray
-from pipelines.trainers import Steps, fit_remote, make_trainer, resolve_storage_path, run_steps
+from pipelines.trainers import resolve_storage_path, run_stage
 
 log = logging.getLogger("fmgnn.fimp")
 
@@ -167,7 +167,7 @@ def load_task(config: FIMPJobConfig, run_dir: Path, seed: int) -> TaskData:
 def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = {seed: load_task(config, run_dir, seed) for seed in config.seeds}  # bad input fails before any write
+    tasks_data = {seed: load_task(config, run_dir, seed) for seed in config.seeds}  # bad input fails before any write
     save_config(config, run_dir / "config.yaml")
     atomic_write_json(run_dir / "versions.json", environment_record())
     start_ray(config.ray)
@@ -176,53 +176,39 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
     mask_ratio = {"fmri": config.fmri.mask_ratio, "genes": config.genes.mask_ratio,
                   "images": config.images.mask_ratio}[config.task]
 
-    def steps(model_name: str, seed: int) -> Steps:
-        out = run_dir / model_name / f"seed{seed}.json"
-        if out.is_file():
-            return
-        task = data[seed]
-        train, val, test = split_nodes(task.n_items, seed, config.val_fraction, config.test_fraction)
+    def task(model_name: str, seed: int) -> TrainTask:
+        data = tasks_data[seed]
+        train, val, test = split_nodes(data.n_items, seed, config.val_fraction, config.test_fraction)
         kind = "fimp" if model_name.startswith("fimp") else model_name
-        model_config = ReconstructionConfig(**{**config.model.__dict__, "kind": kind, "n_tokens": task.n_tokens,
-                                               "token_values": task.token_values})
+        model_config = ReconstructionConfig(**{**config.model.__dict__, "kind": kind, "n_tokens": data.n_tokens,
+                                               "token_values": data.token_values})
         init = None
         if model_name == "fimp_pretrained":
-            init = (from_foundation_baseline(run_dir / "foundation" / f"seed{seed}-model.pt", model_config)
+            init = (from_foundation_baseline(run_dir / "foundation" / f"seed{seed}" / "model.pt", model_config)
                     if config.pretrained == FROM_FOUNDATION else pretrained_state(config, model_config))
-        if task.nodes is not None:
-            spec, train_fn = NodeReconstructionSpec(task.nodes, train, val, test, mask_ratio, model_config,
-                                                    config.optim, init, seed), train_node_reconstruction
-        else:
-            spec, train_fn = ReconstructionSpec(str(task.cohort_path), train, val, test, config.fmri, model_config,
-                                                config.optim, init, seed), train_reconstruction
-        start = time.monotonic()
-        metrics, checkpoint = yield fit_remote.remote(
-            make_trainer(train_fn, spec, f"{model_name}-seed{seed}", config.ray, storage_path))
-        with checkpoint.as_directory() as directory:
-            shutil.copy(Path(directory) / "example.npz", run_dir / model_name / f"seed{seed}-example.npz")
-            shutil.copy(Path(directory) / "model.pt", run_dir / model_name / f"seed{seed}-model.pt")
-        result = {"model": model_name, "seed": seed, "mse": metrics["test_mse"], "r2": metrics["test_r2"],
-                  "best_epoch": metrics["best_epoch"], "history": metrics["history"],
-                  "seconds": round(time.monotonic() - start, 1), "n_train": len(train), "n_test": len(test)}
-        atomic_write_json(out, result)
-        log.info("%s seed %d: test MSE %.4f, R^2 %.3f", model_name, seed, result["mse"], result["r2"])
+        name, output = f"{model_name}-seed{seed}", run_dir / model_name / f"seed{seed}"
+        if data.nodes is not None:
+            return NodeReconstructionTask(name, NodeReconstructionSpec(
+                data.nodes, train, val, test, mask_ratio, model_config, config.optim, init, seed), output)
+        return ReconstructionTask(name, ReconstructionSpec(
+            str(data.cohort_path), train, val, test, config.fmri, model_config, config.optim, init, seed), output)
 
-    def chain(names: list[str], seed: int) -> Steps:
-        for name in names:
-            yield from steps(name, seed)
-
+    # With pretrained=foundation, FIMP-pretrained starts from its seed's foundation baseline: a second stage.
+    later = ["fimp_pretrained"] if config.pretrained == FROM_FOUNDATION else []
+    for stage, names in (("fimp", [m for m in config.models if m not in later]),
+                         ("fimp_from_foundation", [m for m in config.models if m in later])):
+        stage_tasks = [task(name, seed) for seed in config.seeds for name in names]
+        if stage_tasks:
+            run_stage(stage_tasks, stage, config.ray, storage_path)
     for name in config.models:
-        (run_dir / name).mkdir(exist_ok=True)
-    # With pretrained=foundation, FIMP-pretrained waits for its seed's foundation baseline.
-    together = ["foundation", "fimp_pretrained"]
-    if config.pretrained != FROM_FOUNDATION or "fimp_pretrained" not in config.models:
-        together = []
-    chains = []
-    for seed in config.seeds:
-        if together:
-            chains.append(chain(together, seed))
-        chains += [chain([m], seed) for m in config.models if m not in together]
-    run_steps(chains, config.ray.max_concurrent_runs)
+        for seed in config.seeds:
+            metrics = read_result(run_dir / name / f"seed{seed}")
+            train, _, test = split_nodes(tasks_data[seed].n_items, seed, config.val_fraction, config.test_fraction)
+            result = {"model": name, "seed": seed, "mse": metrics["test_mse"], "r2": metrics["test_r2"],
+                      "best_epoch": metrics["best_epoch"], "history": metrics["history"],
+                      "seconds": metrics["seconds"], "n_train": len(train), "n_test": len(test)}
+            atomic_write_json(run_dir / name / f"seed{seed}.json", result)
+            log.info("%s seed %d: test MSE %.4f, R^2 %.3f", name, seed, result["mse"], result["r2"])
     summary = summarize_runs(run_dir, config)
     summary["wall_time_s"] = round(time.monotonic() - started, 1)
     atomic_write_json(run_dir / "metrics.json", summary)
@@ -275,7 +261,7 @@ def plot_reconstructions(run_dir: Path, config: FIMPJobConfig) -> None:
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     seed = config.seeds[0]
-    examples = {name: np.load(run_dir / name / f"seed{seed}-example.npz") for name in config.models}
+    examples = {name: np.load(run_dir / name / f"seed{seed}" / "example.npz") for name in config.models}
     if config.task == "images":
         fig, axes = plt.subplots(len(examples), 3, figsize=(4.5, 1.6 * len(examples)), squeeze=False)
         for row, (name, example) in zip(axes, examples.items()):

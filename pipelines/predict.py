@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bleg.student import BLEGStudent
-from bleg.train_student import GRAPH_CONFIG_NAME, predict
+from bleg.train_student import GRAPH_CONFIG_NAME
+from fmgnn.baselines.train_gcn import predict
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import config_from_dict, load_config
 from fmgnn.evaluation.metrics import classification_metrics

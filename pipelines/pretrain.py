@@ -13,8 +13,10 @@ A rerun with the same config returns the finished model; an interrupted one resu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,16 +27,17 @@ from fimp.foundation import FoundationConfig
 from fimp.hf_export import load_token_weights, save_foundation
 from fimp.reconstruction import ReconstructionConfig, TokenModel
 from fimp.tasks.fmri import FMRITaskConfig
-from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTrainConfig, train_reconstruction
+from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTask, ReconstructionTrainConfig
 from fimp.weights import load_foundation_weights
 from fmgnn.cohort import Cohort
 from fmgnn.config import load_config, save_config
+from fmgnn.engine import read_result
 from fmgnn.io import atomic_dir, atomic_write_json, environment_record
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from pipelines.errors import exit_on_input_error
 from pipelines.fimp import split_scans
 from pipelines.ray_session import RayConfig, start_ray
-from pipelines.trainers import make_trainer, resolve_storage_path
+from pipelines.trainers import resolve_storage_path, run_stage
 
 log = logging.getLogger("fmgnn.pretrain")
 
@@ -94,6 +97,8 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
     if not config.cohort and not cohort_path.is_file():
         ingest_synthetic(cohort_path, config.synthetic)
     cohort = Cohort(cohort_path)  # a bad cohort fails before the run's records are rewritten
+    if (work / "config.yaml").is_file() and load_config(PretrainConfig, work / "config.yaml") != config:
+        shutil.rmtree(work / "trained", ignore_errors=True)  # another config: its model is not this one
     save_config(config, work / "config.yaml")
     atomic_write_json(work / "versions.json", environment_record())
     train, val, _ = split_scans(len(cohort), config.seed, config.val_fraction, 0.0)
@@ -102,21 +107,22 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
     # Pretraining has no test scans: the held-out validation scans are also what is reported.
     spec = ReconstructionSpec(str(cohort_path.resolve()), train, val, val, config.fmri, model_config, config.optim,
                               initial_state(config, model_config), config.seed)
+    # The config's hash in the run name: a checkpoint of another config is never resumed.
+    digest = hashlib.sha256((work / "config.yaml").read_bytes()).hexdigest()[:8]
+    task = ReconstructionTask(f"{config.name}-{digest}", spec, output=work / "trained")
     start_ray(config.ray)
-    trainer = make_trainer(train_reconstruction, spec, config.name, config.ray,
-                           resolve_storage_path(config.storage_path, work))
-    result = trainer.fit()
+    run_stage([task], task.name, config.ray, resolve_storage_path(config.storage_path, work))
+    metrics = read_result(task.output)
     model = TokenModel(model_config)
-    with result.checkpoint.as_directory() as directory:
-        model.load_state_dict(torch.load(Path(directory) / "model.pt"))
+    model.load_state_dict(torch.load(task.output / "model.pt"))
     with atomic_dir(output) as tmp:
         save_foundation(model, tmp)
         (tmp / "fmgnn_pretrain.json").write_text(json.dumps({
             "cohort": str(cohort_path), "fmri": config.fmri.__dict__, "init": config.init,
-            "val_mse": result.metrics["test_mse"], "val_r2": result.metrics["test_r2"],
-            "best_epoch": result.metrics["best_epoch"]}, indent=2))
-    summary = {"output": str(output), "val_mse": result.metrics["test_mse"], "val_r2": result.metrics["test_r2"],
-               "epochs": len(result.metrics["history"]), "history": result.metrics["history"]}
+            "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
+            "best_epoch": metrics["best_epoch"]}, indent=2))
+    summary = {"output": str(output), "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
+               "epochs": len(metrics["history"]), "history": metrics["history"]}
     atomic_write_json(work / "metrics.json", summary)
     log.info("pretrained foundation model -> %s (held-out masked-window MSE %.4f, R^2 %.3f)", output,
              summary["val_mse"], summary["val_r2"])

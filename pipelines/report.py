@@ -172,7 +172,7 @@ def fimp_section(out_dir: Path, figures: Figures) -> Section | None:
     section.figures.append("fimp_learning_curves")
     examples = {}
     for name in metrics["models"]:
-        example = np.load(out_dir / "fimp" / name / f"seed{seed}-example.npz")
+        example = np.load(out_dir / "fimp" / name / f"seed{seed}" / "example.npz")
         window = int(example["target"].shape[1])
         examples[name] = {"true": example["target"].reshape(-1).round(4).tolist(),
                           "predicted": example["predicted"].reshape(-1).round(4).tolist(),

@@ -12,7 +12,6 @@ their latest per-epoch checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,20 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ray.train.torch import TorchTrainer
-
 from fmgnn.baselines.gcn import GCNConfig
 from fmgnn.baselines.logistic import LogisticConfig, fc_features, fit_logistic
-from fmgnn.baselines.train_gcn import GCNTrainSpec, train_loop
+from fmgnn.baselines.train_gcn import GCNTask
 from fmgnn.cohort import Cohort
 from fmgnn.config import load_config, save_config
+from fmgnn.engine import is_done, read_result
 from fmgnn.evaluation.metrics import METRIC_NAMES, classification_metrics, summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
 from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
 from pipelines.errors import exit_on_input_error
 from pipelines.ray_session import RayConfig, start_ray
-from pipelines.trainers import Steps, fit, make_trainer, resolve_storage_path, run_steps
+from pipelines.trainers import resolve_storage_path, run_stage
 
 log = logging.getLogger("fmgnn.train")
 
@@ -84,36 +82,27 @@ def run_logistic(cohort: Cohort, splits: list[Split], config: LogisticConfig, ou
     return results
 
 
-def gcn_trainer(cohort_path: str, split: Split, config: BaselineJobConfig, storage_path: str) -> TorchTrainer:
-    spec = GCNTrainSpec(cohort_path=cohort_path, split=split, graph=config.graph, model=config.gcn,
-                        seed=split.seed * 1000 + split.fold)
-    return make_trainer(train_loop, spec, f"gcn-{split.name}", config.ray, storage_path)
-
-
 def run_gcn(cohort: Cohort, splits: list[Split], config: BaselineJobConfig, out_dir: Path) -> list[dict]:
+    """The GCN on every split: one stage of tasks (``pipelines.trainers.run_stage``); per-fold JSON from
+    each task's output folder."""
     storage_path = resolve_storage_path(config.storage_path, config.run_dir)
     cohort_path = str(cohort.path.resolve())
-    todo = [s for s in splits if not (out_dir / f"{s.name}.json").is_file()]
-    if len(todo) < len(splits):
-        log.info("gcn: %d of %d folds already done in %s, skipping them", len(splits) - len(todo), len(splits), out_dir)
-
-    def finish(split: Split, metrics: dict[str, Any], done: int) -> None:
+    tasks = [GCNTask(f"gcn-{s.name}", cohort_path, s, config.graph, config.gcn, seed=s.seed * 1000 + s.fold,
+                     output=out_dir / "folds" / s.name) for s in splits]
+    done = sum(is_done(t) for t in tasks)
+    if done:
+        log.info("gcn: %d of %d folds already done in %s, skipping them", done, len(splits), out_dir)
+    run_stage(tasks, "gcn", config.ray, storage_path)
+    results = []
+    for split, task in zip(splits, tasks):
+        metrics = read_result(task.output)
         result = fold_result(split, np.array(metrics["test_labels"]), np.array(metrics["test_probabilities"]),
-                             best_epoch=metrics["best_epoch"], epochs_run=metrics["epoch"] + 1)
+                             best_epoch=metrics["best_epoch"], epochs_run=metrics["epoch"] + 1,
+                             history=metrics["history"], resumed_at=metrics["resumed_at"])
         atomic_write_json(out_dir / f"{split.name}.json", result)
-        log.info("gcn: fold %s done (%d/%d), test accuracy %.3f, AUC %.3f", split.name, done, len(splits),
-                 result["metrics"]["accuracy"], result["metrics"]["auc"])
-
-    progress = {"done": len(splits) - len(todo)}
-
-    def steps(split: Split) -> Steps:
-        metrics, _ = yield fit(gcn_trainer(cohort_path, split, config, storage_path),
-                               in_process=config.ray.num_workers == 0)
-        progress["done"] += 1
-        finish(split, metrics, progress["done"])
-
-    run_steps([steps(s) for s in todo], config.ray.max_concurrent_runs)
-    return [json.loads((out_dir / f"{s.name}.json").read_text()) for s in splits]
+        results.append(result)
+    log.info("gcn: %d folds done", len(results))
+    return results
 
 
 def format_table(summaries: dict[str, dict[str, dict[str, float]]]) -> str:

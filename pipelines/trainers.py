@@ -1,8 +1,16 @@
-"""Building and running Ray Train trainers for the jobs: one per fold (and stage), several at once."""
+"""Launching the training loop's tasks: a stage's tasks on a few Ray Train worker groups, or in this process.
+
+A stage (the GCN folds of a baseline run, BLEG's stage 2 of every fold, ...) is a list of tasks. They
+are dealt round-robin to ``ray.max_concurrent_runs`` trainers, each of which runs its tasks one after
+another in one worker group (``fmgnn.ray_runtime.train_worker``), so Ray Train's start-up is paid
+once per group, not once per fold. A trainer's run name depends only on the stage and the group, so
+a rerun (or a restart after a failure) resumes it: finished tasks are skipped by their output folders
+and the current one continues from its last checkpoint. With ``ray.num_workers=0`` the tasks run in
+this process with no Ray Train at all (checkpoints under the storage path, resume the same way).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +18,8 @@ import ray
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from fmgnn.engine import TrainTask, is_done, run_local
+from fmgnn.ray_runtime import train_worker
 from pipelines.ray_session import RayConfig
 
 
@@ -20,12 +30,12 @@ def resolve_storage_path(storage_path: str | None, run_dir: str | Path) -> str:
     return str(Path(storage_path or Path(run_dir) / "ray_results").resolve())
 
 
-def make_trainer(train_fn: Callable[[dict], None], spec: Any, name: str, config: RayConfig,
-                 storage_path: str, callbacks: list[Any] | None = None) -> TorchTrainer:
-    """A TorchTrainer of ``train_fn`` over ``config.num_workers`` workers; ``name`` makes reruns resume."""
+def make_trainer(tasks: list[TrainTask], name: str, config: RayConfig, storage_path: str,
+                 callbacks: list[Any] | None = None) -> TorchTrainer:
+    """A TorchTrainer that runs ``tasks`` in order on ``config.num_workers`` workers; ``name`` makes reruns resume."""
     return TorchTrainer(
-        train_fn,
-        train_loop_config={"spec": spec},
+        train_worker,
+        train_loop_config={"tasks": tasks},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": config.cpus_per_worker}),
         run_config=RunConfig(
@@ -40,45 +50,27 @@ def make_trainer(train_fn: Callable[[dict], None], spec: Any, name: str, config:
 
 @ray.remote(num_cpus=0)
 def fit_remote(trainer: TorchTrainer) -> tuple[dict[str, Any], Checkpoint | None]:
-    """Run a trainer's ``fit`` from a task, so that several folds train at once."""
+    """Run a trainer's ``fit`` from a task, so that several worker groups train at once."""
     result = trainer.fit()
     return result.metrics, result.checkpoint
 
 
-def fit(trainer: TorchTrainer, in_process: bool) -> ray.ObjectRef | tuple[dict[str, Any], Checkpoint | None]:
-    """Start a fit: a task ref, or (``num_workers=0``, Ray Train's local mode) its result, in this process."""
-    if in_process:
-        result = trainer.fit()
-        return result.metrics, result.checkpoint
-    return fit_remote.remote(trainer)
+def stage_groups(tasks: list[TrainTask], n_groups: int) -> list[list[TrainTask]]:
+    """Tasks dealt round-robin into at most ``n_groups`` groups; the same list always gives the same groups."""
+    n_groups = max(1, min(n_groups, len(tasks)))
+    return [tasks[i::n_groups] for i in range(n_groups)]
 
 
-Steps = Generator[Any, Any, None]
-
-
-def run_steps(jobs: list[Steps], max_active: int) -> None:
-    """Drive generators that yield Ray object refs (or ready values) and receive their results.
-
-    Each generator is one fold's chain of steps (stage 2 -> teacher -> stage 3); up to
-    ``max_active`` chains are in flight at once, each waiting only on its own refs.
-    """
-    queue, pending = list(jobs), {}
-
-    def advance(job: Steps, value: Any) -> None:
-        while True:
-            try:
-                step = job.send(value)
-            except StopIteration:
-                return
-            if isinstance(step, ray.ObjectRef):
-                pending[step] = job
-                return
-            value = step  # computed in this process already: feed it straight back
-
-    while queue or pending:
-        while queue and len(pending) < max_active:
-            advance(queue.pop(0), None)
-        if pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            job = pending.pop(ready[0])
-            advance(job, ray.get(ready[0]))
+def run_stage(tasks: list[TrainTask], stage: str, config: RayConfig, storage_path: str) -> None:
+    """Train every task of a stage that is not done yet; each writes its output folder."""
+    if all(is_done(t) for t in tasks):
+        return
+    groups = stage_groups(tasks, config.max_concurrent_runs)
+    names = [f"{stage}-{i + 1}of{len(groups)}" for i in range(len(groups))]
+    if config.num_workers == 0:
+        for name, group in zip(names, groups):
+            run_local(group, Path(storage_path) / name)
+        return
+    refs = [fit_remote.remote(make_trainer(group, name, config, storage_path))
+            for name, group in zip(names, groups) if not all(is_done(t) for t in group)]
+    ray.get(refs)

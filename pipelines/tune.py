@@ -34,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from bleg.graph_encoder import GraphTokenEncoder
 from bleg.teacher import read_targets
-from bleg.train_student import AlignmentConfig
+from bleg.train_student import AlignmentConfig, FoldInput, StudentFoldsTask
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config, save_config, with_values
 from fmgnn.evaluation.splits import make_splits
@@ -44,7 +44,6 @@ from pipelines.errors import exit_on_input_error
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import make_trainer, resolve_storage_path
 from tune.space import search_space
-from tune.train_folds import FoldInput, SweepSpec, train_folds
 
 log = logging.getLogger("fmgnn.tune")
 
@@ -128,10 +127,11 @@ def make_trainable(base: BLEGJobConfig, cohort_path: str, folds_ref: ray.ObjectR
                    ray_config: RayConfig, storage_path: str, name: str):
     def trainable(params: dict[str, Any]) -> None:
         stage3 = trial_stage3(base.stage3, params)
-        spec = SweepSpec(cohort_path, base.graph, encoder_config, ray.get(folds_ref), stage3)
         trial = tune.get_context().get_trial_id()
+        task = StudentFoldsTask(f"{name}-{trial}", cohort_path, base.graph, encoder_config, ray.get(folds_ref),
+                                stage3)
         # A deterministic run name per trial: a restored sweep resumes each trial from its checkpoint.
-        trainer = make_trainer(train_folds, spec, f"{name}-{trial}", ray_config, storage_path,
+        trainer = make_trainer([task], task.name, ray_config, storage_path,
                                callbacks=[TuneReportCallback()])  # Ray: the trainer's reports reach Tune
         trainer.fit()
         wait_for_last_report()
@@ -185,12 +185,12 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
     results = grid.get_dataframe()
     results.to_parquet(sweep_dir / "results.parquet")
     results.to_csv(sweep_dir / "results.csv", index=False)
-    best = grid.get_best_result(metric="best_val_loss", mode=MODE, scope="last")
+    best = grid.get_best_result(metric="best_score", mode=MODE, scope="last")
     best_params = {k: best.config[k] for k in config.space}
     best_config = with_values(base, {**best_params, "run_dir": str(sweep_dir / "retrain"), "variants": ["bleg"]})
     save_config(best_config, sweep_dir / "best.yaml")
     summary = {"trials": len(results), "failed_trials": len(failed), "best_params": best_params,
-               "best_val_loss": best.metrics["best_val_loss"],
+               "best_val_loss": best.metrics["best_score"],
                "trial_epochs": int(results["training_iteration"].sum()),
                "sweep_seconds": round(time.monotonic() - start, 1)}
     log.info("sweep: %d trials, %d trial-epochs, best %s (validation loss %.4f)", summary["trials"],
@@ -209,7 +209,7 @@ def retrain(best: BLEGJobConfig, base: BLEGJobConfig) -> dict[str, Any]:
     for fold_dir in sorted((base_dir / "folds").iterdir()):
         target = run_dir / "folds" / fold_dir.name
         target.mkdir(parents=True, exist_ok=True)
-        for name in ("stage2", "stage2_seconds.json", "teacher-bleg.parquet"):
+        for name in ("stage2", "teacher-bleg.parquet"):
             if (fold_dir / name).exists() and not (target / name).exists():
                 (target / name).symlink_to((fold_dir / name).resolve())
     tuned = run_bleg(best)["models"]["bleg"]["summary"]
@@ -290,7 +290,7 @@ def parameter_importance(results: Any, keys: list[str]) -> dict[str, float]:
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     varying = [k for k in keys if f"config/{k}" in results and results[f"config/{k}"].nunique() > 1]
-    rows = results.dropna(subset=["best_val_loss"])
+    rows = results.dropna(subset=["best_score"])
     if not varying or len(rows) < 3:
         return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -305,7 +305,7 @@ def parameter_importance(results: Any, keys: list[str]) -> dict[str, float]:
             else:
                 low, high = results[f"config/{key}"].min(), results[f"config/{key}"].max()
                 params[key], dists[key] = float(value), FloatDistribution(float(low), float(high))
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=row["best_val_loss"]))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=row["best_score"]))
     return dict(optuna.importance.get_param_importances(study))
 
 

@@ -1,0 +1,115 @@
+"""The one training loop (fmgnn.engine), in this process: no Ray."""
+
+import numpy as np
+import pytest
+import torch
+
+from fmgnn.baselines.gcn import GCNConfig
+from fmgnn.baselines.train_gcn import GCNTask
+from fmgnn.cohort import Cohort
+from fmgnn.engine import LocalRuntime, World, fit, fit_tasks, is_done, read_result, run_local, seed_epoch
+from fmgnn.evaluation.splits import FoldConfig, make_splits
+from fmgnn.graphs import GraphConfig
+
+
+def gcn_task(cohort_path, fold=0, epochs=6, patience=100, output=None, name=None):
+    cohort = Cohort(cohort_path)
+    split = make_splits(cohort.labels(), FoldConfig(n_folds=3))[fold]
+    # dropout > 0: resumed runs only match uninterrupted ones if every epoch is reseeded
+    return GCNTask(name or f"gcn-{split.name}", str(cohort_path), split, GraphConfig(),
+                   GCNConfig(hidden=16, epochs=epochs, patience=patience, dropout=0.5), seed=fold, output=output)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class KilledAfter(LocalRuntime):
+    """A runtime whose process dies right after the checkpoint of epoch ``epoch``."""
+
+    def __init__(self, checkpoint_dir, epoch):
+        super().__init__(checkpoint_dir)
+        self.kill_epoch = epoch
+
+    def report(self, metrics, payload):
+        super().report(metrics, payload)
+        if metrics["epoch"] == self.kill_epoch:
+            raise Killed
+
+
+def test_scores_the_test_part_once_with_the_best_validation_epoch(small_synthetic):
+    task = gcn_task(small_synthetic)
+    calls = []
+    original_test = task.test
+    task.test = lambda model: calls.append(1) or original_test(model)
+    runtime = LocalRuntime()
+    final = fit(task, runtime)
+    assert calls == [1]
+    losses = [h["val_loss"] for h in final["history"]]
+    assert final["best_epoch"] == int(np.argmin(losses)) and final["best_score"] == min(losses)
+    assert len(final["test_probabilities"]) == len(task.split.test)
+    # every epoch but the last reports on its own; the last one comes with the test metrics
+    assert [r["epoch"] for r in runtime.reports] == list(range(6))
+    assert [r["done"] for r in runtime.reports] == [False] * 5 + [True]
+
+
+def test_stops_early_after_patience_epochs_without_a_better_score(small_synthetic):
+    task = gcn_task(small_synthetic, epochs=200, patience=3)
+    final = fit(task, LocalRuntime())
+    assert len(final["history"]) == final["best_epoch"] + 4 < 200
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(small_synthetic, tmp_path):
+    reference = fit(gcn_task(small_synthetic), LocalRuntime())
+    with pytest.raises(Killed):
+        fit(gcn_task(small_synthetic), KilledAfter(tmp_path, epoch=2))
+    resumed = fit(gcn_task(small_synthetic), LocalRuntime(tmp_path))
+    assert resumed["resumed_at"] == [3]
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in reference["history"]]
+    np.testing.assert_array_equal(resumed["test_probabilities"], reference["test_probabilities"])
+
+
+def test_a_checkpoint_of_another_task_is_not_restored(small_synthetic, tmp_path):
+    with pytest.raises(Killed):
+        fit(gcn_task(small_synthetic, name="first"), KilledAfter(tmp_path, epoch=1))
+    other = fit(gcn_task(small_synthetic, name="second"), LocalRuntime(tmp_path))
+    assert other["resumed_at"] == [] and len(other["history"]) == 6
+
+
+def test_tasks_of_a_stage_share_one_runtime_and_finished_ones_are_skipped(small_synthetic, tmp_path):
+    tasks = [gcn_task(small_synthetic, fold=k, epochs=3, output=tmp_path / f"fold{k}") for k in range(3)]
+    with pytest.raises(Killed):  # dies in the second task's second epoch
+        runtime = KilledAfter(tmp_path / "ckpt", epoch=99)
+        original = runtime.report
+
+        def report(metrics, payload):
+            original(metrics, payload)
+            if metrics["task"] == tasks[1].name and metrics["epoch"] == 1:
+                raise Killed
+        runtime.report = report
+        fit_tasks(tasks, runtime)
+    assert is_done(tasks[0]) and not is_done(tasks[1])
+    first = read_result(tasks[0].output)
+    results = run_local([gcn_task(small_synthetic, fold=k, epochs=3, output=tmp_path / f"fold{k}")
+                         for k in range(3)], tmp_path / "ckpt")
+    assert results[0] == first  # read back, not retrained
+    assert results[1]["resumed_at"] == [2] and results[2]["resumed_at"] == []
+    assert all((tmp_path / f"fold{k}" / "model.pt").is_file() for k in range(3))
+
+
+def test_seeds_differ_by_epoch_and_rank_and_repeat():
+    assert len({seed_epoch(0, e, r) for e in range(3) for r in range(3)}) == 9
+    assert seed_epoch(5, 2, 1) == seed_epoch(5, 2, 1)
+    a = (seed_epoch(1, 4), torch.rand(3))[1]
+    b = (seed_epoch(1, 4), torch.rand(3))[1]
+    assert torch.equal(a, b)
+
+
+def test_each_rank_trains_on_its_own_shard(small_synthetic):
+    shards = []
+    for rank in range(2):
+        task = gcn_task(small_synthetic)
+        task.setup(World(rank, 2))
+        shards.append({int(i) for i in task.sampler})
+    assert not shards[0] & shards[1]
+    assert len(shards[0] | shards[1]) == len(gcn_task(small_synthetic).split.train)
