@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import Any
 
 import torch
@@ -24,9 +23,9 @@ from bleg.language_model import LanguageModelConfig, apply_finetune_mode, hidden
 from bleg.texts import Description, question
 from fmgnn.baselines.train_gcn import load_graphs
 from fmgnn.cohort import Cohort
+from fmgnn.engine import BatchLoss, Validation, World, to_device
 from fmgnn.evaluation.splits import Split
 from fmgnn.graphs import GraphConfig
-from fmgnn.engine import BatchLoss, Validation, World, to_device
 
 
 @dataclass

@@ -9,9 +9,9 @@ Face form (``model/``) for ``fmgnn predict``.
 from __future__ import annotations
 
 import json
-from functools import partial
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from fimp.foundation import FoundationConfig
 from fimp.reconstruction import TokenModel
+from fmgnn.errors import InputError
 
 TOKENS_FILE = "fimp_tokens.safetensors"
 TOKEN_KEYS = ("embed.weight", "embed.bias", "mask_token", "position", "decode.weight", "decode.bias")
@@ -24,7 +25,7 @@ def save_foundation(model: TokenModel, folder: str | Path) -> None:
 
     config: FoundationConfig = model.config.foundation
     if not config.norm_first or config.activation != "gelu":
-        raise ValueError("only pre-LN GELU foundation models map onto ViT")
+        raise InputError("only pre-LN GELU foundation models map onto ViT")
     vit = ViTModel(ViTConfig(hidden_size=config.hidden, num_hidden_layers=config.layers,
                              num_attention_heads=config.heads, intermediate_size=config.intermediate,
                              layer_norm_eps=config.layer_norm_eps, hidden_act="gelu", image_size=16, patch_size=16),

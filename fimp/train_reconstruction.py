@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import numpy as np
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 from torch_geometric.data import Data
@@ -23,6 +22,7 @@ from fimp.reconstruction import ReconstructionConfig, build_model, masked_mse
 from fimp.tasks.fmri import FMRITaskConfig, load_scans, reconstruction_metrics, window_mask
 from fmgnn.cohort import Cohort
 from fmgnn.engine import BatchLoss, Validation, World, unwrap
+from fmgnn.errors import InputError
 
 
 @dataclass
@@ -84,7 +84,7 @@ class TokenReconstructionTask:
         if self.init_state is not None:
             result = model.load_state_dict(self.init_state, strict=False)
             if result.unexpected_keys:
-                raise ValueError(f"pretrained weights do not fit the model: {result.unexpected_keys[:5]}")
+                raise InputError(f"pretrained weights do not fit the model: {result.unexpected_keys[:5]}")
         return model
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fmgnn.errors import InputError
+
 _AAL_BASES = [
     "Precentral", "Frontal_Sup", "Frontal_Sup_Orb", "Frontal_Mid", "Frontal_Mid_Orb",
     "Frontal_Inf_Oper", "Frontal_Inf_Tri", "Frontal_Inf_Orb", "Rolandic_Oper", "Supp_Motor_Area",
@@ -63,7 +65,7 @@ def get_atlas(name: str) -> Atlas:
     try:
         return ATLASES[name]
     except KeyError:
-        raise ValueError(f"unknown atlas {name!r}; known: {', '.join(ATLASES)}") from None
+        raise InputError(f"unknown atlas {name!r}; known: {', '.join(ATLASES)}") from None
 
 
 def generic_atlas(n_rois: int, name: str = "unnamed") -> Atlas:

@@ -42,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fmgnn.errors import InputError
 from fmgnn.io import temp_path_beside
 
 COHORT_FORMAT_VERSION = 1
@@ -67,7 +68,7 @@ COHORT_SCHEMA = pa.schema(
 _FC_RANGE_TOLERANCE = 1e-4
 
 
-class CohortError(ValueError):
+class CohortError(InputError):
     """Bad cohort input; the message names the file, the subject and the field."""
 
 

@@ -18,10 +18,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fmgnn.errors import InputError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config key or value that does not fit its dataclass."""
 
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from fmgnn.errors import InputError
+
 
 @dataclass
 class GraphConfig:
@@ -46,7 +48,7 @@ class GraphConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.density <= 1.0:
-            raise ValueError(f"graph.density must be in (0, 1], received {self.density}")
+            raise InputError(f"graph.density must be in (0, 1], received {self.density}")
 
 
 def pearson_fc(timeseries: np.ndarray) -> np.ndarray:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile

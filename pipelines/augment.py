@@ -32,6 +32,7 @@ from bleg.augment.stages import INPUT_COLUMNS, GenerateStage, describe_stage, pa
 from bleg.augment.store import PartWriter, drop_replaced_rows, read_keys
 from fmgnn.cohort import Cohort
 from fmgnn.config import load_config, save_config
+from fmgnn.errors import InputError
 from fmgnn.io import atomic_write_json, environment_record
 from pipelines.errors import exit_on_input_error
 from pipelines.ray_session import RayConfig, start_ray
@@ -146,7 +147,7 @@ def write_pass(dataset: ray.data.Dataset, writer: PartWriter, config: AugmentCon
 
 def run_augment(config: AugmentConfig) -> dict[str, Any]:
     if not config.cohort:
-        raise ValueError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
+        raise InputError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
     config.engine = resolve_auto(config.engine)
     cohort = Cohort(config.cohort)
     output = Path(config.output)

@@ -33,7 +33,7 @@ import ray
 
 from bleg.graph_encoder import GraphEncoderConfig, GraphTokenEncoder
 from bleg.instruction import GraphLanguageModel, TextEncoder
-from bleg.language_model import LanguageModelConfig, load_language_model, lm_width, materialize, model_kind
+from bleg.language_model import LanguageModelConfig, lm_width, load_language_model, materialize, model_kind
 from bleg.teacher import Pooling, read_targets, teacher_vectors, write_targets
 from bleg.texts import Description, TextsConfig, check_coverage, load_descriptions, question
 from bleg.train_instruction import InstructionConfig, InstructionSpec, InstructionTask
@@ -43,6 +43,7 @@ from fmgnn.baselines.train_gcn import load_graphs
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config, save_config, to_dict
 from fmgnn.engine import read_result
+from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
 from fmgnn.graphs import GraphConfig
@@ -91,20 +92,14 @@ class BLEGJobConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.variants) - set(VARIANTS))
         if unknown:
-            raise ValueError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
-        if self.ray.num_workers < 1:
-            # Ray Train's local mode keeps its checkpoints in a temp folder that is gone after fit():
-            # the trained models (and resuming) live in checkpoints here.
-            raise ValueError("ray.num_workers: BLEG needs at least 1 Ray Train worker (0, local mode, keeps no "
-                             "checkpoints)")
+            raise InputError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
 
     @property
     def needs_texts(self) -> bool:
         return bool({"align_only", "bleg"} & set(self.variants))
 
 
-@ray.remote(num_cpus=1)
-def teacher_remote(lm: LanguageModelConfig, encoder_dir: str | None, graphs: list | None, prompts: list[str],
+def teacher_targets(lm: LanguageModelConfig, encoder_dir: str | None, graphs: list | None, prompts: list[str],
                    pooling: Pooling, batch_size: int, max_length: int) -> np.ndarray:
     """h_LM of each prompt (with its graph, when given): one forward pass per batch, no gradients."""
     model, tokenizer, kind = load_language_model(lm)
@@ -113,6 +108,9 @@ def teacher_remote(lm: LanguageModelConfig, encoder_dir: str | None, graphs: lis
     n_graph_tokens = graphs[0].num_nodes if graphs else 0
     text_encoder = TextEncoder(tokenizer, kind, max_length - n_graph_tokens)
     return teacher_vectors(reader, text_encoder, graphs, prompts, pooling, batch_size)
+
+
+teacher_remote = ray.remote(num_cpus=1)(teacher_targets)
 
 
 @dataclass
@@ -210,12 +208,14 @@ class FoldRunner:
         for start in range(0, len(todo), width):
             batch = todo[start:start + width]
             refs = [self.teacher_ref(split, tuned) for split, *_ in batch]
-            for (split, model, path, train_ids), vectors in zip(batch, ray.get(refs)):
+            for (split, model, path, train_ids), vectors in zip(batch, [ray.get(r) if isinstance(r, ray.ObjectRef)
+                                                                        else r for r in refs]):
                 write_targets(path, train_ids, vectors, split.name, model, self.config.pooling, uses_graph=tuned)
                 found[split.name] = dict(zip(train_ids, vectors))
         return found
 
-    def teacher_ref(self, split: Split, tuned: bool) -> ray.ObjectRef:
+    def teacher_ref(self, split: Split, tuned: bool) -> ray.ObjectRef | np.ndarray:
+        """A Ray task computing the split's targets; computed here with ``ray.num_workers=0`` (no Ray)."""
         stage2_dir = self.fold_dir(split) / "stage2"
         if tuned:
             stage2 = json.loads((stage2_dir / "stage2.json").read_text())
@@ -226,9 +226,11 @@ class FoldRunner:
         else:
             lm = self.lm
         graphs = load_graphs(self.cohort, split.train, self.config.graph) if tuned else None
-        return teacher_remote.options(num_gpus=1 if self.config.ray.use_gpu else 0).remote(
-            lm, str(stage2_dir / "encoder") if tuned else None, graphs, self.prompts(split.train),
-            self.config.pooling, self.config.teacher_batch_size, self.config.lm.max_length)
+        args = (lm, str(stage2_dir / "encoder") if tuned else None, graphs, self.prompts(split.train),
+                self.config.pooling, self.config.teacher_batch_size, self.config.lm.max_length)
+        if self.config.ray.num_workers == 0:
+            return teacher_targets(*args)
+        return teacher_remote.options(num_gpus=1 if self.config.ray.use_gpu else 0).remote(*args)
 
 
 def fold_seed(split: Split) -> int:
@@ -292,7 +294,8 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
         (run_dir / "logistic").mkdir(exist_ok=True)
         run_logistic(cohort, splits, config.logistic, run_dir / "logistic")
         timings["logistic"] = round(time.monotonic() - start, 1)
-    start_ray(config.ray)
+    if config.ray.num_workers > 0:  # 0: every stage in this process, no Ray
+        start_ray(config.ray)
     for variant in config.variants:
         (run_dir / variant).mkdir(exist_ok=True)
     FoldRunner(config, cohort, lm, descriptions, resolve_storage_path(config.storage_path, run_dir),

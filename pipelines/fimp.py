@@ -42,6 +42,7 @@ from fimp.weights import load_foundation_weights
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import save_config
 from fmgnn.engine import TrainTask, read_result
+from fmgnn.errors import InputError
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from pipelines.ray_session import RayConfig, start_ray
@@ -94,15 +95,15 @@ class FIMPJobConfig:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"task: {self.task!r} is not one of {list(TASKS)}")
+            raise InputError(f"task: {self.task!r} is not one of {list(TASKS)}")
         unknown = sorted(set(self.models) - {"fimp", "fimp_pretrained", *BASELINES})
         if unknown:
-            raise ValueError(f"models: unknown {unknown}")
+            raise InputError(f"models: unknown {unknown}")
         if "fimp_pretrained" in self.models and not self.pretrained:
-            raise ValueError("models: fimp_pretrained needs pretrained=<foundation model folder> or "
+            raise InputError("models: fimp_pretrained needs pretrained=<foundation model folder> or "
                              "pretrained=foundation")
         if self.pretrained == FROM_FOUNDATION and "foundation" not in self.models:
-            raise ValueError("pretrained=foundation: add foundation to models (it is trained first)")
+            raise InputError("pretrained=foundation: add foundation to models (it is trained first)")
 
 
 split_scans = split_nodes  # one split of scans per seed, as of nodes
@@ -170,7 +171,8 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
     tasks_data = {seed: load_task(config, run_dir, seed) for seed in config.seeds}  # bad input fails before any write
     save_config(config, run_dir / "config.yaml")
     atomic_write_json(run_dir / "versions.json", environment_record())
-    start_ray(config.ray)
+    if config.ray.num_workers > 0:  # 0: in this process, no Ray
+        start_ray(config.ray)
     storage_path = resolve_storage_path(config.storage_path, run_dir)
     started = time.monotonic()
     mask_ratio = {"fmri": config.fmri.mask_ratio, "genes": config.genes.mask_ratio,

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fmgnn.config import config_from_dict
 from fmgnn.cohort import CohortError
+from fmgnn.config import config_from_dict
 from fmgnn.sources.bids import BidsConfig, ingest_bids
 from fmgnn.sources.braingb import BrainGBConfig, ingest_braingb
 from fmgnn.sources.corrpops import CorrpopsConfig, ingest_corrpops

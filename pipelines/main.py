@@ -35,6 +35,7 @@ import torch
 
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config, save_config
+from fmgnn.errors import InputError
 from fmgnn.graphs import GraphConfig, edge_mask
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
@@ -80,17 +81,17 @@ class MainJobConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.stages) - set(STAGES))
         if unknown:
-            raise ValueError(f"stages: unknown {unknown}; choose from {list(STAGES)}")
+            raise InputError(f"stages: unknown {unknown}; choose from {list(STAGES)}")
         if "tune" in self.stages and "bleg" not in self.stages:
-            raise ValueError("stages: tune sweeps over the bleg stage's run; add bleg")
+            raise InputError("stages: tune sweeps over the bleg stage's run; add bleg")
         if "tune" in self.stages and "bleg" not in self.bleg.variants:
-            raise ValueError("stages: tune reuses the bleg variant's stage 2; add bleg to bleg.variants")
+            raise InputError("stages: tune reuses the bleg variant's stage 2; add bleg to bleg.variants")
         if not self.cohort and not self.pretrain.cohort and self.pretrain.synthetic.seed == self.synthetic.seed:
             # Subject i of a synthetic cohort depends only on (seed, i): the same seed repeats subjects.
-            raise ValueError("pretrain.synthetic.seed: equal to synthetic.seed, so the pretraining cohort would "
+            raise InputError("pretrain.synthetic.seed: equal to synthetic.seed, so the pretraining cohort would "
                              "hold the sample cohort's subjects; choose another seed")
         if "bleg" in self.stages and self.bleg.needs_texts and "augment" not in self.stages:
-            raise ValueError("stages: the bleg variants align_only and bleg read the augment stage's texts; add "
+            raise InputError("stages: the bleg variants align_only and bleg read the augment stage's texts; add "
                              "augment")
 
 

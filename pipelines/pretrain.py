@@ -110,7 +110,8 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
     # The config's hash in the run name: a checkpoint of another config is never resumed.
     digest = hashlib.sha256((work / "config.yaml").read_bytes()).hexdigest()[:8]
     task = ReconstructionTask(f"{config.name}-{digest}", spec, output=work / "trained")
-    start_ray(config.ray)
+    if config.ray.num_workers > 0:  # 0: in this process, no Ray
+        start_ray(config.ray)
     run_stage([task], task.name, config.ray, resolve_storage_path(config.storage_path, work))
     metrics = read_result(task.output)
     model = TokenModel(model_config)

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from fmgnn.errors import InputError
+
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"
 LOCAL_DASHBOARD = "http://127.0.0.1:8265"
@@ -66,7 +68,7 @@ def runtime_env(path: Path | None, working_dir: Path) -> dict[str, Any]:
             raise FileNotFoundError(f"--runtime-env: {path} does not exist")
         env = yaml.safe_load(path.read_text()) or {}
         if not isinstance(env, dict):
-            raise ValueError(f"{path}: a runtime env is a mapping (working_dir, excludes, env_vars...)")
+            raise InputError(f"{path}: a runtime env is a mapping (working_dir, excludes, env_vars...)")
     return {**env, "working_dir": str(working_dir)}
 
 
@@ -74,7 +76,7 @@ def submit(job_args: list[str], address: str | None = None, runtime_env_file: Pa
            working_dir: Path = REPO, submission_id: str | None = None) -> str:
     """Submit ``fmgnn JOB_ARGS`` as a Ray job; returns its submission id."""
     if not job_args:
-        raise ValueError("give the job to run, e.g. fmgnn submit -- train bleg --config configs/bleg.yaml")
+        raise InputError("give the job to run, e.g. fmgnn submit -- train bleg --config configs/bleg.yaml")
     entrypoint = shlex.join(["python", "-m", "pipelines.cli", *job_args])
     return job_client(address).submit_job(entrypoint=entrypoint, submission_id=submission_id,
                                           runtime_env=runtime_env(runtime_env_file, working_dir))

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from fmgnn.baselines.gcn import GCNConfig
 from fmgnn.baselines.logistic import LogisticConfig, fc_features, fit_logistic
 from fmgnn.baselines.train_gcn import GCNTask
 from fmgnn.cohort import Cohort
 from fmgnn.config import load_config, save_config
 from fmgnn.engine import is_done, read_result
+from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import METRIC_NAMES, classification_metrics, summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
 from fmgnn.graphs import GraphConfig
@@ -61,7 +63,7 @@ class BaselineJobConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.models) - set(MODELS))
         if unknown:
-            raise ValueError(f"models: unknown {unknown}; choose from {list(MODELS)}")
+            raise InputError(f"models: unknown {unknown}; choose from {list(MODELS)}")
 
 
 def fold_result(split: Split, y: np.ndarray, probabilities: np.ndarray, **extra: Any) -> dict[str, Any]:
@@ -117,13 +119,13 @@ def format_table(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
 def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
     """Run every configured baseline on the same folds; returns ``metrics.json``'s content."""
     if not config.cohort:
-        raise ValueError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
+        raise InputError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
+    cohort = Cohort(config.cohort)  # a bad cohort fails before anything in run_dir is touched
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     atomic_write_json(run_dir / "versions.json", environment_record())
 
-    cohort = Cohort(config.cohort)
     splits = make_splits(cohort.labels(), config.folds, cohort.metadata.label_names)
     save_splits(splits, cohort.subject_ids(), run_dir / "splits.json")
     log.info("cohort %s: %d subjects, %d splits (%d folds x %d seeds)", cohort.metadata.name, len(cohort),
@@ -137,7 +139,8 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
         if model == "logistic":
             per_fold = run_logistic(cohort, splits, config.logistic, out_dir)
         else:
-            start_ray(config.ray)
+            if config.ray.num_workers > 0:  # 0: in this process, no Ray
+                start_ray(config.ray)
             per_fold = run_gcn(cohort, splits, config, out_dir)
         results["models"][model] = {
             "summary": summarize([r["metrics"] for r in per_fold]),

@@ -37,6 +37,7 @@ from bleg.teacher import read_targets
 from bleg.train_student import AlignmentConfig, FoldInput, StudentFoldsTask
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config, save_config, with_values
+from fmgnn.errors import InputError
 from fmgnn.evaluation.splits import make_splits
 from fmgnn.io import atomic_write_json, environment_record
 from pipelines.bleg import BLEGJobConfig, run_bleg
@@ -86,7 +87,7 @@ class TuneJobConfig:
     def __post_init__(self) -> None:
         unknown = sorted(k for k in self.space if not k.startswith("stage3."))
         if unknown:
-            raise ValueError(f"space: {unknown}: only stage3.* can be searched over a fixed stage 2 "
+            raise InputError(f"space: {unknown}: only stage3.* can be searched over a fixed stage 2 "
                              "(stage-2 settings such as graph density or LoRA rank need a stage 2 per trial)")
 
 

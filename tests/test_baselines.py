@@ -3,17 +3,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from ray.train import RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from fmgnn.baselines.gcn import GCNClassifier, GCNConfig
 from fmgnn.baselines.logistic import LogisticConfig, fc_features, fit_logistic
-from fmgnn.baselines.train_gcn import GCNTrainSpec, train_loop
+from fmgnn.baselines.train_gcn import GCNTask
 from fmgnn.cohort import Cohort
 from fmgnn.config import load_config
+from fmgnn.engine import run_local
 from fmgnn.evaluation.splits import FoldConfig, make_splits
 from fmgnn.graphs import GraphConfig, build_graphs
+from pipelines.ray_session import RayConfig
 from pipelines.train import BaselineJobConfig, run_baselines
+from pipelines.trainers import make_trainer
 
 
 def test_gcn_shapes_and_reset_parameters():
@@ -53,35 +54,26 @@ def test_model_selection_never_reads_the_test_fold(nmda_cohort):
     assert again == choice
 
 
-def spec(cohort_path, epochs=4):
+def gcn_task(cohort_path, epochs=4):
     cohort = Cohort(cohort_path)
     split = make_splits(cohort.labels(), FoldConfig(n_folds=3))[0]
-    return GCNTrainSpec(str(cohort_path), split, GraphConfig(), GCNConfig(hidden=16, epochs=epochs, patience=100))
-
-
-def test_train_loop_runs_in_process_and_scores_test_once(small_synthetic):
-    """Ray Train local mode (num_workers=0): the training function runs here, without workers."""
-    result = TorchTrainer(train_loop, train_loop_config={"spec": spec(small_synthetic)},
-                          scaling_config=ScalingConfig(num_workers=0)).fit()
-    metrics = result.metrics
-    assert metrics["done"] and metrics["epoch"] == 3
-    assert len(metrics["test_probabilities"]) == len(spec(small_synthetic).split.test)
-    assert 0 <= metrics["test_auc"] <= 1
+    return GCNTask("gcn", str(cohort_path), split, GraphConfig(), GCNConfig(hidden=16, epochs=epochs, patience=100))
 
 
 @pytest.mark.ray
-def test_train_loop_resumes_from_its_checkpoint(small_synthetic, ray_session, tmp_path):
-    run = RunConfig(name="resume", storage_path=str(tmp_path))
-    first = TorchTrainer(train_loop, train_loop_config={"spec": spec(small_synthetic, epochs=3)},
-                         scaling_config=ScalingConfig(num_workers=1), run_config=run).fit()
-    assert first.metrics["epoch"] == 2
+def test_ray_train_resumes_the_task_from_its_checkpoint(small_synthetic, ray_session, tmp_path):
+    config = RayConfig(num_workers=1, cpus_per_worker=0.5)
+    first = make_trainer([gcn_task(small_synthetic, epochs=3)], "resume", config, str(tmp_path)).fit()
+    assert first.metrics["epoch"] == 2 and first.metrics["done"]
     # Same run name, more epochs: training continues at epoch 3, history kept.
-    second = TorchTrainer(train_loop, train_loop_config={"spec": spec(small_synthetic, epochs=5)},
-                          scaling_config=ScalingConfig(num_workers=1), run_config=run).fit()
-    assert second.metrics["epoch"] == 4
+    second = make_trainer([gcn_task(small_synthetic, epochs=5)], "resume", config, str(tmp_path)).fit()
+    assert second.metrics["epoch"] == 4 and second.metrics["resumed_at"] == [3]
     with second.checkpoint.as_directory() as directory:
         state = torch.load(f"{directory}/state.pt", weights_only=False)
-    assert [h["epoch"] for h in state["history"]] == [0, 1, 2, 3, 4]
+    assert [h["epoch"] for h in state["state"].history] == [0, 1, 2, 3, 4]
+    # Ray Train and the plain loop are the same computation.
+    plain = run_local([gcn_task(small_synthetic, epochs=5)])[0]
+    np.testing.assert_allclose(second.metrics["test_probabilities"], plain["test_probabilities"], atol=1e-6)
 
 
 @pytest.mark.ray
@@ -104,15 +96,3 @@ def test_baselines_job_with_two_ddp_workers(small_synthetic, ray_session, tmp_pa
     again = run_baselines(config)
     assert again["models"]["gcn"]["summary"] == results["models"]["gcn"]["summary"]
     assert again["models"]["gcn"]["wall_time_s"] < 5
-
-
-@pytest.mark.ray
-def test_a_finished_run_rerun_reports_its_result_without_training(small_synthetic, ray_session, tmp_path):
-    run = RunConfig(name="finished", storage_path=str(tmp_path))
-    scaling = ScalingConfig(num_workers=1)
-    first = TorchTrainer(train_loop, train_loop_config={"spec": spec(small_synthetic, epochs=2)},
-                         scaling_config=scaling, run_config=run).fit()
-    again = TorchTrainer(train_loop, train_loop_config={"spec": spec(small_synthetic, epochs=2)},
-                         scaling_config=scaling, run_config=run).fit()
-    assert again.metrics["done"] and again.metrics["epoch"] == 1
-    assert again.metrics["test_probabilities"] == first.metrics["test_probabilities"]

@@ -14,7 +14,11 @@ from bleg.augment.store import OUTPUT_SCHEMA
 from bleg.graph_encoder import GraphEncoderConfig, GraphTokenEncoder
 from bleg.instruction import IGNORE, GraphLanguageModel, TextEncoder
 from bleg.language_model import (
-    LanguageModelConfig, apply_finetune_mode, load_language_model, model_kind, resolve_source,
+    LanguageModelConfig,
+    apply_finetune_mode,
+    load_language_model,
+    model_kind,
+    resolve_source,
 )
 from bleg.student import BLEGStudent, StudentConfig, alignment_loss
 from bleg.teacher import read_targets, teacher_vectors, write_targets
@@ -274,8 +278,15 @@ def test_bert_head_on_masked_positions_only_gives_the_full_loss():
 @pytest.mark.parametrize("family", ["gpt2", "qwen2", "biogpt"])
 def test_stage2_runs_on_other_causal_lm_families(family, tiny_llama, tmp_path):
     """GPT-2, Qwen2 and BioGPT (the paper's LM) built locally with the tiny tokenizer, under LoRA."""
-    from transformers import AutoTokenizer, BioGptConfig, BioGptForCausalLM, GPT2Config, GPT2LMHeadModel
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        BioGptConfig,
+        BioGptForCausalLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     vocab = len(tokenizer)

@@ -100,36 +100,9 @@ def test_missing_descriptions_fail_before_training(small_synthetic, ray_session,
     assert not (tmp_path / "run" / "folds").exists()  # nothing trained
 
 
-def test_student_rerun_with_the_same_name_resumes_from_its_last_epoch(small_synthetic, ray_session, tmp_path):
-    from bleg.graph_encoder import GraphEncoderConfig
-    from bleg.student import StudentConfig
-    from bleg.train_student import AlignmentConfig, StudentSpec, train_student
-    from fmgnn.evaluation.splits import FoldConfig, make_splits
-    from fmgnn.graphs import GraphConfig
-    from pipelines.ray_session import RayConfig
-    from pipelines.trainers import make_trainer
-
-    cohort = Cohort(small_synthetic)
-    split = make_splits(cohort.labels(), FoldConfig(n_folds=2, seeds=[0]))[0]
-
-    def fit(epochs: int) -> dict:
-        train = AlignmentConfig(lam=0.0, epochs=epochs, patience=100,
-                                student=StudentConfig(bottleneck=8, head_hidden=8))
-        spec = StudentSpec(str(small_synthetic), split, GraphConfig(), train,
-                           GraphEncoderConfig(in_channels=cohort.n_rois, hidden=[16], out_channels=8))
-        trainer = make_trainer(train_student, spec, "resume-me", RayConfig(num_workers=1, cpus_per_worker=0.5),
-                               str(tmp_path))
-        return trainer.fit().metrics
-
-    first = fit(2)
-    resumed = fit(4)  # same run name: continues after epoch 1 instead of starting over
-    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2, 3]
-    assert resumed["history"][:2] == first["history"]
-
-
 def test_rerun_with_other_settings_in_the_same_run_dir_is_refused(small_synthetic, tmp_path):
-    from pipelines.bleg import check_same_settings
     from fmgnn.config import save_config
+    from pipelines.bleg import check_same_settings
 
     first = load_config(BLEGJobConfig, None, [f"cohort={small_synthetic}", "stage2.epochs=1"])
     save_config(first, tmp_path / "config.yaml")

@@ -127,7 +127,7 @@ def test_killed_training_worker_resumes_from_its_checkpoint(small_synthetic, ray
 
     from bleg.graph_encoder import GraphEncoderConfig
     from bleg.student import StudentConfig
-    from bleg.train_student import AlignmentConfig, StudentSpec, train_student
+    from bleg.train_student import AlignmentConfig, StudentTask
     from fmgnn.cohort import Cohort
     from fmgnn.evaluation.splits import FoldConfig, make_splits
     from fmgnn.graphs import GraphConfig
@@ -136,13 +136,13 @@ def test_killed_training_worker_resumes_from_its_checkpoint(small_synthetic, ray
 
     cohort = Cohort(small_synthetic)
     split = make_splits(cohort.labels(), FoldConfig(n_folds=2, seeds=[0]))[0]
-    spec = StudentSpec(str(small_synthetic), split, GraphConfig(),
+    task = StudentTask("student", str(small_synthetic), split, GraphConfig(),
                        AlignmentConfig(lam=0.0, epochs=40, patience=100, student=StudentConfig(bottleneck=8,
                                                                                                head_hidden=8)),
                        GraphEncoderConfig(in_channels=cohort.n_rois, hidden=[16], out_channels=8))
 
     def trainer(name: str):
-        return make_trainer(train_student, spec, name, RayConfig(num_workers=1, cpus_per_worker=0.5, max_failures=2),
+        return make_trainer([task], name, RayConfig(num_workers=1, cpus_per_worker=0.5, max_failures=2),
                             str(tmp_path))
 
     reference = trainer("reference").fit().metrics

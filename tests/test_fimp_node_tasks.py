@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 
 import numpy as np
@@ -24,7 +25,14 @@ TANGRAM = SHARED_DATA / "tangram" / "smFISH_anndata.h5ad"
 
 
 def needs(path):
-    return pytest.mark.skipif(not path.exists(), reason=f"real data not found at {path}")
+    """Real data the test reads; a missing file fails the test (a broken checkout), it is not skipped."""
+    def wrap(test):
+        def run(*args, **kwargs):
+            if not path.exists():
+                pytest.fail(f"real data not found at {path} (see ../shared/data/README.md)")
+            return test(*args, **kwargs)
+        return functools.wraps(test)(run)
+    return wrap
 
 
 @needs(BDTNP)

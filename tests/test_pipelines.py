@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from fmgnn.cohort import Cohort
 
@@ -43,8 +44,9 @@ def test_fmgnn_cli_dispatches(tmp_path):
 
 
 def test_train_errors_name_the_problem(tmp_path):
-    from fmgnn.cohort import CohortMetadata, CohortWriter, Scan
     import numpy as np
+
+    from fmgnn.cohort import CohortMetadata, CohortWriter, Scan
 
     result = run_module("pipelines.train", "baseline", f"cohort={tmp_path / 'none.parquet'}",
                         f"run_dir={tmp_path / 'run'}")
@@ -58,3 +60,21 @@ def test_train_errors_name_the_problem(tmp_path):
     result = run_module("pipelines.train", "baseline", f"cohort={one_class}", f"run_dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert "the cohort has one class only (label 0 (hc))" in result.stderr
+
+
+def test_only_input_errors_become_one_line_and_bugs_keep_their_traceback(capsys):
+    from fmgnn.cohort import CohortError
+    from pipelines.errors import exit_on_input_error
+
+    def bad_input():
+        raise CohortError("cohorts/x.parquet: subject s1: fc_triu has 3 values, expected 4005")
+
+    assert exit_on_input_error("train", bad_input) == 2
+    assert capsys.readouterr().err.strip() == \
+        "fmgnn train: error: cohorts/x.parquet: subject s1: fc_triu has 3 values, expected 4005"
+
+    def bug():
+        raise ValueError("operands could not be broadcast together")
+
+    with pytest.raises(ValueError, match="broadcast"):
+        exit_on_input_error("train", bug)

@@ -16,6 +16,8 @@ from typing import Any
 
 from ray import tune
 
+from fmgnn.errors import InputError
+
 SAMPLERS = {
     "choice": lambda v: tune.choice(list(v)),
     "uniform": lambda v: tune.uniform(*v),
@@ -32,12 +34,12 @@ def search_space(values: dict[str, Any], where: str = "space") -> dict[str, Any]
     for key, spec in values.items():
         if isinstance(spec, dict):
             if len(spec) != 1 or next(iter(spec)) not in SAMPLERS:
-                raise ValueError(f"{where}.{key}: give one sampler out of {sorted(SAMPLERS)}, e.g. {{choice: [..]}}")
+                raise InputError(f"{where}.{key}: give one sampler out of {sorted(SAMPLERS)}, e.g. {{choice: [..]}}")
             kind, args = next(iter(spec.items()))
             try:
                 space[key] = SAMPLERS[kind](args)
             except TypeError as err:
-                raise ValueError(f"{where}.{key}: bad arguments for {kind}: {args!r} ({err})") from None
+                raise InputError(f"{where}.{key}: bad arguments for {kind}: {args!r} ({err})") from None
         else:
             space[key] = spec
     return space

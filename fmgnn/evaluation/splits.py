@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from fmgnn.errors import InputError
 from fmgnn.io import atomic_write_json
 
 
@@ -30,11 +31,11 @@ class FoldConfig:
 
     def __post_init__(self) -> None:
         if not self.seeds:
-            raise ValueError("folds.seeds must name at least one seed")
+            raise InputError("folds.seeds must name at least one seed")
         if self.n_folds < 2:
-            raise ValueError(f"folds.n_folds must be >= 2, received {self.n_folds}")
+            raise InputError(f"folds.n_folds must be >= 2, received {self.n_folds}")
         if not 0.0 < self.val_fraction < 0.5:
-            raise ValueError(f"folds.val_fraction must be in (0, 0.5), received {self.val_fraction}")
+            raise InputError(f"folds.val_fraction must be in (0, 0.5), received {self.val_fraction}")
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Split:
         return f"seed{self.seed}_fold{self.fold}"
 
 
-class SplitError(ValueError):
+class SplitError(InputError):
     """Labels that cannot be split as asked."""
 
 

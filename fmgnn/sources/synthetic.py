@@ -28,6 +28,7 @@ from scipy.signal import lfilter
 
 from fmgnn.atlas import get_atlas
 from fmgnn.cohort import CohortMetadata, CohortWriter, Scan
+from fmgnn.errors import InputError
 from fmgnn.graphs import pearson_fc
 from fmgnn.sources.report import IngestReport
 
@@ -70,11 +71,11 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         if self.n_subjects < 1:
-            raise ValueError(f"synthetic.n_subjects must be >= 1, received {self.n_subjects}")
+            raise InputError(f"synthetic.n_subjects must be >= 1, received {self.n_subjects}")
         if self.n_timepoints < 3:
-            raise ValueError(f"synthetic.n_timepoints must be >= 3, received {self.n_timepoints}")
+            raise InputError(f"synthetic.n_timepoints must be >= 3, received {self.n_timepoints}")
         if not 0.0 < self.patient_fraction < 1.0:
-            raise ValueError(f"synthetic.patient_fraction must be in (0, 1), received {self.patient_fraction}")
+            raise InputError(f"synthetic.patient_fraction must be in (0, 1), received {self.patient_fraction}")
 
 
 LABEL_NAMES = ["control", "patient"]
@@ -88,7 +89,7 @@ class SyntheticCohort:
         self.atlas = get_atlas(config.atlas)
         unknown = sorted(set(config.effect_networks) - set(self.atlas.networks))
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"synthetic.effect_networks {unknown} not in atlas {self.atlas.name}; "
                 f"it has {', '.join(self.atlas.networks)}"
             )
