@@ -49,6 +49,7 @@ from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
 from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.plots import plot_confusion, plot_learning_curves, plot_roc
+from pipelines.classification import format_table, run_logistic
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import resolve_storage_path, run_stage
 
@@ -264,8 +265,6 @@ def fold_result(split: Split, metrics: dict[str, Any], **extra: Any) -> dict[str
 
 def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
     """Run every configured variant on the same folds; returns ``metrics.json``'s content."""
-    from pipelines.train import format_table, run_logistic
-
     if not config.cohort:
         raise CohortError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
     cohort = Cohort(config.cohort)  # a bad cohort fails before anything in run_dir is touched

@@ -21,16 +21,17 @@ from typing import Any
 import numpy as np
 
 from fmgnn.baselines.gcn import GCNConfig
-from fmgnn.baselines.logistic import LogisticConfig, fc_features, fit_logistic
+from fmgnn.baselines.logistic import LogisticConfig
 from fmgnn.baselines.train_gcn import GCNTask
 from fmgnn.cohort import Cohort
 from fmgnn.config import load_config, save_config
 from fmgnn.engine import is_done, read_result
 from fmgnn.errors import InputError
-from fmgnn.evaluation.metrics import METRIC_NAMES, classification_metrics, summarize
+from fmgnn.evaluation.metrics import summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
 from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
+from pipelines.classification import fold_result, format_table, run_logistic
 from pipelines.errors import exit_on_input_error
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import resolve_storage_path, run_stage
@@ -66,24 +67,6 @@ class BaselineJobConfig:
             raise InputError(f"models: unknown {unknown}; choose from {list(MODELS)}")
 
 
-def fold_result(split: Split, y: np.ndarray, probabilities: np.ndarray, **extra: Any) -> dict[str, Any]:
-    return {"split": split.name, "seed": split.seed, "fold": split.fold,
-            "metrics": classification_metrics(y, probabilities), "test_indices": split.test,
-            "test_labels": np.asarray(y).tolist(), "test_probabilities": np.asarray(probabilities).tolist(), **extra}
-
-
-def run_logistic(cohort: Cohort, splits: list[Split], config: LogisticConfig, out_dir: Path) -> list[dict]:
-    features, labels = fc_features(cohort.fc()), cohort.labels()
-    results = []
-    for split in splits:
-        model, choice = fit_logistic(features[split.train], labels[split.train],
-                                     features[split.val], labels[split.val], config)
-        result = fold_result(split, labels[split.test], model.predict_proba(features[split.test]), selection=choice)
-        atomic_write_json(out_dir / f"{split.name}.json", result)
-        results.append(result)
-    return results
-
-
 def run_gcn(cohort: Cohort, splits: list[Split], config: BaselineJobConfig, out_dir: Path) -> list[dict]:
     """The GCN on every split: one stage of tasks (``pipelines.trainers.run_stage``); per-fold JSON from
     each task's output folder."""
@@ -105,15 +88,6 @@ def run_gcn(cohort: Cohort, splits: list[Split], config: BaselineJobConfig, out_
         results.append(result)
     log.info("gcn: %d folds done", len(results))
     return results
-
-
-def format_table(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
-    header = f"{'model':<10}" + "".join(f"{m:>22}" for m in METRIC_NAMES)
-    lines = [header]
-    for model, summary in summaries.items():
-        lines.append(f"{model:<10}" + "".join(
-            f"{summary[m]['mean']:>14.3f} ± {summary[m]['std']:<5.3f}" for m in METRIC_NAMES))
-    return "\n".join(lines)
 
 
 def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:

@@ -1,0 +1,42 @@
+"""What the classification jobs (``train baseline``, ``train bleg``) share: the logistic-regression
+baseline over a run's splits, the per-fold record, and the printed table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmgnn.baselines.logistic import LogisticConfig, fc_features, fit_logistic
+from fmgnn.cohort import Cohort
+from fmgnn.evaluation.metrics import METRIC_NAMES, classification_metrics
+from fmgnn.evaluation.splits import Split
+from fmgnn.io import atomic_write_json
+
+
+def fold_result(split: Split, y: np.ndarray, probabilities: np.ndarray, **extra: Any) -> dict[str, Any]:
+    return {"split": split.name, "seed": split.seed, "fold": split.fold,
+            "metrics": classification_metrics(y, probabilities), "test_indices": split.test,
+            "test_labels": np.asarray(y).tolist(), "test_probabilities": np.asarray(probabilities).tolist(), **extra}
+
+
+def run_logistic(cohort: Cohort, splits: list[Split], config: LogisticConfig, out_dir: Path) -> list[dict]:
+    features, labels = fc_features(cohort.fc()), cohort.labels()
+    results = []
+    for split in splits:
+        model, choice = fit_logistic(features[split.train], labels[split.train],
+                                     features[split.val], labels[split.val], config)
+        result = fold_result(split, labels[split.test], model.predict_proba(features[split.test]), selection=choice)
+        atomic_write_json(out_dir / f"{split.name}.json", result)
+        results.append(result)
+    return results
+
+
+def format_table(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
+    header = f"{'model':<10}" + "".join(f"{m:>22}" for m in METRIC_NAMES)
+    lines = [header]
+    for model, summary in summaries.items():
+        lines.append(f"{model:<10}" + "".join(
+            f"{summary[m]['mean']:>14.3f} ± {summary[m]['std']:<5.3f}" for m in METRIC_NAMES))
+    return "\n".join(lines)
