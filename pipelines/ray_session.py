@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 
@@ -34,7 +35,8 @@ class RayConfig:
             the small epochs of brain-network cohorts take milliseconds.
         train_log_level: Level of Ray Train's own logs (it logs every report at INFO).
         temp_dir: Session directory of an embedded instance; None: one per process
-            (``/tmp/fmgnn-ray-<pid>``), so that two jobs on one machine don't find each other's Ray.
+            (``/tmp/fmgnn-ray-<pid>``): two jobs started at once on one machine each run their own
+            instance, and each instance's processes are pointed at their own dashboard.
     """
 
     address: str | None = None
@@ -68,5 +70,17 @@ def start_ray(config: RayConfig) -> None:
     log.info("starting an embedded Ray instance with %d logical CPUs", num_cpus)
     # The dashboard stays on: Tune trials that run trainers need its state API (ENVIRONMENT.md).
     temp_dir = config.temp_dir or os.path.join(tempfile.gettempdir(), f"fmgnn-ray-{os.getpid()}")
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", _temp_dir=temp_dir,
-             configure_logging=False, runtime_env={"env_vars": job_env_vars(config)})
+    # Ray's own actors (Ray Train's placement-group cleaner) find "their" cluster through the state API,
+    # which, given no address, looks for any Ray on the machine and fails when another job runs one:
+    # every process of this instance is told its own dashboard's address.
+    port = free_port()
+    env_vars = {**job_env_vars(config), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+             _temp_dir=temp_dir, configure_logging=False, runtime_env={"env_vars": env_vars})
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
