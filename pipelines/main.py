@@ -23,6 +23,7 @@ trained folds, finished trials) and continues what it did not. ``summary.json`` 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -96,20 +97,48 @@ class MainJobConfig:
 
 
 def chain_stages(config: MainJobConfig, cohort_path: Path) -> None:
-    """Point each stage at the previous stages' outputs inside ``out_dir``."""
+    """Point each stage at the previous stages' outputs inside ``out_dir``.
+
+    A value the user set that the chain would overwrite is refused (named, with where to set it
+    instead); a setting equal to the default, or to the chained value, is not the user's choice.
+    """
     out = Path(config.out_dir)
-    config.augment.cohort = config.bleg.cohort = str(cohort_path)
-    config.augment.output = str(out / "augment")
-    config.bleg.run_dir = str(out / "bleg")
-    config.bleg.texts.output = config.augment.output
-    config.tune.base_run = config.bleg.run_dir
-    config.tune.sweep_dir = str(out / "tune")
-    config.pretrain.output = str(out / "foundation")
-    config.fimp.task, config.fimp.cohort, config.fimp.run_dir = "fmri", str(cohort_path), str(out / "fimp")
+    paths = "the main job puts every stage's input and output under out_dir; set out_dir or cohort"
+    chained: dict[str, tuple[Any, str]] = {
+        "augment.cohort": (str(cohort_path), paths), "bleg.cohort": (str(cohort_path), paths),
+        "augment.output": (str(out / "augment"), paths), "bleg.run_dir": (str(out / "bleg"), paths),
+        "bleg.texts.output": (str(out / "augment"), paths), "tune.base_run": (str(out / "bleg"), paths),
+        "tune.sweep_dir": (str(out / "tune"), paths), "pretrain.output": (str(out / "foundation"), paths),
+        "fimp.task": ("fmri", "the main job's FIMP stage is fMRI reconstruction"),
+        "fimp.cohort": (str(cohort_path), paths), "fimp.run_dir": (str(out / "fimp"), paths),
+        "fimp.fmri.window": (config.pretrain.fmri.window, "FIMP reads the pretrained model's windows; set "
+                             "pretrain.fmri.window"),
+        "fimp.fmri.n_windows": (config.pretrain.fmri.n_windows, "FIMP reads the pretrained model's windows; set "
+                                "pretrain.fmri.n_windows"),
+        "fimp.model.foundation": (config.pretrain.foundation, "FIMP's layers are the pretrained model's; set "
+                                  "pretrain.foundation.*"),
+    }
     if "fimp_pretrained" in config.fimp.models:
-        config.fimp.pretrained = config.pretrain.output
-    config.fimp.fmri.window, config.fimp.fmri.n_windows = config.pretrain.fmri.window, config.pretrain.fmri.n_windows
-    config.fimp.model.foundation = config.pretrain.foundation
+        chained["fimp.pretrained"] = (str(out / "foundation"), "fimp_pretrained starts from the pretrain stage")
+    defaults = MainJobConfig()
+    for key, (value, why) in chained.items():
+        current, default = dotted_get(config, key), dotted_get(defaults, key)
+        if current != default and current != value:
+            raise InputError(f"{key}={current!r}: the main job sets it to {value!r} ({why})")
+        dotted_set(config, key, value)
+
+
+def dotted_get(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def dotted_set(config: Any, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        config = getattr(config, part)
+    setattr(config, last, value)
 
 
 def sample_cohort(config: SyntheticConfig, path: Path) -> Path:
@@ -155,6 +184,8 @@ def check_cohort(cohort: Cohort, config: MainJobConfig) -> None:
 
 def run_main(config: MainJobConfig) -> dict[str, Any]:
     out_dir = Path(config.out_dir)
+    # A setting the chain would overwrite is refused before anything is written.
+    chain_stages(copy.deepcopy(config), Path(config.cohort) if config.cohort else out_dir / "cohort.parquet")
     out_dir.mkdir(parents=True, exist_ok=True)
     stages = [s for s in STAGES if s in config.stages or s in ("ingest", "report")]
     timings: dict[str, float] = {}

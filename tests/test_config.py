@@ -101,3 +101,14 @@ def test_override_below_a_mapping_field_is_one_entry():
     assert nested.tune.space == {"stage3.epochs": 4} and nested.bleg.stage3.epochs == 7
     with pytest.raises(ValueError, match="only stage3"):
         load_config(TuneJobConfig, None, ["space.stage2.lr=0.1"])
+
+
+def test_the_main_job_refuses_a_setting_it_would_overwrite_before_writing_anything(tmp_path):
+    from fmgnn.errors import InputError
+    from pipelines.main import MainJobConfig, run_main
+
+    config = load_config(MainJobConfig, Path(__file__).resolve().parents[1] / "configs" / "main.yaml",
+                         [f"out_dir={tmp_path / 'main'}", "fimp.fmri.window=7"])
+    with pytest.raises(InputError, match=r"fimp.fmri.window=7: the main job sets it to 20 .*pretrain.fmri.window"):
+        run_main(config)
+    assert not (tmp_path / "main").exists()
