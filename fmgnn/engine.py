@@ -250,12 +250,13 @@ def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
             runtime.report({"task": task.name, **record, "best_score": state.best_score,
                             "best_epoch": state.best_epoch, "done": False}, payload())
 
-    # The test part, once, with the weights chosen on validation.
+    # The checkpoint holds the last epoch's weights, so that a rerun with more epochs continues training;
+    # the test part is scored once, with the weights chosen on validation.
+    final_payload = payload()
     load_model_state(model, state.best_model)
     final = {"task": task.name, **state.history[-1], "best_score": state.best_score, "best_epoch": state.best_epoch,
              "history": state.history, "resumed_at": state.resumed_at, "seconds": round(state.seconds, 2), "done": True,
              **task.test(unwrap(model))}
-    final_payload = payload()  # before the export, which may change the model (LoRA merged in)
     if task.output is not None and world.rank == 0:
         with atomic_dir(Path(task.output)) as directory:
             task.export(unwrap(model), directory)

@@ -178,12 +178,15 @@ class FoldRunner:
         run_stage(tasks, "stage3", self.config.ray, self.storage_path)
         for variant in variants:
             for split in splits:
+                out = self.run_dir / variant / f"{split.name}.json"
+                if out.is_file():  # recorded by an earlier run
+                    continue
                 metrics = read_result(self.fold_dir(split) / variant)
                 seconds = metrics["seconds"]
                 if variant == "bleg":  # stage 2 is part of BLEG's cost
                     seconds += read_result(self.fold_dir(split) / "stage2")["seconds"]
                 result = fold_result(split, metrics, seconds=round(seconds, 1))
-                atomic_write_json(self.run_dir / variant / f"{split.name}.json", result)
+                atomic_write_json(out, result)
             log.info("%s: %d folds done", variant, len(splits))
 
     def _ids(self, split: Split) -> list[str]:

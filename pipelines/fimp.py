@@ -204,6 +204,8 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
             run_stage(stage_tasks, stage, config.ray, storage_path)
     for name in config.models:
         for seed in config.seeds:
+            if (run_dir / name / f"seed{seed}.json").is_file():  # recorded by an earlier run
+                continue
             metrics = read_result(run_dir / name / f"seed{seed}")
             train, _, test = split_nodes(tasks_data[seed].n_items, seed, config.val_fraction, config.test_fraction)
             result = {"model": name, "seed": seed, "mse": metrics["test_mse"], "r2": metrics["test_r2"],

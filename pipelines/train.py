@@ -12,6 +12,7 @@ their latest per-epoch checkpoint.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -80,11 +81,15 @@ def run_gcn(cohort: Cohort, splits: list[Split], config: BaselineJobConfig, out_
     run_stage(tasks, "gcn", config.ray, storage_path)
     results = []
     for split, task in zip(splits, tasks):
+        out = out_dir / f"{split.name}.json"
+        if out.is_file():  # recorded by an earlier run
+            results.append(json.loads(out.read_text()))
+            continue
         metrics = read_result(task.output)
         result = fold_result(split, np.array(metrics["test_labels"]), np.array(metrics["test_probabilities"]),
                              best_epoch=metrics["best_epoch"], epochs_run=metrics["epoch"] + 1,
                              history=metrics["history"], resumed_at=metrics["resumed_at"])
-        atomic_write_json(out_dir / f"{split.name}.json", result)
+        atomic_write_json(out, result)
         results.append(result)
     log.info("gcn: %d folds done", len(results))
     return results

@@ -39,9 +39,9 @@ def test_pretrain_then_fimp_from_pretrained_weights_against_baselines(small_synt
     assert len(result["history"]) == 2 and result["n_test"] == 9
     assert (tmp_path / "run" / "plots" / "reconstruction.png").is_file()
 
-    before = (tmp_path / "run" / "gin" / "seed0.json").stat().st_mtime
+    before = (tmp_path / "run" / "gin" / "seed0" / "result.json").stat().st_mtime
     run_fimp(load_config(FIMPJobConfig, None, overrides))  # a rerun trains nothing
-    assert (tmp_path / "run" / "gin" / "seed0.json").stat().st_mtime == before
+    assert (tmp_path / "run" / "gin" / "seed0" / "result.json").stat().st_mtime == before
 
 
 def test_images_task_under_ray_train_with_fimp_from_the_foundation_baseline(ray_session, tmp_path):
@@ -58,7 +58,7 @@ def test_images_task_under_ray_train_with_fimp_from_the_foundation_baseline(ray_
     result = json.loads((run / "fimp_pretrained" / "seed0.json").read_text())
     assert result["n_test"] == 36 and len(result["history"]) == 2 and 0 < result["mse"] < 1
     # The foundation baseline finished before FIMP-pretrained started from it.
-    finished = {m: (run / m / "seed0.json").stat().st_mtime for m in ("foundation", "fimp_pretrained")}
+    finished = {m: (run / m / "seed0" / "result.json").stat().st_mtime for m in ("foundation", "fimp_pretrained")}
     assert finished["foundation"] < finished["fimp_pretrained"]
     assert (run / "plots" / "reconstruction.png").is_file()
 
