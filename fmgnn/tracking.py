@@ -21,7 +21,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_SUFFIXES = {".json", ".yaml", ".png", ".csv"}  # small records and plots; weights stay in the run folder
+# Small records, plots and the report are logged; weights stay in the run folder.
+ARTIFACT_SUFFIXES = {".json", ".yaml", ".png", ".csv", ".html"}
 ARTIFACT_MAX_BYTES = 5_000_000
 
 
@@ -46,21 +47,21 @@ class TrackingConfig:
         return f"sqlite:///{(Path(run_dir).resolve().parent / 'mlflow.db')}"
 
 
-def flatten(values: Any, prefix: str = "") -> dict[str, str]:
-    """A nested config as MLflow parameters: dotted keys, values as short strings."""
+def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys."""
     if isinstance(values, dict):
-        flat: dict[str, str] = {}
+        flat: dict[str, Any] = {}
         for key, value in values.items():
             flat.update(flatten(value, f"{prefix}{key}."))
         return flat
-    return {prefix.rstrip("."): str(values)[:500]}
+    return {prefix.rstrip("."): values}
 
 
 class JobRun:
     """One job's MLflow run; a no-op when tracking is off."""
 
     def __init__(self, config: TrackingConfig, run_dir: str | Path, job: str, params: dict[str, Any]) -> None:
-        self.enabled = config.enabled
+        self.enabled, self.experiment = config.enabled, config.experiment
         self.run_id: str | None = None
         if not self.enabled:
             return
@@ -79,10 +80,15 @@ class JobRun:
         self.log_params(self.run_id, params)
         log.info("tracking %s in MLflow run %s (%s)", job, self.run_id, self.uri)
 
+    def for_child(self) -> TrackingConfig:
+        """The tracking settings of a job this one starts: the same store, nested under this run."""
+        return TrackingConfig(enabled=self.enabled, uri=self.uri if self.enabled else "",
+                              experiment=self.experiment, parent_run_id=self.run_id)
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = [Param(k, v) for k, v in flatten(params).items()]
+        flat = [Param(k, str(v)[:500]) for k, v in flatten(params).items()]
         for start in range(0, len(flat), 100):  # MLflow takes at most 100 parameters per batch
             self.client.log_batch(run_id, params=flat[start:start + 100])
 
@@ -110,18 +116,28 @@ class JobRun:
                   for k, v in record.items() if k != "epoch" and is_number(v)]
         for start in range(0, len(curves), 1000):
             self.client.log_batch(child, metrics=curves[start:start + 1000])
-        final = {k: v for k, v in result.items() if k not in ("history", "epoch") and is_number(v)}
-        self.log_metrics(final, run_id=child)
+        per_epoch = {k for record in result.get("history", []) for k in record}  # logged as curves above
+        self.log_metrics({k: v for k, v in result.items() if k != "history" and k not in per_epoch}, run_id=child)
         if output is not None:
             self.log_artifacts(output, run_id=child)
         self.client.set_terminated(child)
 
-    def log_artifacts(self, folder: str | Path, run_id: str | None = None) -> None:
-        """The folder's small records and plots (weights stay where the job wrote them)."""
+    def log_tasks(self, tasks: list[Any]) -> None:
+        """Every finished task of a stage (``fmgnn.engine`` tasks with an output folder), each a nested run."""
+        from fmgnn.engine import is_done, read_result
+
+        for task in tasks:
+            if is_done(task):
+                self.log_task(task.name, read_result(task.output), task.output)
+
+    def log_artifacts(self, folder: str | Path, run_id: str | None = None, recursive: bool = True) -> None:
+        """The folder's small records and plots (weights stay where the job wrote them); without
+        ``recursive``, its own files and its ``plots/``."""
         if not self.enabled:
             return
         folder = Path(folder)
-        for path in sorted(folder.rglob("*")):
+        paths = folder.rglob("*") if recursive else [*folder.glob("*"), *folder.glob("plots/*")]
+        for path in sorted(paths):
             relative = path.relative_to(folder).parent
             hidden = any(part.startswith(".") or part == "ray_results" for part in relative.parts)
             if path.is_file() and not hidden and path.suffix in ARTIFACT_SUFFIXES \

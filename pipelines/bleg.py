@@ -49,6 +49,7 @@ from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
 from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.plots import plot_confusion, plot_learning_curves, plot_roc
+from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.classification import format_table, run_logistic
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import resolve_storage_path, run_stage
@@ -89,6 +90,7 @@ class BLEGJobConfig:
     graph: GraphConfig = field(default_factory=GraphConfig)
     folds: FoldConfig = field(default_factory=FoldConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.variants) - set(VARIANTS))
@@ -124,6 +126,7 @@ class FoldRunner:
     descriptions: dict[str, Description]
     storage_path: str
     run_dir: Path
+    tracking: JobRun
 
     def encoder_config(self) -> GraphEncoderConfig:
         return GraphEncoderConfig(in_channels=self.cohort.n_rois, hidden=self.config.stage2.encoder_hidden,
@@ -157,6 +160,7 @@ class FoldRunner:
                                        {i: self.descriptions[i] for i in self._ids(split)}, fold_seed(split))
                 tasks.append(InstructionTask(f"stage2-{split.name}", spec, self.fold_dir(split) / "stage2"))
             run_stage(tasks, "stage2", self.config.ray, self.storage_path)
+            self.tracking.log_tasks(tasks)
             for split in splits:
                 result = read_result(self.fold_dir(split) / "stage2")
                 log.info("stage 2 %s: best epoch %d, val answer loss %.3f (%.0f s)", split.name,
@@ -176,6 +180,7 @@ class FoldRunner:
                                          targets.get(variant, {}).get(split.name), fold_seed(split),
                                          output=self.fold_dir(split) / variant))
         run_stage(tasks, "stage3", self.config.ray, self.storage_path)
+        self.tracking.log_tasks(tasks)
         for variant in variants:
             for split in splits:
                 out = self.run_dir / variant / f"{split.name}.json"
@@ -242,7 +247,7 @@ def fold_seed(split: Split) -> int:
 
 
 # Settings that may change between runs of one run_dir: they do not change what a finished step computed.
-FREE_SETTINGS = {"variants", "ray", "storage_path", "run_dir", "teacher_batch_size"}
+FREE_SETTINGS = {"variants", "ray", "storage_path", "run_dir", "teacher_batch_size", "tracking"}
 
 
 def check_same_settings(config: BLEGJobConfig, saved: Path) -> None:
@@ -290,31 +295,34 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
     log.info("cohort %s: %d subjects, %d splits; variants %s; LM %s", cohort.metadata.name, len(cohort),
              len(splits), config.variants, config.lm.path)
 
-    timings: dict[str, float] = {}
-    if "logistic" in config.variants:
-        start = time.monotonic()
-        (run_dir / "logistic").mkdir(exist_ok=True)
-        run_logistic(cohort, splits, config.logistic, run_dir / "logistic")
-        timings["logistic"] = round(time.monotonic() - start, 1)
-    if config.ray.num_workers > 0:  # 0: every stage in this process, no Ray
-        start_ray(config.ray)
-    for variant in config.variants:
-        (run_dir / variant).mkdir(exist_ok=True)
-    FoldRunner(config, cohort, lm, descriptions, resolve_storage_path(config.storage_path, run_dir),
-               run_dir).run(splits)
+    with JobRun(config.tracking, run_dir, "bleg", to_dict(config)) as tracking:
+        timings: dict[str, float] = {}
+        if "logistic" in config.variants:
+            start = time.monotonic()
+            (run_dir / "logistic").mkdir(exist_ok=True)
+            run_logistic(cohort, splits, config.logistic, run_dir / "logistic")
+            timings["logistic"] = round(time.monotonic() - start, 1)
+        if config.ray.num_workers > 0:  # 0: every stage in this process, no Ray
+            start_ray(config.ray)
+        for variant in config.variants:
+            (run_dir / variant).mkdir(exist_ok=True)
+        FoldRunner(config, cohort, lm, descriptions, resolve_storage_path(config.storage_path, run_dir),
+                   run_dir, tracking).run(splits)
 
-    results = collect(run_dir, config.variants, splits)
-    summary = {"cohort": cohort.summary(), "lm": config.lm.path, "texts": config.texts.output,
-               "wall_time_s": round(time.monotonic() - started, 1), "models": {}}
-    for variant, folds in results.items():
-        summary["models"][variant] = {"summary": summarize([f["metrics"] for f in folds]),
-                                      "fold_seconds": timings.get(variant, sum(f.get("seconds", 0) for f in folds))}
-    atomic_write_json(run_dir / "metrics.json", summary)
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    plot_roc(results, plots / "roc.png")
-    plot_learning_curves({k: v for k, v in results.items() if k != "logistic"}, plots / "learning_curves.png")
-    plot_confusion(results, cohort.metadata.label_names, plots / "confusion.png")
+        results = collect(run_dir, config.variants, splits)
+        summary = {"cohort": cohort.summary(), "lm": config.lm.path, "texts": config.texts.output,
+                   "wall_time_s": round(time.monotonic() - started, 1), "models": {}}
+        for variant, folds in results.items():
+            summary["models"][variant] = {"summary": summarize([f["metrics"] for f in folds]),
+                                          "fold_seconds": timings.get(variant, sum(f.get("seconds", 0) for f in folds))}
+        atomic_write_json(run_dir / "metrics.json", summary)
+        plots = run_dir / "plots"
+        plots.mkdir(exist_ok=True)
+        plot_roc(results, plots / "roc.png")
+        plot_learning_curves({k: v for k, v in results.items() if k != "logistic"}, plots / "learning_curves.png")
+        plot_confusion(results, cohort.metadata.label_names, plots / "confusion.png")
+        tracking.log_metrics({m: r["summary"] for m, r in summary["models"].items()})
+        tracking.log_artifacts(run_dir, recursive=False)
     print(format_table({m: r["summary"] for m, r in summary["models"].items()}))
     return summary
 

@@ -40,11 +40,12 @@ from fimp.train_node_reconstruction import NodeReconstructionSpec, NodeReconstru
 from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTask, ReconstructionTrainConfig
 from fimp.weights import load_foundation_weights
 from fmgnn.cohort import Cohort, CohortError
-from fmgnn.config import save_config
+from fmgnn.config import save_config, to_dict
 from fmgnn.engine import TrainTask, read_result
 from fmgnn.errors import InputError
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
+from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import resolve_storage_path, run_stage
 
@@ -92,6 +93,7 @@ class FIMPJobConfig:
     optim: ReconstructionTrainConfig = field(default_factory=ReconstructionTrainConfig)
     storage_path: str | None = None
     ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -195,6 +197,7 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
         return ReconstructionTask(name, ReconstructionSpec(
             str(data.cohort_path), train, val, test, config.fmri, model_config, config.optim, init, seed), output)
 
+    tracked: list[TrainTask] = []
     # With pretrained=foundation, FIMP-pretrained starts from its seed's foundation baseline: a second stage.
     later = ["fimp_pretrained"] if config.pretrained == FROM_FOUNDATION else []
     for stage, names in (("fimp", [m for m in config.models if m not in later]),
@@ -202,6 +205,7 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
         stage_tasks = [task(name, seed) for seed in config.seeds for name in names]
         if stage_tasks:
             run_stage(stage_tasks, stage, config.ray, storage_path)
+            tracked.extend(stage_tasks)
     for name in config.models:
         for seed in config.seeds:
             if (run_dir / name / f"seed{seed}.json").is_file():  # recorded by an earlier run
@@ -217,6 +221,10 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
     summary["wall_time_s"] = round(time.monotonic() - started, 1)
     atomic_write_json(run_dir / "metrics.json", summary)
     plot_reconstructions(run_dir, config)
+    with JobRun(config.tracking, run_dir, "fimp", to_dict(config)) as tracking:
+        tracking.log_tasks(tracked)
+        tracking.log_metrics(summary["models"])
+        tracking.log_artifacts(run_dir, recursive=False)
     print(format_table(summary))
     return summary
 

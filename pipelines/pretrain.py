@@ -30,10 +30,11 @@ from fimp.tasks.fmri import FMRITaskConfig
 from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTask, ReconstructionTrainConfig
 from fimp.weights import load_foundation_weights
 from fmgnn.cohort import Cohort
-from fmgnn.config import load_config, save_config
+from fmgnn.config import load_config, save_config, to_dict
 from fmgnn.engine import read_result
 from fmgnn.io import atomic_dir, atomic_write_json, environment_record
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
+from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.errors import exit_on_input_error
 from pipelines.fimp import split_scans
 from pipelines.ray_session import RayConfig, start_ray
@@ -70,6 +71,7 @@ class PretrainConfig:
     optim: ReconstructionTrainConfig = field(default_factory=ReconstructionTrainConfig)
     storage_path: str | None = None
     ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def initial_state(config: PretrainConfig, model_config: ReconstructionConfig) -> dict[str, torch.Tensor] | None:
@@ -85,11 +87,20 @@ def initial_state(config: PretrainConfig, model_config: ReconstructionConfig) ->
     return model.state_dict()
 
 
+def model_settings(config: PretrainConfig) -> dict[str, Any]:
+    """The settings that decide the pretrained model (not where its runs are tracked or how Ray runs it)."""
+    return {k: v for k, v in to_dict(config).items() if k not in ("tracking", "ray", "storage_path")}
+
+
+def same_model(a: PretrainConfig, b: PretrainConfig) -> bool:
+    return model_settings(a) == model_settings(b)
+
+
 def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
     output = Path(config.output)
     work = output.with_name(output.name + ".run")
     if (work / "metrics.json").is_file() and (output / "config.json").is_file() \
-            and load_config(PretrainConfig, work / "config.yaml") == config:
+            and same_model(load_config(PretrainConfig, work / "config.yaml"), config):
         log.info("%s: already pretrained with this config", output)
         return json.loads((work / "metrics.json").read_text())
     work.mkdir(parents=True, exist_ok=True)
@@ -97,7 +108,7 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
     if not config.cohort and not cohort_path.is_file():
         ingest_synthetic(cohort_path, config.synthetic)
     cohort = Cohort(cohort_path)  # a bad cohort fails before the run's records are rewritten
-    if (work / "config.yaml").is_file() and load_config(PretrainConfig, work / "config.yaml") != config:
+    if (work / "config.yaml").is_file() and not same_model(load_config(PretrainConfig, work / "config.yaml"), config):
         shutil.rmtree(work / "trained", ignore_errors=True)  # another config: its model is not this one
     save_config(config, work / "config.yaml")
     atomic_write_json(work / "versions.json", environment_record())
@@ -108,7 +119,7 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
     spec = ReconstructionSpec(str(cohort_path.resolve()), train, val, val, config.fmri, model_config, config.optim,
                               initial_state(config, model_config), config.seed)
     # The config's hash in the run name: a checkpoint of another config is never resumed.
-    digest = hashlib.sha256((work / "config.yaml").read_bytes()).hexdigest()[:8]
+    digest = hashlib.sha256(json.dumps(model_settings(config), sort_keys=True).encode()).hexdigest()[:8]
     task = ReconstructionTask(f"{config.name}-{digest}", spec, output=work / "trained")
     if config.ray.num_workers > 0:  # 0: in this process, no Ray
         start_ray(config.ray)
@@ -125,6 +136,9 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
     summary = {"output": str(output), "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
                "epochs": len(metrics["history"]), "history": metrics["history"]}
     atomic_write_json(work / "metrics.json", summary)
+    with JobRun(config.tracking, work, "pretrain", to_dict(config)) as tracking:
+        tracking.log_tasks([task])
+        tracking.log_artifacts(work, recursive=False)
     log.info("pretrained foundation model -> %s (held-out masked-window MSE %.4f, R^2 %.3f)", output,
              summary["val_mse"], summary["val_r2"])
     return summary

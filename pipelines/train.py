@@ -25,13 +25,14 @@ from fmgnn.baselines.gcn import GCNConfig
 from fmgnn.baselines.logistic import LogisticConfig
 from fmgnn.baselines.train_gcn import GCNTask
 from fmgnn.cohort import Cohort
-from fmgnn.config import load_config, save_config
+from fmgnn.config import load_config, save_config, to_dict
 from fmgnn.engine import is_done, read_result
 from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
 from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
+from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.classification import fold_result, format_table, run_logistic
 from pipelines.errors import exit_on_input_error
 from pipelines.ray_session import RayConfig, start_ray
@@ -61,6 +62,7 @@ class BaselineJobConfig:
     logistic: LogisticConfig = field(default_factory=LogisticConfig)
     gcn: GCNConfig = field(default_factory=GCNConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.models) - set(MODELS))
@@ -68,7 +70,8 @@ class BaselineJobConfig:
             raise InputError(f"models: unknown {unknown}; choose from {list(MODELS)}")
 
 
-def run_gcn(cohort: Cohort, splits: list[Split], config: BaselineJobConfig, out_dir: Path) -> list[dict]:
+def run_gcn(cohort: Cohort, splits: list[Split], config: BaselineJobConfig, out_dir: Path,
+            tracking: JobRun) -> list[dict]:
     """The GCN on every split: one stage of tasks (``pipelines.trainers.run_stage``); per-fold JSON from
     each task's output folder."""
     storage_path = resolve_storage_path(config.storage_path, config.run_dir)
@@ -79,6 +82,7 @@ def run_gcn(cohort: Cohort, splits: list[Split], config: BaselineJobConfig, out_
     if done:
         log.info("gcn: %d of %d folds already done in %s, skipping them", done, len(splits), out_dir)
     run_stage(tasks, "gcn", config.ray, storage_path)
+    tracking.log_tasks(tasks)
     results = []
     for split, task in zip(splits, tasks):
         out = out_dir / f"{split.name}.json"
@@ -110,26 +114,29 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
     log.info("cohort %s: %d subjects, %d splits (%d folds x %d seeds)", cohort.metadata.name, len(cohort),
              len(splits), config.folds.n_folds, len(config.folds.seeds))
 
-    results: dict[str, Any] = {"cohort": cohort.summary(), "models": {}}
-    for model in config.models:
-        out_dir = run_dir / model
-        out_dir.mkdir(exist_ok=True)
-        start = time.monotonic()
-        if model == "logistic":
-            per_fold = run_logistic(cohort, splits, config.logistic, out_dir)
-        else:
-            if config.ray.num_workers > 0:  # 0: in this process, no Ray
-                start_ray(config.ray)
-            per_fold = run_gcn(cohort, splits, config, out_dir)
-        results["models"][model] = {
-            "summary": summarize([r["metrics"] for r in per_fold]),
-            "wall_time_s": round(time.monotonic() - start, 1),
-        }
-        log.info("%s: accuracy %.3f ± %.3f over %d folds (%.0f s)", model,
-                 results["models"][model]["summary"]["accuracy"]["mean"],
-                 results["models"][model]["summary"]["accuracy"]["std"], len(per_fold),
-                 results["models"][model]["wall_time_s"])
-    atomic_write_json(run_dir / "metrics.json", results)
+    with JobRun(config.tracking, run_dir, "baseline", to_dict(config)) as tracking:
+        results: dict[str, Any] = {"cohort": cohort.summary(), "models": {}}
+        for model in config.models:
+            out_dir = run_dir / model
+            out_dir.mkdir(exist_ok=True)
+            start = time.monotonic()
+            if model == "logistic":
+                per_fold = run_logistic(cohort, splits, config.logistic, out_dir)
+            else:
+                if config.ray.num_workers > 0:  # 0: in this process, no Ray
+                    start_ray(config.ray)
+                per_fold = run_gcn(cohort, splits, config, out_dir, tracking)
+            results["models"][model] = {
+                "summary": summarize([r["metrics"] for r in per_fold]),
+                "wall_time_s": round(time.monotonic() - start, 1),
+            }
+            log.info("%s: accuracy %.3f ± %.3f over %d folds (%.0f s)", model,
+                     results["models"][model]["summary"]["accuracy"]["mean"],
+                     results["models"][model]["summary"]["accuracy"]["std"], len(per_fold),
+                     results["models"][model]["wall_time_s"])
+        atomic_write_json(run_dir / "metrics.json", results)
+        tracking.log_metrics({m: r["summary"] for m, r in results["models"].items()})
+        tracking.log_artifacts(run_dir, recursive=False)
     print(format_table({m: r["summary"] for m, r in results["models"].items()}))
     return results
 

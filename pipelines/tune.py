@@ -36,10 +36,11 @@ from bleg.graph_encoder import GraphTokenEncoder
 from bleg.teacher import read_targets
 from bleg.train_student import AlignmentConfig, FoldInput, StudentFoldsTask
 from fmgnn.cohort import Cohort, CohortError
-from fmgnn.config import load_config, save_config, with_values
+from fmgnn.config import load_config, save_config, to_dict, with_values
 from fmgnn.errors import InputError
 from fmgnn.evaluation.splits import make_splits
 from fmgnn.io import atomic_write_json, environment_record
+from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.bleg import BLEGJobConfig, run_bleg
 from pipelines.errors import exit_on_input_error
 from pipelines.ray_session import RayConfig, start_ray
@@ -83,6 +84,7 @@ class TuneJobConfig:
     storage_path: str | None = None
     retrain: bool = True
     ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         unknown = sorted(k for k in self.space if not k.startswith("stage3."))
@@ -175,32 +177,36 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
         make_trainable(base, str(cohort.path.resolve()), ray.put(folds), encoder_config, config.ray, storage_path,
                        config.name),
         {"CPU": 0.1})  # the trial only drives its trainer; the trainer's workers hold the CPUs
-    tuner = restore_or_create(config, trainable, storage_path)
-    start = time.monotonic()
-    grid = tuner.fit()
-    failed = [str(r.error).splitlines()[-1] for r in grid if r.error is not None]
-    if failed:
-        log.warning("%d of %d trials failed, e.g. %s", len(failed), len(grid), failed[0])
-        if len(failed) == len(grid):
-            raise RuntimeError(f"every trial failed: {failed[0]}")
-    results = grid.get_dataframe()
-    results.to_parquet(sweep_dir / "results.parquet")
-    results.to_csv(sweep_dir / "results.csv", index=False)
-    best = grid.get_best_result(metric="best_score", mode=MODE, scope="last")
-    best_params = {k: best.config[k] for k in config.space}
-    best_config = with_values(base, {**best_params, "run_dir": str(sweep_dir / "retrain"), "variants": ["bleg"]})
-    save_config(best_config, sweep_dir / "best.yaml")
-    summary = {"trials": len(results), "failed_trials": len(failed), "best_params": best_params,
-               "best_val_loss": best.metrics["best_score"],
-               "trial_epochs": int(results["training_iteration"].sum()),
-               "sweep_seconds": round(time.monotonic() - start, 1)}
-    log.info("sweep: %d trials, %d trial-epochs, best %s (validation loss %.4f)", summary["trials"],
-             summary["trial_epochs"], best_params, summary["best_val_loss"])
-    atomic_write_json(sweep_dir / "trials.json", trial_curves(grid, list(config.space)))
-    plot_sweep(results, grid, config, sweep_dir / "plots")
-    if config.retrain:
-        summary["retrained"] = retrain(best_config, base)
-    atomic_write_json(sweep_dir / "summary.json", summary)
+    with JobRun(config.tracking, sweep_dir, "tune", to_dict(config)) as tracking:
+        tuner = restore_or_create(config, trainable, storage_path, tracking)
+        start = time.monotonic()
+        grid = tuner.fit()
+        failed = [str(r.error).splitlines()[-1] for r in grid if r.error is not None]
+        if failed:
+            log.warning("%d of %d trials failed, e.g. %s", len(failed), len(grid), failed[0])
+            if len(failed) == len(grid):
+                raise RuntimeError(f"every trial failed: {failed[0]}")
+        results = grid.get_dataframe()
+        results.to_parquet(sweep_dir / "results.parquet")
+        results.to_csv(sweep_dir / "results.csv", index=False)
+        best = grid.get_best_result(metric="best_score", mode=MODE, scope="last")
+        best_params = {k: best.config[k] for k in config.space}
+        best_config = with_values(base, {**best_params, "run_dir": str(sweep_dir / "retrain"), "variants": ["bleg"]})
+        save_config(best_config, sweep_dir / "best.yaml")
+        summary = {"trials": len(results), "failed_trials": len(failed), "best_params": best_params,
+                   "best_val_loss": best.metrics["best_score"],
+                   "trial_epochs": int(results["training_iteration"].sum()),
+                   "sweep_seconds": round(time.monotonic() - start, 1)}
+        log.info("sweep: %d trials, %d trial-epochs, best %s (validation loss %.4f)", summary["trials"],
+                 summary["trial_epochs"], best_params, summary["best_val_loss"])
+        atomic_write_json(sweep_dir / "trials.json", trial_curves(grid, list(config.space)))
+        plot_sweep(results, grid, config, sweep_dir / "plots")
+        if config.retrain:
+            best_config.tracking = tracking.for_child()
+            summary["retrained"] = retrain(best_config, base)
+        atomic_write_json(sweep_dir / "summary.json", summary)
+        tracking.log_metrics({k: v for k, v in summary.items() if k != "best_params"})
+        tracking.log_artifacts(sweep_dir, recursive=False)
     return summary
 
 
@@ -218,8 +224,11 @@ def retrain(best: BLEGJobConfig, base: BLEGJobConfig) -> dict[str, Any]:
     return {"best": tuned, "default": default}
 
 
-def restore_or_create(config: TuneJobConfig, trainable: Any, storage_path: str) -> tune.Tuner:
-    """``Tuner.restore`` of an interrupted sweep (finished trials are not rerun), else a new Tuner."""
+def restore_or_create(config: TuneJobConfig, trainable: Any, storage_path: str, tracking: JobRun) -> tune.Tuner:
+    """``Tuner.restore`` of an interrupted sweep (finished trials are not rerun), else a new Tuner.
+
+    Trials go to MLflow through Ray Tune's own ``MLflowLoggerCallback``, nested under the sweep's run.
+    """
     path = os.path.join(storage_path, config.name)
     if tune.Tuner.can_restore(path):
         log.info("restoring the interrupted sweep at %s", path)
@@ -238,8 +247,18 @@ def restore_or_create(config: TuneJobConfig, trainable: Any, storage_path: str) 
         param_space=search_space(config.space),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler, search_alg=search,
                                     num_samples=config.num_samples, max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(name=config.name, storage_path=storage_path),
+        run_config=tune.RunConfig(name=config.name, storage_path=storage_path,
+                                  callbacks=mlflow_callbacks(config, tracking)),
     )
+
+
+def mlflow_callbacks(config: TuneJobConfig, tracking: JobRun) -> list[Any]:
+    if not tracking.enabled:
+        return []
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    return [MLflowLoggerCallback(tracking_uri=tracking.uri, experiment_name=config.tracking.experiment,
+                                 tags={"mlflow.parentRunId": tracking.run_id})]
 
 
 def trial_curves(grid: Any, keys: list[str]) -> dict[str, dict[str, Any]]:
