@@ -113,3 +113,25 @@ def test_each_rank_trains_on_its_own_shard(small_synthetic):
         shards.append({int(i) for i in task.sampler})
     assert not shards[0] & shards[1]
     assert len(shards[0] | shards[1]) == len(gcn_task(small_synthetic).split.train)
+
+
+def test_one_adamw_over_a_fold_set_steps_each_fold_as_its_own_optimizer_would():
+    """StudentFoldsTask trains K fold students with one optimizer, one fold per step."""
+    from bleg.train_student import FoldSet
+
+    torch.manual_seed(0)
+    students = [torch.nn.Linear(4, 2) for _ in range(2)]
+    together = FoldSet([torch.nn.Linear(4, 2) for _ in range(2)])
+    together.load_state_dict(FoldSet(students).state_dict())
+    shared = torch.optim.AdamW(together.parameters(), lr=0.1, weight_decay=0.01)
+    separate = [torch.optim.AdamW(s.parameters(), lr=0.1, weight_decay=0.01) for s in students]
+    for step in range(6):
+        k = step % 2
+        x = torch.randn(3, 4)
+        for model, optimizer in ((lambda v: together(k, v), shared), (students[k], separate[k])):
+            optimizer.zero_grad()
+            model(x).pow(2).sum().backward()
+            optimizer.step()
+    for mine, theirs in zip(together.students, students):
+        for a, b in zip(mine.parameters(), theirs.parameters()):
+            torch.testing.assert_close(a, b)
