@@ -12,7 +12,6 @@ also redoes the subjects whose answers were invalid. One run writes to an output
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import time
@@ -31,10 +30,10 @@ from bleg.augment.prompt import PROMPT_VERSION
 from bleg.augment.stages import INPUT_COLUMNS, GenerateStage, describe_stage, parse_stage
 from bleg.augment.store import PartWriter, drop_replaced_rows, read_keys
 from fmgnn.cohort import Cohort
-from fmgnn.config import load_config, save_config
+from fmgnn.config import save_config
 from fmgnn.errors import InputError
 from fmgnn.io import atomic_write_json, environment_record
-from pipelines.errors import exit_on_input_error
+from pipelines.command import job_main
 from pipelines.ray_session import RayConfig, start_ray
 
 log = logging.getLogger("fmgnn.augment")
@@ -196,12 +195,7 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fmgnn augment", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML config file")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. engine.kind=rules")
-    args = parser.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return exit_on_input_error("augment", lambda: run_augment(load_config(AugmentConfig, args.config, args.overrides)))
+    return job_main("augment", __doc__, argv, job=(AugmentConfig, run_augment))
 
 
 if __name__ == "__main__":

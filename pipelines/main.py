@@ -22,7 +22,6 @@ trained folds, finished trials) and continues what it did not. ``summary.json`` 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import time
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 from fmgnn.cohort import Cohort, CohortError
-from fmgnn.config import load_config, save_config, to_dict
+from fmgnn.config import save_config, to_dict
 from fmgnn.errors import InputError
 from fmgnn.graphs import GraphConfig, edge_mask
 from fmgnn.io import atomic_write_json, environment_record
@@ -43,7 +42,7 @@ from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.augment import AugmentConfig, run_augment
 from pipelines.bleg import BLEGJobConfig, run_bleg
-from pipelines.errors import exit_on_input_error
+from pipelines.command import job_main
 from pipelines.fimp import FIMPJobConfig, run_fimp
 from pipelines.pretrain import PretrainConfig, run_pretrain
 from pipelines.ray_session import RayConfig, start_ray
@@ -240,13 +239,7 @@ def run_main(config: MainJobConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fmgnn run", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=None, help="YAML config (default: configs/main.yaml when present)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. synthetic.n_subjects=500")
-    args = parser.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config_path = args.config or ("configs/main.yaml" if Path("configs/main.yaml").is_file() else None)
-    return exit_on_input_error("run", lambda: run_main(load_config(MainJobConfig, config_path, args.overrides)))
+    return job_main("run", __doc__, argv, job=(MainJobConfig, run_main), default_config="configs/main.yaml")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ models used and the metrics against the cohort's labels.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import dataclass
@@ -26,11 +25,11 @@ from bleg.student import BLEGStudent
 from bleg.train_student import GRAPH_CONFIG_NAME
 from fmgnn.baselines.train_gcn import predict
 from fmgnn.cohort import Cohort, CohortError
-from fmgnn.config import config_from_dict, load_config
+from fmgnn.config import config_from_dict
 from fmgnn.evaluation.metrics import classification_metrics
 from fmgnn.graphs import GraphConfig, build_graphs
 from fmgnn.io import atomic_path, atomic_write_json, environment_record
-from pipelines.errors import exit_on_input_error
+from pipelines.command import job_main
 
 log = logging.getLogger("fmgnn.predict")
 
@@ -106,12 +105,7 @@ def run_predict(config: PredictConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fmgnn predict", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML config file")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model=runs/bleg/.../model")
-    args = parser.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return exit_on_input_error("predict", lambda: run_predict(load_config(PredictConfig, args.config, args.overrides)))
+    return job_main("predict", __doc__, argv, job=(PredictConfig, run_predict))
 
 
 if __name__ == "__main__":

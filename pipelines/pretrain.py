@@ -12,7 +12,6 @@ A rerun with the same config returns the finished model; an interrupted one resu
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -35,7 +34,7 @@ from fmgnn.engine import read_result
 from fmgnn.io import atomic_dir, atomic_write_json, environment_record
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
-from pipelines.errors import exit_on_input_error
+from pipelines.command import job_main
 from pipelines.fimp import split_scans
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import resolve_storage_path, run_stage
@@ -145,13 +144,7 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fmgnn pretrain", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML config file")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return exit_on_input_error("pretrain", lambda: run_pretrain(load_config(PretrainConfig, args.config,
-                                                                            args.overrides)))
+    return job_main("pretrain", __doc__, argv, job=(PretrainConfig, run_pretrain))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ their latest per-epoch checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ from fmgnn.baselines.gcn import GCNConfig
 from fmgnn.baselines.logistic import LogisticConfig
 from fmgnn.baselines.train_gcn import GCNTask
 from fmgnn.cohort import Cohort
-from fmgnn.config import load_config, save_config, to_dict
+from fmgnn.config import save_config, to_dict
 from fmgnn.engine import is_done, read_result
 from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import summarize
@@ -34,7 +33,7 @@ from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.classification import fold_result, format_table, run_logistic
-from pipelines.errors import exit_on_input_error
+from pipelines.command import Job, job_main
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import resolve_storage_path, run_stage
 
@@ -141,23 +140,21 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
     return results
 
 
+def bleg_job() -> Job:
+    from pipelines.bleg import BLEGJobConfig, run_bleg
+
+    return BLEGJobConfig, run_bleg
+
+
+def fimp_job() -> Job:
+    from pipelines.fimp import FIMPJobConfig, run_fimp
+
+    return FIMPJobConfig, run_fimp
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fmgnn train", description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["baseline", "bleg", "fimp"], help="what to train")
-    parser.add_argument("--config", help="YAML config file")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. gcn.hidden=32")
-    args = parser.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.what == "fimp":
-        from pipelines.fimp import FIMPJobConfig, run_fimp
-
-        return exit_on_input_error("train", lambda: run_fimp(load_config(FIMPJobConfig, args.config, args.overrides)))
-    if args.what == "bleg":
-        from pipelines.bleg import BLEGJobConfig, run_bleg
-
-        return exit_on_input_error("train", lambda: run_bleg(load_config(BLEGJobConfig, args.config, args.overrides)))
-    return exit_on_input_error(
-        "train", lambda: run_baselines(load_config(BaselineJobConfig, args.config, args.overrides)))
+    return job_main("train", __doc__, argv, kinds={"baseline": lambda: (BaselineJobConfig, run_baselines),
+                                                    "bleg": bleg_job, "fimp": fimp_job})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ run's default configuration.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from fmgnn.evaluation.splits import make_splits
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.bleg import BLEGJobConfig, run_bleg
-from pipelines.errors import exit_on_input_error
+from pipelines.command import job_main
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import make_trainer, resolve_storage_path
 from tune.space import search_space
@@ -335,13 +334,7 @@ def config_epochs(config: TuneJobConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fmgnn tune", description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["bleg"], help="what to tune")
-    parser.add_argument("--config", help="YAML config file")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return exit_on_input_error("tune", lambda: run_sweep(load_config(TuneJobConfig, args.config, args.overrides)))
+    return job_main("tune", __doc__, argv, kinds={"bleg": lambda: (TuneJobConfig, run_sweep)})
 
 
 if __name__ == "__main__":
