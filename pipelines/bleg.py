@@ -34,7 +34,8 @@ import ray
 from bleg.graph_encoder import GraphEncoderConfig, GraphTokenEncoder
 from bleg.instruction import GraphLanguageModel, TextEncoder
 from bleg.language_model import LanguageModelConfig, lm_width, load_language_model, materialize, model_kind
-from bleg.teacher import Pooling, read_targets, teacher_vectors, write_targets
+from bleg.run_record import BLEGRun
+from bleg.teacher import Pooling, teacher_vectors, write_targets
 from bleg.texts import Description, TextsConfig, check_coverage, load_descriptions, question
 from bleg.train_instruction import InstructionConfig, InstructionSpec, InstructionTask
 from bleg.train_student import AlignmentConfig, StudentTask
@@ -136,8 +137,9 @@ class FoldRunner:
         ids, asked = self.cohort.subject_ids(), question(self.cohort.metadata.task)
         return [f"{self.descriptions[str(ids[i])].text()} {asked}" for i in indices]
 
-    def fold_dir(self, split: Split) -> Path:
-        return self.run_dir / "folds" / split.name
+    @property
+    def record(self) -> BLEGRun:
+        return BLEGRun(self.run_dir)
 
     def with_texts(self, split: Split) -> Split:
         """The split's training subjects that have a description (all of them unless texts.missing drops some)."""
@@ -158,11 +160,11 @@ class FoldRunner:
                 spec = InstructionSpec(cohort_path, Split(split.seed, split.fold, split.train, val, split.test),
                                        self.config.graph, self.lm, self.config.stage2,
                                        {i: self.descriptions[i] for i in self._ids(split)}, fold_seed(split))
-                tasks.append(InstructionTask(f"stage2-{split.name}", spec, self.fold_dir(split) / "stage2"))
+                tasks.append(InstructionTask(f"stage2-{split.name}", spec, self.record.stage2_dir(split.name)))
             run_stage(tasks, "stage2", self.config.ray, self.storage_path)
             self.tracking.log_tasks(tasks)
             for split in splits:
-                result = read_result(self.fold_dir(split) / "stage2")
+                result = read_result(self.record.stage2_dir(split.name))
                 log.info("stage 2 %s: best epoch %d, val answer loss %.3f (%.0f s)", split.name,
                          result["best_epoch"], result["best_score"], result["seconds"])
 
@@ -173,23 +175,22 @@ class FoldRunner:
             stage3 = AlignmentConfig(**{**self.config.stage3.__dict__,
                                         "lam": 0.0 if variant == "gcn_alone" else self.config.stage3.lam})
             for split in splits:
-                encoder_state = GraphTokenEncoder.from_pretrained(
-                    self.fold_dir(split) / "stage2" / "encoder").state_dict() if variant == "bleg" else None
+                encoder_state = self.record.stage2_encoder(split.name).state_dict() if variant == "bleg" else None
                 tasks.append(StudentTask(f"{variant}-{split.name}", cohort_path, split, self.config.graph, stage3,
                                          self.encoder_config(), encoder_state,
                                          targets.get(variant, {}).get(split.name), fold_seed(split),
-                                         output=self.fold_dir(split) / variant))
+                                         output=self.record.stage3_dir(split.name, variant)))
         run_stage(tasks, "stage3", self.config.ray, self.storage_path)
         self.tracking.log_tasks(tasks)
         for variant in variants:
             for split in splits:
-                out = self.run_dir / variant / f"{split.name}.json"
+                out = self.record.fold_result_path(variant, split.name)
                 if out.is_file():  # recorded by an earlier run
                     continue
-                metrics = read_result(self.fold_dir(split) / variant)
+                metrics = read_result(self.record.stage3_dir(split.name, variant))
                 seconds = metrics["seconds"]
                 if variant == "bleg":  # stage 2 is part of BLEG's cost
-                    seconds += read_result(self.fold_dir(split) / "stage2")["seconds"]
+                    seconds += read_result(self.record.stage2_dir(split.name))["seconds"]
                 result = fold_result(split, metrics, seconds=round(seconds, 1))
                 atomic_write_json(out, result)
             log.info("%s: %d folds done", variant, len(splits))
@@ -201,14 +202,13 @@ class FoldRunner:
     def teachers(self, splits: list[Split], tuned: bool) -> dict[str, dict[str, np.ndarray]]:
         """Cached h_LM of each split's training subjects: the tuned LM with graph tokens, or the base LM on
         text; the missing ones computed ``ray.max_concurrent_runs`` at a time."""
-        name = "bleg" if tuned else "align_only"
         ids = self.cohort.subject_ids()
         found, todo = {}, []
         for split in splits:
-            model = f"{self.config.lm.path}+stage2:{split.name}" if tuned else self.config.lm.path
-            path = self.fold_dir(split) / f"teacher-{name}.parquet"
+            model = self.record.teacher_model(self.config.lm.path, split.name, tuned)
+            path = self.record.teacher_path(split.name, tuned)
             train_ids = [str(ids[i]) for i in split.train]
-            cached = read_targets(path, split.name, model, self.config.pooling)
+            cached = self.record.teacher_targets(split.name, self.config.lm.path, self.config.pooling, tuned)
             if cached is not None and set(train_ids) <= set(cached):
                 found[split.name] = cached
             else:
@@ -225,7 +225,7 @@ class FoldRunner:
 
     def teacher_ref(self, split: Split, tuned: bool) -> ray.ObjectRef | np.ndarray:
         """A Ray task computing the split's targets; computed here with ``ray.num_workers=0`` (no Ray)."""
-        stage2_dir = self.fold_dir(split) / "stage2"
+        stage2_dir = self.record.stage2_dir(split.name)
         if tuned:
             stage2 = json.loads((stage2_dir / "stage2.json").read_text())
             if stage2["base_lm"] != self.lm.path:
@@ -328,4 +328,5 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
 
 
 def collect(run_dir: Path, variants: list[str], splits: list[Split]) -> dict[str, list[dict[str, Any]]]:
-    return {v: [json.loads((run_dir / v / f"{s.name}.json").read_text()) for s in splits] for v in variants}
+    record = BLEGRun(run_dir)
+    return {v: [json.loads(record.fold_result_path(v, s.name).read_text()) for s in splits] for v in variants}

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bleg.student import BLEGStudent
+from bleg.run_record import BLEGRun
 from bleg.train_student import GRAPH_CONFIG_NAME
 from fmgnn.baselines.train_gcn import predict
 from fmgnn.cohort import Cohort, CohortError
@@ -58,11 +59,7 @@ def model_folders(config: PredictConfig) -> list[Path]:
         raise CohortError("give either model=<saved model folder> or run_dir=<fmgnn train bleg run>")
     if config.model:
         return [Path(config.model)]
-    folders = sorted(Path(config.run_dir).glob(f"folds/*/{config.variant}/model"))
-    if not folders:
-        raise CohortError(f"run_dir: {config.run_dir} has no trained {config.variant!r} models "
-                          f"(folds/*/{config.variant}/model)")
-    return folders
+    return BLEGRun(config.run_dir).model_folders(config.variant)
 
 
 def score(model_dir: Path, cohort: Cohort, batch_size: int) -> np.ndarray:

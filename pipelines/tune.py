@@ -17,7 +17,6 @@ run's default configuration.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -31,8 +30,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from bleg.graph_encoder import GraphTokenEncoder
-from bleg.teacher import read_targets
+from bleg.run_record import BLEGRun
 from bleg.train_student import AlignmentConfig, FoldInput, StudentFoldsTask
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config, save_config, to_dict, with_values
@@ -93,30 +91,25 @@ class TuneJobConfig:
 
 
 def base_config(config: TuneJobConfig) -> BLEGJobConfig:
-    path = Path(config.base_run) / "config.yaml"
-    if not path.is_file():
-        raise CohortError(f"base_run: {config.base_run} is not a fmgnn train bleg run (no config.yaml)")
-    return load_config(BLEGJobConfig, path)
+    return load_config(BLEGJobConfig, BLEGRun(config.base_run).config_file())
 
 
 def fold_inputs(base: BLEGJobConfig, cohort: Cohort, seeds: list[int]) -> list[FoldInput]:
     """Stage-2 encoders and teacher targets of the base run's folds of ``seeds``."""
-    run_dir = Path(base.run_dir)
+    record = BLEGRun(base.run_dir)
     splits = [s for s in make_splits(cohort.labels(), base.folds, cohort.metadata.label_names) if s.seed in seeds]
     if not splits:
         raise CohortError(f"seeds: the base run has seeds {base.folds.seeds}, not {seeds}")
     inputs = []
     for split in splits:
-        fold_dir = run_dir / "folds" / split.name
-        targets = read_targets(fold_dir / "teacher-bleg.parquet", split.name,
-                               f"{base.lm.path}+stage2:{split.name}", base.pooling)
-        if targets is None or not (fold_dir / "stage2" / "encoder").is_dir():
-            raise CohortError(f"base_run: {fold_dir} has no stage 2 or teacher targets; finish the base run first")
-        encoder = GraphTokenEncoder.from_pretrained(fold_dir / "stage2" / "encoder")
+        targets = record.teacher_targets(split.name, base.lm.path, base.pooling, tuned=True)
+        if targets is None:
+            raise CohortError(f"base_run: {record.fold_dir(split.name)} has no teacher targets; finish the base run "
+                              "first")
         ids = cohort.subject_ids()
         train = [i for i in split.train if str(ids[i]) in targets]  # drop_missing runs leave some out
         inputs.append(FoldInput(type(split)(split.seed, split.fold, train, split.val, split.test),
-                                encoder.state_dict(), targets))
+                                record.stage2_encoder(split.name).state_dict(), targets))
     return inputs
 
 
@@ -168,8 +161,7 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, sweep_dir / "config.yaml")
     atomic_write_json(sweep_dir / "versions.json", environment_record())
-    encoder_config = GraphTokenEncoder.from_pretrained(
-        Path(base.run_dir) / "folds" / folds[0].split.name / "stage2" / "encoder").config
+    encoder_config = BLEGRun(base.run_dir).stage2_encoder(folds[0].split.name).config
     start_ray(config.ray)
     storage_path = resolve_storage_path(config.storage_path, sweep_dir)
     trainable = tune.with_resources(
@@ -211,15 +203,9 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
 
 def retrain(best: BLEGJobConfig, base: BLEGJobConfig) -> dict[str, Any]:
     """The best stage 3 on every fold of the base run (its stage 2 and teachers reused), tested once."""
-    base_dir, run_dir = Path(base.run_dir), Path(best.run_dir)
-    for fold_dir in sorted((base_dir / "folds").iterdir()):
-        target = run_dir / "folds" / fold_dir.name
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("stage2", "teacher-bleg.parquet"):
-            if (fold_dir / name).exists() and not (target / name).exists():
-                (target / name).symlink_to((fold_dir / name).resolve())
+    BLEGRun(best.run_dir).reuse_stage2(BLEGRun(base.run_dir))
     tuned = run_bleg(best)["models"]["bleg"]["summary"]
-    default = json.loads((base_dir / "metrics.json").read_text())["models"]["bleg"]["summary"]
+    default = BLEGRun(base.run_dir).metrics()["models"]["bleg"]["summary"]
     return {"best": tuned, "default": default}
 
 
