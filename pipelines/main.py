@@ -120,7 +120,8 @@ def chain_stages(config: MainJobConfig, cohort_path: Path) -> None:
                                   "pretrain.foundation.*"),
     }
     if "fimp_pretrained" in config.fimp.models:
-        chained["fimp.pretrained"] = (str(out / "foundation"), "fimp_pretrained starts from the pretrain stage")
+        # Not refused: FIMPJobConfig needs a value to accept fimp_pretrained, so configs/main.yaml holds one.
+        config.fimp.pretrained = str(out / "foundation")
     defaults = MainJobConfig()
     for key, (value, why) in chained.items():
         current, default = dotted_get(config, key), dotted_get(defaults, key)
