@@ -70,8 +70,10 @@ class JobRun:
         self.uri = config.resolved_uri(run_dir)
         self.client = mlflow.MlflowClient(tracking_uri=self.uri)
         experiment = self.client.get_experiment_by_name(config.experiment)
+        # Artifacts of an embedded store go beside it (MLflow's default is ./mlruns under the working directory).
+        artifacts = None if config.uri else (Path(run_dir).resolve().parent / "mlartifacts").as_uri()
         self.experiment_id = experiment.experiment_id if experiment else \
-            self.client.create_experiment(config.experiment)
+            self.client.create_experiment(config.experiment, artifact_location=artifacts)
         tags = {"fmgnn.job": job, "fmgnn.run_dir": str(Path(run_dir).resolve())}
         if config.parent_run_id:
             tags["mlflow.parentRunId"] = config.parent_run_id
