@@ -14,6 +14,7 @@ embedded SQLite file ``mlflow.db`` beside the run folder (``runs/mlflow.db`` for
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,23 @@ class TrackingConfig:
         return f"sqlite:///{(Path(run_dir).resolve().parent / 'mlflow.db')}"
 
 
+def store_lock(uri: str) -> contextlib.AbstractContextManager:
+    """Holds off other jobs on this machine while an embedded SQLite store is created or migrated.
+
+    MLflow creates and migrates a new SQLite file on its first query without a lock: two jobs started
+    at once on one store race on its schema (alembic: "expected to match one row ... 0 found"). Their
+    first query and the experiment's creation run under one file lock beside the database; a server
+    or another database does its own locking.
+    """
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{database}.lock", timeout=600)
+
+
 def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     """Nested mappings as one level of dotted keys."""
     if isinstance(values, dict):
@@ -68,12 +86,13 @@ class JobRun:
         import mlflow
 
         self.uri = config.resolved_uri(run_dir)
-        self.client = mlflow.MlflowClient(tracking_uri=self.uri)
-        experiment = self.client.get_experiment_by_name(config.experiment)
         # Artifacts of an embedded store go beside it (MLflow's default is ./mlruns under the working directory).
         artifacts = None if config.uri else (Path(run_dir).resolve().parent / "mlartifacts").as_uri()
-        self.experiment_id = experiment.experiment_id if experiment else \
-            self.client.create_experiment(config.experiment, artifact_location=artifacts)
+        with store_lock(self.uri):
+            self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+            experiment = self.client.get_experiment_by_name(config.experiment)
+            self.experiment_id = experiment.experiment_id if experiment else \
+                self.client.create_experiment(config.experiment, artifact_location=artifacts)
         tags = {"fmgnn.job": job, "fmgnn.run_dir": str(Path(run_dir).resolve())}
         if config.parent_run_id:
             tags["mlflow.parentRunId"] = config.parent_run_id

@@ -30,3 +30,21 @@ def test_a_baseline_job_is_in_mlflow_with_every_fold_and_its_curves(small_synthe
         assert [m.step for m in curve] == [0, 1, 2]
         assert fold.data.metrics["test_accuracy"] == record["metrics"]["accuracy"]
         assert "result.json" in {a.path for a in client.list_artifacts(fold.info.run_id)}
+
+
+
+def test_jobs_started_at_once_share_a_new_embedded_store(tmp_path):
+    """MLflow migrates a new SQLite file without a lock; four jobs opening it at once must all get a run."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from fmgnn.tracking import JobRun, TrackingConfig; "
+              "print(JobRun(TrackingConfig(), sys.argv[1], 'race', {'a': 1}).run_id)")
+    jobs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "runs" / f"job{i}")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    outputs = [job.communicate() for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * 4, [err[-2000:] for _, err in outputs]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fmgnn")
+    run_ids = sorted(out.strip() for out, _ in outputs)
+    assert sorted(r.info.run_id for r in client.search_runs([experiment.experiment_id])) == run_ids
