@@ -42,16 +42,36 @@ def test_logistic_learns_the_real_cohort(nmda_cohort):
     assert np.mean(accuracies) > 0.7
 
 
-def test_model_selection_never_reads_the_test_fold(nmda_cohort):
+class TestSubjectsPoisoned:
+    """The cohort as run_logistic reads it, with the test subjects' connectivity and labels scrambled."""
+
+    def __init__(self, cohort: Cohort, test: list[int]) -> None:
+        self.cohort, self.test = cohort, test
+
+    def fc(self) -> np.ndarray:
+        fc = self.cohort.fc().copy()
+        fc[self.test] = np.random.default_rng(0).normal(size=fc[self.test].shape) * 100
+        return fc
+
+    def labels(self) -> np.ndarray:
+        labels = self.cohort.labels().copy()
+        labels[self.test] = 1 - labels[self.test]
+        return labels
+
+
+def test_model_selection_never_reads_the_test_fold(nmda_cohort, tmp_path):
+    """The baseline job's logistic regression, given the cohort and its splits: scrambling the test
+    subjects changes neither the chosen C nor its validation score (no scaler or C fitted on them)."""
+    from pipelines.classification import run_logistic
+
     cohort = Cohort(nmda_cohort)
-    x, y = fc_features(cohort.fc()), cohort.labels()
-    split = make_splits(y, FoldConfig(n_folds=5))[0]
-    _, choice = fit_logistic(x[split.train], y[split.train], x[split.val], y[split.val], LogisticConfig())
-    x_poisoned = x.copy()
-    x_poisoned[split.test] = np.random.default_rng(0).normal(size=x[split.test].shape) * 100
-    _, again = fit_logistic(x_poisoned[split.train], y[split.train], x_poisoned[split.val], y[split.val],
-                            LogisticConfig())
-    assert again == choice
+    splits = make_splits(cohort.labels(), FoldConfig(n_folds=5))[:2]
+    clean = run_logistic(cohort, splits, LogisticConfig(), tmp_path / "clean")
+    for split, result in zip(splits, clean):
+        poisoned = run_logistic(TestSubjectsPoisoned(cohort, split.test), [split], LogisticConfig(),
+                                tmp_path / "poisoned")[0]
+        assert poisoned["selection"] == result["selection"]
+        assert poisoned["test_probabilities"] != result["test_probabilities"]  # the scrambled inputs were used
 
 
 def gcn_task(cohort_path, epochs=4):

@@ -42,8 +42,10 @@ def bleg_run(small_synthetic, rules_texts, ray_session, tmp_path_factory):
 def test_bleg_two_workers_end_to_end_then_predict(small_synthetic, rules_texts, bleg_run, tmp_path):
     run_dir, summary = bleg_run
     assert set(summary["models"]) == {"logistic", "gcn_alone", "align_only", "bleg"}
-    for variant in summary["models"]:
-        assert 0.0 <= summary["models"][variant]["summary"]["accuracy"]["mean"] <= 1.0
+    for variant, model in summary["models"].items():  # the table is the mean of the fold records
+        records = sorted((run_dir / variant).glob("seed*.json"))
+        folds = [json.loads(p.read_text())["metrics"]["accuracy"] for p in records]
+        assert len(folds) == 2 and model["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(folds))
     for name in ("config.yaml", "versions.json", "splits.json", "metrics.json",
                  "plots/roc.png", "plots/learning_curves.png", "plots/confusion.png"):
         assert (run_dir / name).is_file(), name
@@ -115,7 +117,7 @@ def test_rerun_with_other_settings_in_the_same_run_dir_is_refused(small_syntheti
 
 
 def sweep_overrides(base_run, sweep_dir, **extra) -> list[str]:
-    values = {"base_run": base_run, "sweep_dir": sweep_dir, "num_samples": 3, "grace_period": 2,
+    values = {"base_run": base_run, "sweep_dir": sweep_dir, "num_samples": 2, "grace_period": 2,
               "reduction_factor": 2, "max_concurrent_trials": 2, "retrain": "false", "search": "random",
               "ray.num_workers": 1, "ray.cpus_per_worker": 0.5, **extra}
     return [f"{k}={v}" for k, v in values.items()]
@@ -134,14 +136,17 @@ def test_asha_stops_poor_trials_early_and_writes_the_best_config(bleg_run, tmp_p
     config.space = SPACE
     summary = run_sweep(config)
     results = pq.read_table(tmp_path / "sweep" / "results.parquet").to_pandas()
-    assert len(results) == 6 and summary["trials"] == 6 and summary["failed_trials"] == 0
+    assert len(results) == 4 and summary["trials"] == 4 and summary["failed_trials"] == 0
     # ASHA: some trials stopped before the 8 epochs, so fewer trial-epochs than running all to the end.
     assert results["training_iteration"].min() < 8 and results["training_iteration"].max() == 8
-    assert summary["trial_epochs"] < 6 * 8
+    assert summary["trial_epochs"] < 4 * 8
     best = load_config(BLEGJobConfig, tmp_path / "sweep" / "best.yaml")
     assert best.stage3.lr == summary["best_params"]["stage3.lr"] and best.variants == ["bleg"]
     assert (tmp_path / "sweep" / "plots" / "trials.png").is_file()
 
+
+# The resume test's trials run one after another: fewer epochs keep it short.
+RESUME_SPACE = {**SPACE, "stage3.epochs": 5, "stage3.patience": 5}
 
 KILL_SWEEP = """
 import sys, json
@@ -162,14 +167,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(bleg_run, t
     import time
 
     run_dir, _ = bleg_run
-    args = [sys.executable, "-c", KILL_SWEEP, json.dumps(SPACE),
+    args = [sys.executable, "-c", KILL_SWEEP, json.dumps(RESUME_SPACE),
             *sweep_overrides(run_dir, tmp_path / "sweep", scheduler="fifo", num_samples=1, max_concurrent_trials=1)]
     job = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     experiment = tmp_path / "sweep" / "ray_results" / "bleg"
     deadline = time.time() + 400
 
     def finished() -> list:
-        return [p for p in experiment.glob("*/result.json") if len(p.read_text().splitlines()) >= 8]
+        return [p for p in experiment.glob("*/result.json") if len(p.read_text().splitlines()) >= 5]
 
     while len(finished()) < 1 and time.time() < deadline:
         time.sleep(1)
@@ -182,9 +187,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(bleg_run, t
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     results = pq.read_table(tmp_path / "sweep" / "results.parquet").to_pandas()
     # Every trial reached its last epoch (a trial resumed mid-run counts Tune iterations from the resume).
-    assert len(results) == 2 and (results["epoch"] == 7).all()
+    assert len(results) == 2 and (results["epoch"] == 4).all()
     for name, text in done_before.items():  # finished trials were restored, not trained again
         after = (experiment / name / "result.json").read_text()
         # A kill after a trial's last report but before Tune recorded it as finished makes Tune start it
         # again: it finds its final checkpoint and only reports that last epoch once more (seen in CI).
-        assert after == text or [json.loads(line)["epoch"] for line in after.splitlines()] == [7]
+        assert after == text or [json.loads(line)["epoch"] for line in after.splitlines()] == [4]

@@ -128,7 +128,7 @@ def test_one_adamw_over_a_fold_set_steps_each_fold_as_its_own_optimizer_would():
     for step in range(6):
         k = step % 2
         x = torch.randn(3, 4)
-        for model, optimizer in ((lambda v: together(k, v), shared), (students[k], separate[k])):
+        for model, optimizer in ((lambda v, k=k: together(k, v), shared), (students[k], separate[k])):
             optimizer.zero_grad()
             model(x).pow(2).sum().backward()
             optimizer.step()
