@@ -42,7 +42,7 @@ def test_logistic_learns_the_real_cohort(nmda_cohort):
     assert np.mean(accuracies) > 0.7
 
 
-class TestSubjectsPoisoned:
+class PoisonedTestSubjects:
     """The cohort as run_logistic reads it, with the test subjects' connectivity and labels scrambled."""
 
     def __init__(self, cohort: Cohort, test: list[int]) -> None:
@@ -68,7 +68,7 @@ def test_model_selection_never_reads_the_test_fold(nmda_cohort, tmp_path):
     splits = make_splits(cohort.labels(), FoldConfig(n_folds=5))[:2]
     clean = run_logistic(cohort, splits, LogisticConfig(), tmp_path / "clean")
     for split, result in zip(splits, clean):
-        poisoned = run_logistic(TestSubjectsPoisoned(cohort, split.test), [split], LogisticConfig(),
+        poisoned = run_logistic(PoisonedTestSubjects(cohort, split.test), [split], LogisticConfig(),
                                 tmp_path / "poisoned")[0]
         assert poisoned["selection"] == result["selection"]
         assert poisoned["test_probabilities"] != result["test_probabilities"]  # the scrambled inputs were used

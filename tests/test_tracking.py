@@ -32,7 +32,6 @@ def test_a_baseline_job_is_in_mlflow_with_every_fold_and_its_curves(small_synthe
         assert "result.json" in {a.path for a in client.list_artifacts(fold.info.run_id)}
 
 
-
 def test_jobs_started_at_once_share_a_new_embedded_store(tmp_path):
     """MLflow migrates a new SQLite file without a lock; four jobs opening it at once must all get a run."""
     import subprocess
