@@ -203,11 +203,11 @@ def test_pipeline_keeps_failed_rows_and_retries_them_on_request(tiny_llama, smal
     assert first["rows_written"] == 4 and first["error_rows"] == 4
     again = run_augment(load_config(AugmentConfig, None, overrides))
     assert again["rows_written"] == 4  # the next 4 subjects; failed ones are kept, not redone
-    retried = run_augment(load_config(AugmentConfig, None, overrides + ["retry_failed=true", "limit=12"]))
-    assert retried["rows_written"] == 12 and retried["replaced_rows_removed"] == 8  # the 8 failed, 4 new
+    retried = run_augment(load_config(AugmentConfig, None, overrides + ["retry_failed=true", "limit=null"]))
+    assert retried["rows_written"] == 60 and retried["replaced_rows_removed"] == 8
     table = read_augmentations(tmp_path / "aug")
     keys = list(zip(*(table[k].to_pylist() for k in KEY)))
-    assert len(keys) == len(set(keys)) == 12  # one row per key, ever
+    assert len(keys) == len(set(keys)) == 60  # one row per key, ever
 
 
 KILL_SCRIPT = """

@@ -54,7 +54,7 @@ def bleg_args(cohort: Path, texts: Path, run_dir: Path) -> list[str]:
     stage 2, whose 2-worker run is tested on the embedded instance in test_bleg_pipeline)."""
     return ["train", "bleg", f"cohort={cohort}", f"texts.output={texts}", f"run_dir={run_dir}",
             "variants=[align_only]", "folds.n_folds=2", "folds.seeds=[0]", "lm.max_length=160",
-            "stage3.epochs=10", "stage3.patience=10", "stage3.student.bottleneck=16",
+            "stage3.epochs=30", "stage3.patience=30", "stage3.student.bottleneck=16",
             "stage3.student.head_hidden=16", "ray.num_workers=2", "ray.cpus_per_worker=0.5"]
 
 
@@ -89,7 +89,7 @@ def test_bleg_job_on_the_cluster(reference_run):
         assert (reference_run / "folds" / split / "teacher-align_only.parquet").is_file()
         assert (reference_run / "folds" / split / "align_only" / "model" / "config.json").is_file()
         result = json.loads((reference_run / "align_only" / f"{split}.json").read_text())
-        assert result["epochs_run"] == 10 and result["resumed_at"] == []
+        assert result["epochs_run"] == 30 and result["resumed_at"] == []
         assert result["history"][0]["train_align"] > 0
 
 
@@ -110,7 +110,7 @@ def test_killed_worker_node_job_finishes_from_checkpoint(cluster, small_syntheti
 
     # Kill the node once a fold has checkpointed a few epochs and before any fold has finished.
     deadline = time.monotonic() + 300
-    while checkpointed_epoch(run_dir) < 2:
+    while checkpointed_epoch(run_dir) < 3:
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         assert job_status(cluster, job_id) in {"PENDING", "RUNNING"}, job_client(cluster.dashboard).get_job_logs(job_id)
         time.sleep(0.2)
@@ -134,7 +134,7 @@ def test_killed_worker_node_job_finishes_from_checkpoint(cluster, small_syntheti
         killed = json.loads((run_dir / "align_only" / f"{split}.json").read_text())
         uninterrupted = json.loads((reference_run / "align_only" / f"{split}.json").read_text())
         resumed += killed["resumed_at"]
-        assert killed["epochs_run"] == uninterrupted["epochs_run"] == 10
+        assert killed["epochs_run"] == uninterrupted["epochs_run"] == 30
         np.testing.assert_allclose(killed["test_probabilities"], uninterrupted["test_probabilities"],
                                    atol=TOLERANCE)
         for key in ("accuracy", "auc"):
