@@ -6,7 +6,8 @@
 The sweep reuses a finished ``fmgnn train bleg`` run: its stage-2 encoders and cached teacher
 targets are fixed inputs, and every trial trains stage 3 on the chosen folds in lockstep (one Ray
 Train run per trial, inside a Tune function trainable, metrics forwarded with
-``TuneReportCallback``). The objective is the mean validation cross-entropy over those folds;
+``TuneReportCallback``; with ``ray.num_workers=0`` the trial trains in its own process,
+``tune/trial_runtime.py``). The objective is the mean validation cross-entropy over those folds;
 test folds are never scored during the sweep. ASHA stops poor trials early; Optuna proposes
 configurations. Outputs in ``sweep_dir``: ``results.parquet`` / ``results.csv`` (one row per
 trial), ``trials.json`` (each trial's parameters and validation curve), ``best.yaml`` (a
@@ -34,6 +35,7 @@ from bleg.run_record import BLEGRun
 from bleg.train_student import AlignmentConfig, FoldInput, StudentFoldsTask
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config, save_config, to_dict, with_values
+from fmgnn.engine import fit
 from fmgnn.errors import InputError
 from fmgnn.evaluation.splits import make_splits
 from fmgnn.io import atomic_write_json, environment_record
@@ -43,6 +45,7 @@ from pipelines.command import job_main
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import make_trainer, resolve_storage_path
 from tune.space import search_space
+from tune.trial_runtime import TuneTrialRuntime
 
 log = logging.getLogger("fmgnn.tune")
 
@@ -125,6 +128,9 @@ def make_trainable(base: BLEGJobConfig, cohort_path: str, folds_ref: ray.ObjectR
         trial = tune.get_context().get_trial_id()
         task = StudentFoldsTask(f"{name}-{trial}", cohort_path, base.graph, encoder_config, ray.get(folds_ref),
                                 stage3)
+        if ray_config.num_workers == 0:  # the trial trains in its own process (tune/trial_runtime.py)
+            fit(task, TuneTrialRuntime())
+            return
         # A deterministic run name per trial: a restored sweep resumes each trial from its checkpoint.
         trainer = make_trainer([task], task.name, ray_config, storage_path,
                                callbacks=[TuneReportCallback()])  # Ray: the trainer's reports reach Tune
@@ -164,10 +170,13 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
     encoder_config = BLEGRun(base.run_dir).stage2_encoder(folds[0].split.name).config
     start_ray(config.ray)
     storage_path = resolve_storage_path(config.storage_path, sweep_dir)
+    # A trial that drives a trainer needs no CPU of its own (the trainer's workers hold them); one that
+    # trains itself (ray.num_workers=0) holds a worker's share.
+    trial_cpus = config.ray.cpus_per_worker if config.ray.num_workers == 0 else 0.1
     trainable = tune.with_resources(
         make_trainable(base, str(cohort.path.resolve()), ray.put(folds), encoder_config, config.ray, storage_path,
                        config.name),
-        {"CPU": 0.1})  # the trial only drives its trainer; the trainer's workers hold the CPUs
+        {"CPU": trial_cpus})
     with JobRun(config.tracking, sweep_dir, "tune", to_dict(config)) as tracking:
         tuner = restore_or_create(config, trainable, storage_path, tracking)
         start = time.monotonic()
@@ -219,7 +228,7 @@ def restore_or_create(config: TuneJobConfig, trainable: Any, storage_path: str, 
         log.info("restoring the interrupted sweep at %s", path)
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     cpus = ray.cluster_resources().get("CPU", 1)
-    per_trial = 0.1 + config.ray.cpus_per_worker * max(config.ray.num_workers, 1)
+    per_trial = config.ray.cpus_per_worker * max(config.ray.num_workers, 1) + (0.1 if config.ray.num_workers else 0)
     concurrent = max(1, int(cpus // per_trial))
     if config.max_concurrent_trials:
         concurrent = min(concurrent, config.max_concurrent_trials)

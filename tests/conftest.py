@@ -1,4 +1,7 @@
-"""Shared fixtures: one local Ray instance for the whole suite, real data from ../shared/data."""
+"""Shared fixtures: one local Ray instance for the whole suite, real data from ../shared/data, and one
+small main-job run whose stages (a BLEG run, a sweep, a foundation model, FIMP runs, the report) the
+main-job, sweep and report tests share: a Ray Train start-up costs 17-30 s on 2 cores, and the suite
+pays for each one it starts."""
 
 from __future__ import annotations
 
@@ -53,3 +56,28 @@ def tiny_llama(tmp_path_factory) -> Path:
     from tests.tiny_models import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+# configs/main.yaml, made small: every stage runs, each on a few subjects and epochs. BLEG trains under
+# Ray Train (one worker group per stage) and the sweep's trials each drive a trainer, as in the embedded
+# default; pretraining and FIMP run the same loop in the job's process (``ray.num_workers=0``), since
+# their Ray Train path has tests of its own (test_fimp_pipeline.py).
+MAIN_JOB_SMALL = [
+    "synthetic.n_subjects=24", "synthetic.effect_size=0.8", "augment.engine.kind=rules", "bleg.folds.n_folds=2",
+    "bleg.stage2.encoder_hidden=[32]", "bleg.stage3.epochs=4", "bleg.stage3.student.bottleneck=16",
+    "bleg.stage3.student.head_hidden=16", "bleg.lm.max_length=160", "bleg.ray.max_concurrent_runs=1",
+    "tune.num_samples=3", "tune.space.stage3.epochs=4", "tune.grace_period=2", "pretrain.synthetic.n_subjects=12",
+    "pretrain.optim.epochs=2", "pretrain.foundation.hidden=16", "pretrain.foundation.intermediate=32",
+    "pretrain.foundation.layers=1", "pretrain.ray.num_workers=0", "fimp.optim.epochs=2", "fimp.model.gnn_hidden=16",
+    "fimp.ray.num_workers=0"]
+
+
+@pytest.fixture(scope="session")
+def main_run(ray_session, tmp_path_factory) -> tuple[Path, dict]:
+    """The main job on its small setting: its output folder and summary. Tests read it, never change it."""
+    from fmgnn.config import load_config
+    from pipelines.main import MainJobConfig, run_main
+
+    out = tmp_path_factory.mktemp("main") / "run"
+    config = load_config(MainJobConfig, REPO / "configs/main.yaml", [f"out_dir={out}", *MAIN_JOB_SMALL])
+    return out, run_main(config)

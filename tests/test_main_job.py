@@ -19,21 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-# configs/main.yaml, made small: every stage runs, each on a few subjects and epochs.
-SMALL = ["synthetic.n_subjects=24", "synthetic.effect_size=0.8", "augment.engine.kind=rules", "bleg.folds.n_folds=2",
-         "bleg.stage2.encoder_hidden=[32]", "bleg.stage3.epochs=4", "bleg.stage3.student.bottleneck=16",
-         "bleg.stage3.student.head_hidden=16", "bleg.lm.max_length=160", "tune.num_samples=3",
-         "tune.space.stage3.epochs=4", "tune.grace_period=2", "pretrain.synthetic.n_subjects=12",
-         "pretrain.optim.epochs=2", "pretrain.foundation.hidden=16", "pretrain.foundation.intermediate=32",
-         "pretrain.foundation.layers=1", "fimp.optim.epochs=2", "fimp.model.gnn_hidden=16"]
-
-
-@pytest.fixture(scope="module")
-def main_run(ray_session, tmp_path_factory):
-    out = tmp_path_factory.mktemp("main") / "run"
-    config = load_config(MainJobConfig, REPO / "configs/main.yaml", [f"out_dir={out}", *SMALL])
-    return out, run_main(config)
-
 
 def test_every_stage_runs_and_a_rerun_resumes(main_run):
     out, summary = main_run
@@ -77,7 +62,8 @@ def test_report_renders_in_headless_chromium_with_its_tables_and_figures(main_ru
     browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*browser, "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
-    for caption in ("classification", "trials", "reconstruction of the hidden windows", "augmentation runs"):
+    for caption in ("classification", f"against {summary['bleg']['paired']['reference']}, split by split",
+                    "trials", "reconstruction of the hidden windows", "augmentation runs"):
         assert f"<caption>{caption}" in dom
     bleg_rows = re.search(r"<caption>classification</caption>.*?<tbody>(.*?)</tbody>", dom, re.S).group(1)
     assert [re.sub("<.*?>", "", r.split("</td>")[0]) for r in bleg_rows.split("</tr>")[:-1]] == \
