@@ -51,7 +51,7 @@ from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.plots import plot_confusion, plot_learning_curves, plot_roc
 from fmgnn.tracking import JobRun, TrackingConfig
-from pipelines.classification import format_table, run_logistic
+from pipelines.classification import format_table, paired_comparison, run_logistic
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import resolve_storage_path, run_stage
 
@@ -75,6 +75,8 @@ class BLEGJobConfig:
         teacher_batch_size: Subjects per teacher forward pass.
         stage2: Instruction tuning.
         stage3: Alignment, adapter and head.
+        reference: The model every other is compared with split by split (differences, interval,
+            p-value in ``metrics.json``'s ``paired``); None: the best of logistic and gcn_alone.
     """
 
     cohort: str = ""
@@ -92,11 +94,14 @@ class BLEGJobConfig:
     folds: FoldConfig = field(default_factory=FoldConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    reference: str | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.variants) - set(VARIANTS))
         if unknown:
             raise InputError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
+        if self.reference is not None and self.reference not in self.variants:
+            raise InputError(f"reference: {self.reference!r} is not one of the variants {self.variants}")
 
     @property
     def needs_texts(self) -> bool:
@@ -247,7 +252,7 @@ def fold_seed(split: Split) -> int:
 
 
 # Settings that may change between runs of one run_dir: they do not change what a finished step computed.
-FREE_SETTINGS = {"variants", "ray", "storage_path", "run_dir", "teacher_batch_size", "tracking"}
+FREE_SETTINGS = {"variants", "ray", "storage_path", "run_dir", "teacher_batch_size", "tracking", "reference"}
 
 
 def check_same_settings(config: BLEGJobConfig, saved: Path) -> None:
@@ -315,6 +320,7 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
         for variant, folds in results.items():
             summary["models"][variant] = {"summary": summarize([f["metrics"] for f in folds]),
                                           "fold_seconds": timings.get(variant, sum(f.get("seconds", 0) for f in folds))}
+        summary["paired"] = paired_comparison(results, splits, config.reference)
         atomic_write_json(run_dir / "metrics.json", summary)
         plots = run_dir / "plots"
         plots.mkdir(exist_ok=True)
@@ -323,7 +329,7 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
         plot_confusion(results, cohort.metadata.label_names, plots / "confusion.png")
         tracking.log_metrics({m: r["summary"] for m, r in summary["models"].items()})
         tracking.log_artifacts(run_dir, recursive=False)
-    print(format_table({m: r["summary"] for m, r in summary["models"].items()}))
+    print(format_table({m: r["summary"] for m, r in summary["models"].items()}, summary["paired"]))
     return summary
 
 

@@ -1,5 +1,5 @@
 """What the classification jobs (``train baseline``, ``train bleg``) share: the logistic-regression
-baseline over a run's splits, the per-fold record, and the printed table."""
+baseline over a run's splits, the per-fold record, the paired comparison and the printed table."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 from fmgnn.baselines.logistic import LogisticConfig, fc_features, fit_logistic
 from fmgnn.cohort import Cohort
 from fmgnn.evaluation.metrics import METRIC_NAMES, classification_metrics
+from fmgnn.evaluation.paired import best_of, compare_to_reference, format_paired, split_ratio
 from fmgnn.evaluation.splits import Split
 from fmgnn.io import atomic_write_json
 
@@ -33,10 +34,30 @@ def run_logistic(cohort: Cohort, splits: list[Split], config: LogisticConfig, ou
     return results
 
 
-def format_table(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
+# Models without a foundation model or language model: the default reference of the paired comparison.
+REFERENCE_CANDIDATES = ("logistic", "gcn", "gcn_alone")
+PAIRED_METRICS = ("accuracy", "auc")
+
+
+def paired_comparison(folds: dict[str, list[dict[str, Any]]], splits: list[Split],
+                      reference: str | None = None) -> dict[str, Any] | None:
+    """Every model against ``reference`` (default: the best of ``REFERENCE_CANDIDATES`` by mean accuracy),
+    split by split (``fmgnn.evaluation.paired``); None with fewer than two models."""
+    per_split = {model: {f["split"]: f["metrics"] for f in records} for model, records in folds.items()}
+    means = {model: float(np.nanmean([f["metrics"]["accuracy"] for f in records])) for model, records in folds.items()}
+    reference = reference or best_of(means, REFERENCE_CANDIDATES)
+    if reference is None or len(per_split) < 2:
+        return None
+    ratio = split_ratio([len(s.test) for s in splits], [len(s.train) + len(s.val) for s in splits])
+    return compare_to_reference(per_split, reference, PAIRED_METRICS, ratio)
+
+
+def format_table(summaries: dict[str, dict[str, dict[str, float]]], paired: dict[str, Any] | None = None) -> str:
     header = f"{'model':<10}" + "".join(f"{m:>22}" for m in METRIC_NAMES)
     lines = [header]
     for model, summary in summaries.items():
         lines.append(f"{model:<10}" + "".join(
             f"{summary[m]['mean']:>14.3f} ± {summary[m]['std']:<5.3f}" for m in METRIC_NAMES))
+    if paired:
+        lines += ["paired, split by split:", *format_paired(paired, PAIRED_METRICS)]
     return "\n".join(lines)

@@ -43,6 +43,7 @@ from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import save_config, to_dict
 from fmgnn.engine import TrainTask, read_result
 from fmgnn.errors import InputError
+from fmgnn.evaluation.paired import best_of, from_dict, paired_difference, split_ratio
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
@@ -230,24 +231,23 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
 
 
 def summarize_runs(run_dir: Path, config: FIMPJobConfig) -> dict[str, Any]:
-    models = {}
+    models, all_runs = {}, {}
     for name in config.models:
-        runs = [json.loads((run_dir / name / f"seed{s}.json").read_text()) for s in config.seeds]
+        runs = all_runs[name] = [json.loads((run_dir / name / f"seed{s}.json").read_text()) for s in config.seeds]
         models[name] = {k: {"mean": float(np.mean([r[k] for r in runs])),
                             "std": float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else 0.0}
                         for k in ("mse", "r2")}
         models[name]["seconds"] = sum(r["seconds"] for r in runs)
     summary: dict[str, Any] = {"task": config.task, "seeds": config.seeds, "models": models}
     baselines = [m for m in config.models if m in BASELINES]
-    for fimp in [m for m in config.models if m.startswith("fimp")]:
-        if baselines:
-            best = max(baselines, key=lambda m: models[m]["r2"]["mean"])
-            ours, theirs = models[fimp], models[best]
+    best = best_of({m: models[m]["r2"]["mean"] for m in baselines}, baselines)
+    if best is not None:
+        # Every model of a seed ran on the same node split and masks: the seeds are paired splits.
+        runs = {m: {f"seed{r['seed']}": r for r in all_runs[m]} for m in config.models}
+        ratio = split_ratio([r["n_test"] for r in all_runs[best]], [r["n_train"] for r in all_runs[best]])
+        for fimp in [m for m in config.models if m.startswith("fimp")]:
             summary[f"{fimp}_vs_best_baseline"] = {
-                "baseline": best,
-                "r2_relative": (ours["r2"]["mean"] - theirs["r2"]["mean"]) / abs(theirs["r2"]["mean"]),
-                "mse_relative": (theirs["mse"]["mean"] - ours["mse"]["mean"]) / theirs["mse"]["mean"],
-            }
+                "baseline": best, **{k: paired_difference(fimp, best, k, runs, ratio).to_dict() for k in ("r2", "mse")}}
     return summary
 
 
@@ -257,9 +257,8 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"{name:<18}{m['mse']['mean']:>12.4f} ± {m['mse']['std']:<5.4f}"
                      f"{m['r2']['mean']:>12.3f} ± {m['r2']['std']:<5.3f}")
     for key, value in summary.items():
-        if key.endswith("_vs_best_baseline"):
-            lines.append(f"{key}: R^2 {100 * value['r2_relative']:+.1f}%, MSE {100 * value['mse_relative']:+.1f}% "
-                         f"against {value['baseline']}")
+        if key.endswith("_vs_best_baseline"):  # paired over seeds; for MSE a negative difference is the gain
+            lines += [from_dict(value[m]).line() for m in ("r2", "mse")]
     return "\n".join(lines)
 
 

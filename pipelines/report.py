@@ -88,6 +88,9 @@ def bleg_section(out_dir: Path, figures: Figures) -> Section | None:
     section.tables.append(Table("classification", ["model", *CLASSIFICATION, "folds", "trainer seconds"], [
         [name, *[_mean_std(m["summary"], k) for k in CLASSIFICATION], m["summary"]["accuracy"]["n"],
          m["fold_seconds"]] for name, m in metrics["models"].items()]))
+    if metrics.get("paired"):
+        section.tables.append(paired_table(f"against {metrics['paired']['reference']}, split by split", [
+            value for by_metric in metrics["paired"]["models"].values() for value in by_metric.values()]))
     folds = {name: [_read(p) for p in sorted((out_dir / "bleg" / name).glob("seed*_fold*.json"))]
              for name in metrics["models"]}
     roc = {}
@@ -143,6 +146,17 @@ def tune_section(out_dir: Path, figures: Figures) -> Section | None:
     return section
 
 
+def paired_table(caption: str, differences: list[dict[str, Any]]) -> Table:
+    """Paired differences (``fmgnn.evaluation.paired.PairedDifference`` records), one row each."""
+    def number(x: float, fmt: str) -> str:
+        return "n/a" if x is None or x != x else format(x, fmt)
+
+    return Table(caption, ["model", "reference", "metric", "mean difference", "95% interval", "p", "splits"], [
+        [d["model"], d["reference"], d["metric"], number(d["mean"], "+.3f"),
+         f"{number(d['ci95_low'], '+.3f')} to {number(d['ci95_high'], '+.3f')}", number(d["p_value"], ".3g"),
+         d["n_splits"]] for d in differences])
+
+
 def fimp_section(out_dir: Path, figures: Figures) -> Section | None:
     metrics = _read(out_dir / "fimp" / "metrics.json")
     if metrics is None:
@@ -150,10 +164,10 @@ def fimp_section(out_dir: Path, figures: Figures) -> Section | None:
     section = Section("FIMP: masked fMRI window reconstruction (test scans)")
     section.tables.append(Table("reconstruction of the hidden windows", ["model", "MSE", "R^2", "seconds"], [
         [name, _mean_std(m, "mse"), _mean_std(m, "r2"), m["seconds"]] for name, m in metrics["models"].items()]))
-    relative = [[k.removesuffix("_vs_best_baseline"), v["baseline"], f"{100 * v['r2_relative']:+.1f}%",
-                 f"{100 * v['mse_relative']:+.1f}%"] for k, v in metrics.items() if k.endswith("_vs_best_baseline")]
-    if relative:
-        section.tables.append(Table("against the best baseline", ["model", "best baseline", "R^2", "MSE"], relative))
+    paired = [v[m] for k, v in metrics.items() if k.endswith("_vs_best_baseline") for m in ("r2", "mse")]
+    if paired:
+        section.tables.append(paired_table("against the best baseline, paired over seeds (for MSE, negative "
+                                           "is better)", paired))
     pretrain = _read(out_dir / "foundation.run" / "metrics.json")
     if pretrain:
         section.notes.append(f"Foundation model pretrained on a separate cohort (masked windows, no graph): "

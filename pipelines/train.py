@@ -32,7 +32,7 @@ from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
 from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.tracking import JobRun, TrackingConfig
-from pipelines.classification import fold_result, format_table, run_logistic
+from pipelines.classification import fold_result, format_table, paired_comparison, run_logistic
 from pipelines.command import Job, job_main
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import resolve_storage_path, run_stage
@@ -50,6 +50,8 @@ class BaselineJobConfig:
         models: Baselines to run, out of ``logistic`` and ``gcn``.
         storage_path: Where Ray Train keeps checkpoints (local path or s3://, gs://);
             None: ``<run_dir>/ray_results``.
+        reference: The model the other is compared with split by split (``metrics.json``'s ``paired``);
+            None: the better one by mean accuracy.
     """
 
     cohort: str = ""
@@ -62,11 +64,14 @@ class BaselineJobConfig:
     gcn: GCNConfig = field(default_factory=GCNConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    reference: str | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.models) - set(MODELS))
         if unknown:
             raise InputError(f"models: unknown {unknown}; choose from {list(MODELS)}")
+        if self.reference is not None and self.reference not in self.models:
+            raise InputError(f"reference: {self.reference!r} is not one of the models {self.models}")
 
 
 def run_gcn(cohort: Cohort, splits: list[Split], config: BaselineJobConfig, out_dir: Path,
@@ -115,6 +120,7 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
 
     with JobRun(config.tracking, run_dir, "baseline", to_dict(config)) as tracking:
         results: dict[str, Any] = {"cohort": cohort.summary(), "models": {}}
+        folds: dict[str, list[dict[str, Any]]] = {}
         for model in config.models:
             out_dir = run_dir / model
             out_dir.mkdir(exist_ok=True)
@@ -125,6 +131,7 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
                 if config.ray.num_workers > 0:  # 0: in this process, no Ray
                     start_ray(config.ray)
                 per_fold = run_gcn(cohort, splits, config, out_dir, tracking)
+            folds[model] = per_fold
             results["models"][model] = {
                 "summary": summarize([r["metrics"] for r in per_fold]),
                 "wall_time_s": round(time.monotonic() - start, 1),
@@ -133,10 +140,11 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
                      results["models"][model]["summary"]["accuracy"]["mean"],
                      results["models"][model]["summary"]["accuracy"]["std"], len(per_fold),
                      results["models"][model]["wall_time_s"])
+        results["paired"] = paired_comparison(folds, splits, config.reference)
         atomic_write_json(run_dir / "metrics.json", results)
         tracking.log_metrics({m: r["summary"] for m, r in results["models"].items()})
         tracking.log_artifacts(run_dir, recursive=False)
-    print(format_table({m: r["summary"] for m, r in results["models"].items()}))
+    print(format_table({m: r["summary"] for m, r in results["models"].items()}, results["paired"]))
     return results
 
 

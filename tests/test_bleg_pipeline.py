@@ -29,7 +29,7 @@ def bleg_overrides(cohort, texts, run_dir) -> list[str]:
     return [f"cohort={cohort}", f"texts.output={texts}", f"run_dir={run_dir}", "folds.n_folds=2", "folds.seeds=[0]",
             "stage2.epochs=1", "stage2.encoder_hidden=[32]", "stage3.epochs=3", "stage3.patience=3",
             "stage3.student.bottleneck=16", "stage3.student.head_hidden=16", "ray.num_workers=2",
-            "ray.cpus_per_worker=0.5", "lm.max_length=160"]
+            "ray.cpus_per_worker=0.5", "ray.max_concurrent_runs=1", "lm.max_length=160"]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,16 @@ def test_bleg_two_workers_end_to_end_then_predict(small_synthetic, rules_texts, 
         records = sorted((run_dir / variant).glob("seed*.json"))
         folds = [json.loads(p.read_text())["metrics"]["accuracy"] for p in records]
         assert len(folds) == 2 and model["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(folds))
+    # Paired against the better non-LM model, split by split, from the same fold records.
+    paired = summary["paired"]
+    reference = max(["logistic", "gcn_alone"], key=lambda m: summary["models"][m]["summary"]["accuracy"]["mean"])
+    assert paired["reference"] == reference and set(paired["models"]) == set(summary["models"]) - {reference}
+    bleg_vs = paired["models"]["bleg"]["accuracy"]
+    per_split = {v: {json.loads(p.read_text())["split"]: json.loads(p.read_text())["metrics"]["accuracy"]
+                     for p in (run_dir / v).glob("seed*.json")} for v in ("bleg", reference)}
+    assert bleg_vs["differences"] == pytest.approx([per_split["bleg"][s] - per_split[reference][s]
+                                                    for s in bleg_vs["splits"]])
+    assert bleg_vs["n_splits"] == 2 and 0 <= bleg_vs["p_value"] <= 1
     for name in ("config.yaml", "versions.json", "splits.json", "metrics.json",
                  "plots/roc.png", "plots/learning_curves.png", "plots/confusion.png"):
         assert (run_dir / name).is_file(), name
@@ -117,9 +127,11 @@ def test_rerun_with_other_settings_in_the_same_run_dir_is_refused(small_syntheti
 
 
 def sweep_overrides(base_run, sweep_dir, **extra) -> list[str]:
+    """A sweep over the session's main-job BLEG run; trials train in their own process (no trainer each:
+    the main job's sweep runs trainers in its trials)."""
     values = {"base_run": base_run, "sweep_dir": sweep_dir, "num_samples": 2, "grace_period": 2,
               "reduction_factor": 2, "max_concurrent_trials": 2, "retrain": "false", "search": "random",
-              "ray.num_workers": 1, "ray.cpus_per_worker": 0.5, **extra}
+              "ray.num_workers": 0, "ray.cpus_per_worker": 0.5, **extra}
     return [f"{k}={v}" for k, v in values.items()]
 
 
@@ -127,11 +139,11 @@ SPACE = {"stage3.lr": {"grid": [1.0e-6, 3.0e-3]}, "stage3.lam": {"choice": [0.2,
          "stage3.epochs": 8, "stage3.patience": 8}
 
 
-@pytest.mark.timeout(1200)  # includes the module's BLEG run when this test runs first
-def test_asha_stops_poor_trials_early_and_writes_the_best_config(bleg_run, tmp_path):
+@pytest.mark.timeout(1200)  # includes the session's main-job run when this test runs first
+def test_asha_stops_poor_trials_early_and_writes_the_best_config(main_run, tmp_path):
     from pipelines.tune import TuneJobConfig, run_sweep
 
-    run_dir, _ = bleg_run
+    run_dir = main_run[0] / "bleg"
     config = load_config(TuneJobConfig, None, sweep_overrides(run_dir, tmp_path / "sweep"))
     config.space = SPACE
     summary = run_sweep(config)
@@ -156,14 +168,14 @@ run_sweep(config)
 
 
 @pytest.mark.timeout(1200)
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(bleg_run, tmp_path):
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(main_run, tmp_path):
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    run_dir, _ = bleg_run
+    run_dir = main_run[0] / "bleg"
     args = [sys.executable, "-c", KILL_SWEEP, json.dumps(SPACE),
             *sweep_overrides(run_dir, tmp_path / "sweep", scheduler="fifo", num_samples=1, max_concurrent_trials=1)]
     job = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -31,13 +31,18 @@ def test_pretrain_then_fimp_from_pretrained_weights_against_baselines(small_synt
 
     overrides = [f"cohort={small_synthetic}", f"run_dir={tmp_path / 'run'}", f"pretrained={tmp_path / 'fm'}",
                  "models=[fimp,fimp_pretrained,mlp,gin]", "seeds=[0]", *SHAPE, f"model.foundation={FOUNDATION}",
-                 "model.gnn_hidden=32", "optim.epochs=2", "ray.num_workers=2", "ray.cpus_per_worker=0.5"]
+                 "model.gnn_hidden=32", "optim.epochs=2", "ray.num_workers=2", "ray.cpus_per_worker=0.5",
+                 "ray.max_concurrent_runs=1"]  # one worker group for the four models
     summary = run_fimp(load_config(FIMPJobConfig, None, overrides))
     assert set(summary["models"]) == {"fimp", "fimp_pretrained", "mlp", "gin"}
     assert summary["fimp_vs_best_baseline"]["baseline"] == \
         max(["mlp", "gin"], key=lambda m: summary["models"][m]["r2"]["mean"])
     result = json.loads((tmp_path / "run" / "fimp_pretrained" / "seed0.json").read_text())
     assert len(result["history"]) == 2 and result["n_test"] == 9
+    baseline = json.loads((tmp_path / "run" / summary["fimp_pretrained_vs_best_baseline"]["baseline"] /
+                           "seed0.json").read_text())
+    paired = summary["fimp_pretrained_vs_best_baseline"]["r2"]  # paired over seeds: here one
+    assert paired["differences"] == pytest.approx([result["r2"] - baseline["r2"]]) and paired["n_splits"] == 1
     assert (tmp_path / "run" / "plots" / "reconstruction.png").is_file()
 
     before = (tmp_path / "run" / "gin" / "seed0" / "result.json").stat().st_mtime
@@ -51,7 +56,7 @@ def test_images_task_under_ray_train_with_fimp_from_the_foundation_baseline(ray_
     overrides = ["task=images", "images.limit=240", f"run_dir={tmp_path / 'digits'}", "pretrained=foundation",
                  "models=[fimp_pretrained,foundation,gcn]", "seeds=[0]", f"model.foundation={FOUNDATION}",
                  "model.gnn_hidden=32", "optim.epochs=2", "optim.batch_size=64", "ray.num_workers=2",
-                 "ray.cpus_per_worker=0.5"]
+                 "ray.cpus_per_worker=0.5", "ray.max_concurrent_runs=1"]
     summary = run_fimp(load_config(FIMPJobConfig, None, overrides))
     assert summary["task"] == "images" and set(summary["models"]) == {"fimp_pretrained", "foundation", "gcn"}
     assert summary["fimp_pretrained_vs_best_baseline"]["baseline"] == \
