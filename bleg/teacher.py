@@ -29,7 +29,7 @@ from fmgnn.io import atomic_path
 Pooling = Literal["last", "mean", "cls"]
 
 TARGET_SCHEMA = pa.schema([
-    ("subject_id", pa.string()), ("split", pa.string()), ("model", pa.string()), ("pooling", pa.string()),
+    ("scan_id", pa.string()), ("split", pa.string()), ("model", pa.string()), ("pooling", pa.string()),
     ("uses_graph", pa.bool_()), ("vector", pa.list_(pa.float32())),
 ])
 
@@ -59,11 +59,11 @@ def teacher_vectors(model: GraphLanguageModel, text_encoder: TextEncoder, graphs
     return torch.cat(vectors).numpy()
 
 
-def write_targets(path: Path, subject_ids: list[str], vectors: np.ndarray, split: str, model: str,
+def write_targets(path: Path, scan_ids: list[str], vectors: np.ndarray, split: str, model: str,
                   pooling: Pooling, uses_graph: bool) -> None:
-    n = len(subject_ids)
+    n = len(scan_ids)
     table = pa.table({
-        "subject_id": subject_ids, "split": [split] * n, "model": [model] * n, "pooling": [pooling] * n,
+        "scan_id": scan_ids, "split": [split] * n, "model": [model] * n, "pooling": [pooling] * n,
         "uses_graph": [uses_graph] * n, "vector": [v.astype(np.float32) for v in vectors],
     }, schema=TARGET_SCHEMA)
     with atomic_path(path) as tmp:
@@ -78,5 +78,6 @@ def read_targets(path: Path, split: str, model: str, pooling: Pooling) -> dict[s
     key = {"split": split, "model": model, "pooling": pooling}
     if table.num_rows == 0 or any(set(table.column(k).to_pylist()) != {v} for k, v in key.items()):
         return None
+    key_column = "scan_id" if "scan_id" in table.column_names else "subject_id"  # before cohort format 2
     return {s: np.asarray(v, dtype=np.float32)
-            for s, v in zip(table.column("subject_id").to_pylist(), table.column("vector").to_pylist())}
+            for s, v in zip(table.column(key_column).to_pylist(), table.column("vector").to_pylist())}

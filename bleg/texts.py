@@ -60,16 +60,16 @@ def load_descriptions(config: TextsConfig) -> dict[str, Description]:
         raise CohortError(f"texts.output: {config.output} holds rows of {len(models)} models {models}; "
                           "choose one with texts.model=...")
     table = table.filter(pc.is_null(table["error"]))
-    return {row["subject_id"]: Description(row["key_features"], row["conclusion"])
-            for row in table.select(["subject_id", "key_features", "conclusion"]).to_pylist()}
+    return {row["scan_id"]: Description(row["key_features"], row["conclusion"])
+            for row in table.select(["scan_id", "key_features", "conclusion"]).to_pylist()}
 
 
-def check_coverage(descriptions: dict[str, Description], subject_ids: np.ndarray, indices: list[int],
+def check_coverage(descriptions: dict[str, Description], scan_ids: np.ndarray, indices: list[int],
                    config: TextsConfig) -> list[int]:
     """``indices`` whose subjects have a description; missing ones fail unless ``drop_missing``."""
-    missing = {int(i) for i in indices if str(subject_ids[i]) not in descriptions}
+    missing = {int(i) for i in indices if str(scan_ids[i]) not in descriptions}
     if missing and not config.drop_missing:
-        names = ", ".join(str(subject_ids[i]) for i in sorted(missing)[:20]) + (" ..." if len(missing) > 20 else "")
+        names = ", ".join(str(scan_ids[i]) for i in sorted(missing)[:20]) + (" ..." if len(missing) > 20 else "")
         raise CohortError(f"texts.output: {config.output} has no valid description for {len(missing)} subject(s): "
                           f"{names}. Rerun `fmgnn augment ... retry_failed=true`, or set texts.drop_missing=true")
     return [int(i) for i in indices if int(i) not in missing]

@@ -73,7 +73,7 @@ class Example:
 
 
 def make_examples(cohort: Cohort, indices: list[int], spec: InstructionSpec) -> list[Example]:
-    ids, labels, names = cohort.subject_ids(), cohort.labels(), cohort.metadata.label_names
+    ids, labels, names = cohort.scan_ids(), cohort.labels(), cohort.metadata.label_names
     prompt = question(cohort.metadata.task)
     graphs = load_graphs(cohort, indices, spec.graph)
     return [Example(graph, prompt, spec.descriptions[str(ids[i])].answer(names[labels[i]]))

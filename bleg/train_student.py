@@ -106,7 +106,7 @@ class StudentTask(GraphClassificationTask):
     def setup(self, world: World) -> None:
         super().setup(world)
         if self.config.lam > 0:
-            ids = self.cohort.subject_ids()
+            ids = self.cohort.scan_ids()
             attach_targets(self.train_graphs, [str(ids[i]) for i in self.split.train], self.targets,
                            self.config.normalize_targets)
 

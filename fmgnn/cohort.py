@@ -1,11 +1,12 @@
 """The cohort data model: one Parquet file, one row per scan, cohort facts in the schema metadata.
 
-Format version 1 (``COHORT_FORMAT_VERSION``). Columns:
+Format version 2 (``COHORT_FORMAT_VERSION``). Columns:
 
 ==============  =====================  ==================================================
 column          Arrow type             meaning
 ==============  =====================  ==================================================
-subject_id      string, unique         the scan's id (unique within the cohort)
+scan_id         string, unique         the row's id (unique within the cohort)
+subject_id      string                 the subject; repeats for sessions and runs
 cohort          string                 cohort name (same on every row)
 label           int64                  class index into ``label_names``
 label_name      string                 ``label_names[label]``
@@ -19,7 +20,10 @@ site            string, nullable       acquisition site
 imputed_rois    list<int32>            regions whose values were imputed for this scan
 ==============  =====================  ==================================================
 
-At least one of ``timeseries`` and ``fc_triu`` is set on every row. The schema metadata key
+At least one of ``timeseries`` and ``fc_triu`` is set on every row. Version-1 files (no ``scan_id``:
+``subject_id`` was the unique row id, one scan per subject) still read, with ``scan_id = subject_id``.
+The metadata's ``connectivity`` says what ``fc_triu`` holds: ``correlation`` (Pearson r, in [-1, 1]) or
+``weights`` (non-negative edge weights, e.g. DTI streamline counts). The schema metadata key
 ``fmgnn.cohort`` (Parquet key-value metadata in the file footer, written when the file is
 closed) holds :class:`CohortMetadata` as JSON: atlas, ROI names (and coordinates),
 task, label names, networks and provenance (source file, hash, adapter, what was imputed).
@@ -33,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +50,14 @@ import pyarrow.parquet as pq
 from fmgnn.errors import InputError
 from fmgnn.io import temp_path_beside
 
-COHORT_FORMAT_VERSION = 1
+COHORT_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 METADATA_KEY = b"fmgnn.cohort"
+CONNECTIVITY_KINDS = ("correlation", "weights")
 
 COHORT_SCHEMA = pa.schema(
     [
+        pa.field("scan_id", pa.string(), nullable=False),
         pa.field("subject_id", pa.string(), nullable=False),
         pa.field("cohort", pa.string(), nullable=False),
         pa.field("label", pa.int64(), nullable=False),
@@ -86,6 +94,8 @@ class CohortMetadata:
         networks: Optional groups of region indices (lobes, resting-state networks).
         provenance: Where the data came from and what ingest did to it.
         format_version: Version of this data model.
+        connectivity: What the FC values are: ``correlation`` (in [-1, 1]) or ``weights`` (non-negative,
+            e.g. structural streamline counts); graphs keep the strongest edges of either.
     """
 
     name: str
@@ -97,6 +107,7 @@ class CohortMetadata:
     networks: dict[str, list[int]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = COHORT_FORMAT_VERSION
+    connectivity: str = "correlation"
 
     @property
     def n_rois(self) -> int:
@@ -114,11 +125,14 @@ class CohortMetadata:
             raise CohortError(f"{where}: schema metadata '{METADATA_KEY.decode()}' is invalid: {err}") from None
 
     def check(self, where: str) -> None:
-        if self.format_version != COHORT_FORMAT_VERSION:
+        if self.format_version not in READABLE_FORMAT_VERSIONS:
             raise CohortError(
                 f"{where}: cohort format version {self.format_version} is not supported "
-                f"(this fmgnn reads version {COHORT_FORMAT_VERSION})"
+                f"(this fmgnn reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))})"
             )
+        if self.connectivity not in CONNECTIVITY_KINDS:
+            raise CohortError(f"{where}: metadata field connectivity is {self.connectivity!r}, expected one of "
+                              f"{list(CONNECTIVITY_KINDS)}")
         if len(self.label_names) < 1:
             raise CohortError(f"{where}: metadata field label_names is empty")
         if len(set(self.roi_names)) != len(self.roi_names):
@@ -135,7 +149,7 @@ class Scan:
     """One row of a cohort before it is written. Arrays are validated by :class:`CohortWriter`.
 
     Shapes: ``timeseries`` is ``(T, R)``; ``fc`` is either ``(R, R)`` (symmetric) or the
-    ``R (R - 1) / 2`` upper triangle.
+    ``R (R - 1) / 2`` upper triangle. ``scan_id`` defaults to ``subject_id`` (one scan per subject).
     """
 
     subject_id: str
@@ -146,6 +160,7 @@ class Scan:
     sex: str | None = None
     site: str | None = None
     imputed_rois: Sequence[int] = ()
+    scan_id: str | None = None
 
 
 def fc_to_triu(fc: np.ndarray, n_rois: int, where: str) -> np.ndarray:
@@ -215,6 +230,7 @@ class CohortWriter:
         self._writer = pq.ParquetWriter(self._tmp, self.schema)
         self._pending: list[dict[str, Any]] = []
         self._seen_ids: set[str] = set()
+        self.scans_per_subject: Counter[str] = Counter()
         self.label_counts = np.zeros(len(metadata.label_names), dtype=np.int64)
 
     def __enter__(self) -> CohortWriter:
@@ -240,13 +256,18 @@ class CohortWriter:
             self._flush()
 
     def _validate(self, scan: Scan) -> dict[str, Any]:
-        sid = str(scan.subject_id).strip()
-        where = f"{self.source}: subject {sid or '<empty>'}"
+        subject = str(scan.subject_id).strip()
+        sid = subject if scan.scan_id is None else str(scan.scan_id).strip()
+        where = f"{self.source}: {'subject' if scan.scan_id is None else 'scan'} {sid or '<empty>'}"
         n_rois = self.metadata.n_rois
+        if not subject:
+            raise CohortError(f"{self.source}: scan {sid or '<empty>'} has an empty subject_id")
         if not sid:
-            raise CohortError(f"{self.source}: a row has an empty subject_id")
+            raise CohortError(f"{self.source}: subject {subject}: a row has an empty scan_id")
         if sid in self._seen_ids:
-            raise CohortError(f"{where}: duplicate subject_id")
+            raise CohortError(f"{where}: duplicate scan_id (give each session or run its own scan_id)"
+                              if scan.scan_id is not None else f"{where}: duplicate subject_id (several scans of "
+                              "one subject need a scan_id each)")
         label = int(scan.label)
         if not 0 <= label < len(self.metadata.label_names):
             raise CohortError(
@@ -256,7 +277,7 @@ class CohortWriter:
         if scan.timeseries is None and scan.fc is None:
             raise CohortError(f"{where}: neither timeseries nor fc is given")
         row: dict[str, Any] = {
-            "subject_id": sid, "cohort": self.metadata.name, "label": label,
+            "scan_id": sid, "subject_id": subject, "cohort": self.metadata.name, "label": label,
             "label_name": self.metadata.label_names[label], "n_timepoints": None,
             "timeseries": None, "fc_triu": None,
             "age": None if scan.age is None or np.isnan(scan.age) else float(scan.age),
@@ -275,11 +296,18 @@ class CohortWriter:
         if scan.fc is not None:
             triu = fc_to_triu(scan.fc, n_rois, where)
             _check_finite(triu, f"{where}: field fc")
-            worst = float(np.max(np.abs(triu))) if triu.size else 0.0
-            if worst > 1 + _FC_RANGE_TOLERANCE:
-                raise CohortError(f"{where}: field fc holds |r| = {worst:.4g}, expected correlations in [-1, 1]")
+            if self.metadata.connectivity == "weights":
+                if triu.size and float(triu.min()) < 0:
+                    raise CohortError(f"{where}: field fc holds {float(triu.min()):.4g}, expected non-negative "
+                                      "weights (connectivity: weights)")
+            else:
+                worst = float(np.max(np.abs(triu))) if triu.size else 0.0
+                if worst > 1 + _FC_RANGE_TOLERANCE:
+                    raise CohortError(f"{where}: field fc holds |r| = {worst:.4g}, expected correlations in [-1, 1] "
+                                      "(connectivity: correlation; structural weights need connectivity=weights)")
             row["fc_triu"] = triu
         self._seen_ids.add(sid)
+        self.scans_per_subject[subject] += 1
         self.label_counts[label] += 1
         return row
 
@@ -296,7 +324,7 @@ class CohortWriter:
             self._writer.add_key_value_metadata({METADATA_KEY: self.metadata.to_json()})
             self._writer.close()
             if self.n_written == 0:
-                raise CohortError(f"{self.source}: the cohort is empty (no subjects were read)")
+                raise CohortError(f"{self.source}: the cohort is empty (no scans were read)")
             os.replace(self._tmp, self.path)
         finally:
             self._tmp.unlink(missing_ok=True)
@@ -342,10 +370,11 @@ class Cohort:
             )
         self.metadata = CohortMetadata.from_json(raw, str(self.path))
         self.metadata.check(str(self.path))
-        missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+        required = [*REQUIRED_COLUMNS, "scan_id"] if self.metadata.format_version >= 2 else REQUIRED_COLUMNS
+        missing = [c for c in required if c not in schema.names]
         if missing:
             raise CohortError(f"{self.path}: missing column(s) {', '.join(missing)}")
-        for name in REQUIRED_COLUMNS:  # a file written by other tools may carry the names with other types
+        for name in required:  # a file written by other tools may carry the names with other types
             expected = COHORT_SCHEMA.field(name).type
             if not schema.field(name).type.equals(expected):
                 raise CohortError(f"{self.path}: column {name} is {schema.field(name).type}, expected {expected}")
@@ -384,8 +413,21 @@ class Cohort:
         except (pa.ArrowInvalid, OSError) as err:
             raise CohortError(f"{self.path}: the file is corrupt or truncated ({err})") from None
 
+    def scan_ids(self) -> np.ndarray:
+        """Each row's unique id: the key of descriptions, teacher targets and predictions."""
+        name = "scan_id" if "scan_id" in self.schema.names else "subject_id"  # version 1: one scan per subject
+        return np.asarray(self.column(name).to_pylist(), dtype=object)
+
     def subject_ids(self) -> np.ndarray:
+        """Each row's subject (repeats for sessions and runs): what folds are grouped by."""
         return np.asarray(self.column("subject_id").to_pylist(), dtype=object)
+
+    def sites(self) -> np.ndarray | None:
+        """Each row's site, or None when no row names one."""
+        if "site" not in self.schema.names:
+            return None
+        values = self.column("site").to_pylist()
+        return None if all(v is None for v in values) else np.asarray(values, dtype=object)
 
     def labels(self) -> np.ndarray:
         return self.column("label").to_numpy()
@@ -422,9 +464,12 @@ class Cohort:
         labels = self.labels()
         counts = {name: int((labels == k).sum()) for k, name in enumerate(self.metadata.label_names)}
         table = self.table
+        _, scans_per_subject = np.unique(self.subject_ids(), return_counts=True)
         return {
             "path": str(self.path), "name": self.metadata.name, "atlas": self.metadata.atlas,
-            "n_subjects": table.num_rows, "n_rois": self.n_rois, "label_counts": counts,
+            "n_scans": table.num_rows, "n_subjects": int(len(scans_per_subject)),
+            "max_scans_per_subject": int(scans_per_subject.max()), "n_rois": self.n_rois, "label_counts": counts,
+            "connectivity": self.metadata.connectivity,
             "has_timeseries": table.column("timeseries").null_count < table.num_rows,
             "has_fc": table.column("fc_triu").null_count < table.num_rows,
         }

@@ -66,18 +66,22 @@ class AugmentConfig:
 
 
 def subjects_to_do(cohort: Cohort, skip: set[str], limit: int | None) -> set[str]:
-    ids = [s for s in cohort.subject_ids().tolist() if s not in skip]
+    ids = [s for s in cohort.scan_ids().tolist() if s not in skip]
     return set(ids[:limit] if limit is not None else ids)
 
 
 def keep_subjects(batch: pa.Table, subjects: list[str]) -> pa.Table:
-    return batch.filter(pc.is_in(batch["subject_id"], pa.array(subjects, pa.string())))
+    return batch.filter(pc.is_in(batch["scan_id"], pa.array(subjects, pa.string())))
 
 
 def build_dataset(config: AugmentConfig, cohort: Cohort, todo: set[str], seed: int) -> ray.data.Dataset:
     """The lazy pipeline over the subjects in ``todo``. The label column is never read."""
-    columns = [c for c in INPUT_COLUMNS if c in cohort.schema.names]
+    # Version-1 cohorts have no scan_id: their subject_id is the unique row id.
+    key = "scan_id" if "scan_id" in cohort.schema.names else "subject_id"
+    columns = [key if c == "scan_id" else c for c in INPUT_COLUMNS if c == "scan_id" or c in cohort.schema.names]
     ds = ray.data.read_parquet(str(cohort.path), columns=columns)
+    if key != "scan_id":
+        ds = ds.rename_columns({key: "scan_id"})
     if len(todo) < len(cohort):  # a batch-wise Arrow filter: a row-wise one would build Python lists of FC
         ds = ds.map_batches(keep_subjects, batch_format="pyarrow", fn_kwargs={"subjects": sorted(todo)})
     ds = ds.map_batches(describe_stage, batch_size=config.describe_batch_size, batch_format="numpy",
@@ -123,7 +127,7 @@ def write_pass(dataset: ray.data.Dataset, writer: PartWriter, config: AugmentCon
         result.written += batch.num_rows
         errors = batch.filter(pc.is_valid(batch["error"]))
         result.errors += errors.num_rows
-        result.failed.update(errors["subject_id"].to_pylist())
+        result.failed.update(errors["scan_id"].to_pylist())
         result.output_tokens += int(pc.sum(batch["output_tokens"]).as_py() or 0)
         log.info("augment: %d/%d subjects written (%.1f subjects/s, %d errors)", result.written, n_todo,
                  result.written / (time.monotonic() - start), result.errors)

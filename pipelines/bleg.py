@@ -46,7 +46,7 @@ from fmgnn.config import load_config, save_config, to_dict
 from fmgnn.engine import read_result
 from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import summarize
-from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
+from fmgnn.evaluation.splits import FoldConfig, Split, cohort_splits, save_splits
 from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.plots import plot_confusion, plot_learning_curves, plot_roc
@@ -139,7 +139,7 @@ class FoldRunner:
                                   out_channels=lm_width(self.lm), dropout=self.config.stage2.encoder_dropout)
 
     def prompts(self, indices: list[int]) -> list[str]:
-        ids, asked = self.cohort.subject_ids(), question(self.cohort.metadata.task)
+        ids, asked = self.cohort.scan_ids(), question(self.cohort.metadata.task)
         return [f"{self.descriptions[str(ids[i])].text()} {asked}" for i in indices]
 
     @property
@@ -150,7 +150,7 @@ class FoldRunner:
         """The split's training subjects that have a description (all of them unless texts.missing drops some)."""
         if not self.config.needs_texts:
             return split
-        train = check_coverage(self.descriptions, self.cohort.subject_ids(), split.train, self.config.texts)
+        train = check_coverage(self.descriptions, self.cohort.scan_ids(), split.train, self.config.texts)
         return Split(split.seed, split.fold, train, split.val, split.test)
 
     def run(self, splits: list[Split]) -> None:
@@ -161,7 +161,7 @@ class FoldRunner:
             tasks = []
             for split in splits:
                 # Stage 2 validates on answers, so on the validation subjects that have a description.
-                val = check_coverage(self.descriptions, self.cohort.subject_ids(), split.val, self.config.texts)
+                val = check_coverage(self.descriptions, self.cohort.scan_ids(), split.val, self.config.texts)
                 spec = InstructionSpec(cohort_path, Split(split.seed, split.fold, split.train, val, split.test),
                                        self.config.graph, self.lm, self.config.stage2,
                                        {i: self.descriptions[i] for i in self._ids(split)}, fold_seed(split))
@@ -201,13 +201,13 @@ class FoldRunner:
             log.info("%s: %d folds done", variant, len(splits))
 
     def _ids(self, split: Split) -> list[str]:
-        ids = self.cohort.subject_ids()
+        ids = self.cohort.scan_ids()
         return [str(ids[i]) for i in [*split.train, *split.val] if str(ids[i]) in self.descriptions]
 
     def teachers(self, splits: list[Split], tuned: bool) -> dict[str, dict[str, np.ndarray]]:
         """Cached h_LM of each split's training subjects: the tuned LM with graph tokens, or the base LM on
         text; the missing ones computed ``ray.max_concurrent_runs`` at a time."""
-        ids = self.cohort.subject_ids()
+        ids = self.cohort.scan_ids()
         found, todo = {}, []
         for split in splits:
             model = self.record.teacher_model(self.config.lm.path, split.name, tuned)
@@ -288,12 +288,12 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
     atomic_write_json(run_dir / "versions.json", environment_record())
     started = time.monotonic()
 
-    splits = make_splits(cohort.labels(), config.folds, cohort.metadata.label_names)
-    save_splits(splits, cohort.subject_ids(), run_dir / "splits.json")
+    splits = cohort_splits(cohort, config.folds)
+    save_splits(splits, cohort, run_dir / "splits.json")
     descriptions = load_descriptions(config.texts) if config.needs_texts else {}
     if config.needs_texts:  # fail before any training when a training or validation subject has no text
         used = sorted({i for s in splits for i in [*s.train, *s.val]})
-        check_coverage(descriptions, cohort.subject_ids(), used, config.texts)
+        check_coverage(descriptions, cohort.scan_ids(), used, config.texts)
     lm = materialize(config.lm, run_dir / "models") if config.needs_texts else config.lm
     if config.needs_texts:
         lm = LanguageModelConfig(**{**lm.__dict__, "kind": model_kind(lm)})

@@ -25,6 +25,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -109,7 +110,15 @@ class FIMPJobConfig:
             raise InputError("pretrained=foundation: add foundation to models (it is trained first)")
 
 
-split_scans = split_nodes  # one split of scans per seed, as of nodes
+def split_scans(subjects: Sequence[str], seed: int, val_fraction: float,
+                test_fraction: float) -> tuple[list[int], list[int], list[int]]:
+    """One split of scans per seed, drawn over subjects: every scan of a subject lands on the same side.
+    With one scan per subject it is the node split (``split_nodes``) of the scans."""
+    unique, subject_of_scan = np.unique(np.asarray(subjects, dtype=object).astype(str), return_inverse=True)
+    if len(unique) == len(subject_of_scan):
+        return split_nodes(len(subject_of_scan), seed, val_fraction, test_fraction)
+    parts = split_nodes(len(unique), seed, val_fraction, test_fraction)
+    return tuple(np.flatnonzero(np.isin(subject_of_scan, part)).tolist() for part in parts)
 
 
 def pretrained_state(config: FIMPJobConfig, model_config: ReconstructionConfig) -> dict:
@@ -150,6 +159,12 @@ class TaskData:
     nodes: NodeTask | None = None
     n_tokens: int = 0
     token_values: int = 0
+    subjects: np.ndarray | None = None  # the fmri task's scans' subjects
+
+    def split(self, seed: int, val_fraction: float, test_fraction: float) -> tuple[list[int], list[int], list[int]]:
+        if self.subjects is not None:
+            return split_scans(self.subjects, seed, val_fraction, test_fraction)
+        return split_nodes(self.n_items, seed, val_fraction, test_fraction)
 
 
 def load_task(config: FIMPJobConfig, run_dir: Path, seed: int) -> TaskData:
@@ -164,7 +179,8 @@ def load_task(config: FIMPJobConfig, run_dir: Path, seed: int) -> TaskData:
         cohort = Cohort(cohort_path)
         if cohort.timeseries(0) is None:
             raise CohortError(f"{cohort_path}: FC only; fMRI reconstruction needs time series")
-        return TaskData(cohort_path.resolve(), len(cohort), None, config.fmri.n_windows, config.fmri.window)
+        return TaskData(cohort_path.resolve(), len(cohort), None, config.fmri.n_windows, config.fmri.window,
+                        cohort.subject_ids())
     return TaskData(None, task.num_nodes, task, task.x.shape[1], task.x.shape[2])
 
 
@@ -183,7 +199,7 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
 
     def task(model_name: str, seed: int) -> TrainTask:
         data = tasks_data[seed]
-        train, val, test = split_nodes(data.n_items, seed, config.val_fraction, config.test_fraction)
+        train, val, test = data.split(seed, config.val_fraction, config.test_fraction)
         kind = "fimp" if model_name.startswith("fimp") else model_name
         model_config = ReconstructionConfig(**{**config.model.__dict__, "kind": kind, "n_tokens": data.n_tokens,
                                                "token_values": data.token_values})
@@ -212,7 +228,7 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
             if (run_dir / name / f"seed{seed}.json").is_file():  # recorded by an earlier run
                 continue
             metrics = read_result(run_dir / name / f"seed{seed}")
-            train, _, test = split_nodes(tasks_data[seed].n_items, seed, config.val_fraction, config.test_fraction)
+            train, _, test = tasks_data[seed].split(seed, config.val_fraction, config.test_fraction)
             result = {"model": name, "seed": seed, "mse": metrics["test_mse"], "r2": metrics["test_r2"],
                       "best_epoch": metrics["best_epoch"], "history": metrics["history"],
                       "seconds": metrics["seconds"], "n_train": len(train), "n_test": len(test)}

@@ -84,6 +84,7 @@ def run_predict(config: PredictConfig) -> dict[str, Any]:
     probabilities = np.mean([score(folder, cohort, config.batch_size) for folder in folders], axis=0)  # (N, C)
     names = cohort.metadata.label_names
     table = pa.table({
+        "scan_id": [str(s) for s in cohort.scan_ids()],
         "subject_id": [str(s) for s in cohort.subject_ids()],
         "predicted": probabilities.argmax(1),
         "predicted_name": [names[i] for i in probabilities.argmax(1)],

@@ -111,7 +111,7 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
         shutil.rmtree(work / "trained", ignore_errors=True)  # another config: its model is not this one
     save_config(config, work / "config.yaml")
     atomic_write_json(work / "versions.json", environment_record())
-    train, val, _ = split_scans(len(cohort), config.seed, config.val_fraction, 0.0)
+    train, val, _ = split_scans(cohort.subject_ids(), config.seed, config.val_fraction, 0.0)
     model_config = ReconstructionConfig(kind="foundation", n_tokens=config.fmri.n_windows,
                                         token_values=config.fmri.window, foundation=config.foundation)
     # Pretraining has no test scans: the held-out validation scans are also what is reported.

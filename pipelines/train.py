@@ -28,7 +28,7 @@ from fmgnn.config import save_config, to_dict
 from fmgnn.engine import is_done, read_result
 from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import summarize
-from fmgnn.evaluation.splits import FoldConfig, Split, make_splits, save_splits
+from fmgnn.evaluation.splits import FoldConfig, Split, cohort_splits, save_splits
 from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.tracking import JobRun, TrackingConfig
@@ -113,8 +113,8 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
     save_config(config, run_dir / "config.yaml")
     atomic_write_json(run_dir / "versions.json", environment_record())
 
-    splits = make_splits(cohort.labels(), config.folds, cohort.metadata.label_names)
-    save_splits(splits, cohort.subject_ids(), run_dir / "splits.json")
+    splits = cohort_splits(cohort, config.folds)
+    save_splits(splits, cohort, run_dir / "splits.json")
     log.info("cohort %s: %d subjects, %d splits (%d folds x %d seeds)", cohort.metadata.name, len(cohort),
              len(splits), config.folds.n_folds, len(config.folds.seeds))
 

@@ -37,7 +37,7 @@ from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config, save_config, to_dict, with_values
 from fmgnn.engine import fit
 from fmgnn.errors import InputError
-from fmgnn.evaluation.splits import make_splits
+from fmgnn.evaluation.splits import cohort_splits
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.bleg import BLEGJobConfig, run_bleg
@@ -100,7 +100,7 @@ def base_config(config: TuneJobConfig) -> BLEGJobConfig:
 def fold_inputs(base: BLEGJobConfig, cohort: Cohort, seeds: list[int]) -> list[FoldInput]:
     """Stage-2 encoders and teacher targets of the base run's folds of ``seeds``."""
     record = BLEGRun(base.run_dir)
-    splits = [s for s in make_splits(cohort.labels(), base.folds, cohort.metadata.label_names) if s.seed in seeds]
+    splits = [s for s in cohort_splits(cohort, base.folds) if s.seed in seeds]
     if not splits:
         raise CohortError(f"seeds: the base run has seeds {base.folds.seeds}, not {seeds}")
     inputs = []
@@ -109,7 +109,7 @@ def fold_inputs(base: BLEGJobConfig, cohort: Cohort, seeds: list[int]) -> list[F
         if targets is None:
             raise CohortError(f"base_run: {record.fold_dir(split.name)} has no teacher targets; finish the base run "
                               "first")
-        ids = cohort.subject_ids()
+        ids = cohort.scan_ids()
         train = [i for i in split.train if str(ids[i]) in targets]  # drop_missing runs leave some out
         inputs.append(FoldInput(type(split)(split.seed, split.fold, train, split.val, split.test),
                                 record.stage2_encoder(split.name).state_dict(), targets))

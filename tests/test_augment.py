@@ -24,7 +24,7 @@ from pipelines.augment import AugmentConfig, run_augment
 def cohort_batch(cohort, rows):
     table = cohort.table.take(rows)
     return {c: np.array(table.column(c).to_pylist(), dtype=object) for c in
-            ["subject_id", "fc_triu", "timeseries", "n_timepoints", "age", "sex", "site"]}
+            ["scan_id", "fc_triu", "timeseries", "n_timepoints", "age", "sex", "site"]}
 
 
 @pytest.mark.parametrize("text, error", [
@@ -186,7 +186,7 @@ def test_pipeline_rules_engine_resume_and_no_duplicates(nmda_cohort, ray_session
     third = run_augment(load_config(AugmentConfig, None, overrides))
     assert third["rows_written"] == 0
     table = read_augmentations(tmp_path / "aug")
-    assert table.num_rows == 86 and len(set(table["subject_id"].to_pylist())) == 86
+    assert table.num_rows == 86 and len(set(table["scan_id"].to_pylist())) == 86
     assert set(table["prompt_version"].to_pylist()) == {PROMPT_VERSION} and "label" not in table.column_names
     assert pc.all(pc.is_null(table["error"])).as_py()
     row = table.slice(0, 1).to_pylist()[0]
@@ -246,7 +246,7 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(tmp_path):
     rerun = subprocess.run([sys.executable, "-c", KILL_SCRIPT, *args], capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     table = read_augmentations(output)
-    ids = table["subject_id"].to_pylist()
+    ids = table["scan_id"].to_pylist()
     assert len(ids) == len(set(ids)) == 800
     assert not list((output / "parts").glob(".*.tmp"))  # no half-written part left visible or hidden
 

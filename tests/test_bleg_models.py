@@ -237,8 +237,8 @@ def write_augmentation(folder, rows: list[dict]) -> None:
 def test_descriptions_missing_subjects_and_several_models(tmp_path):
     ok = {"key_features": ["frontal hubs"], "conclusion": "Modular."}
     write_augmentation(tmp_path / "one", [
-        {"subject_id": "s0", "model": "m", **ok}, {"subject_id": "s1", "model": "m", **ok},
-        {"subject_id": "s2", "model": "m", "error": "invalid JSON"},
+        {"scan_id": "s0", "model": "m", **ok}, {"scan_id": "s1", "model": "m", **ok},
+        {"scan_id": "s2", "model": "m", "error": "invalid JSON"},
     ])
     config = TextsConfig(output=str(tmp_path / "one"))
     descriptions = load_descriptions(config)
@@ -249,12 +249,25 @@ def test_descriptions_missing_subjects_and_several_models(tmp_path):
         check_coverage(descriptions, ids, [0, 1, 2, 3], config)
     assert check_coverage(descriptions, ids, [0, 2, 3, 1], TextsConfig(config.output, drop_missing=True)) == [0, 1]
 
-    write_augmentation(tmp_path / "two", [{"subject_id": "s0", "model": "a", **ok},
-                                          {"subject_id": "s0", "model": "b", **ok}])
+    write_augmentation(tmp_path / "two", [{"scan_id": "s0", "model": "a", **ok},
+                                          {"scan_id": "s0", "model": "b", **ok}])
     with pytest.raises(CohortError, match=r"2 models \['a', 'b'\]; choose one with texts.model"):
         load_descriptions(TextsConfig(output=str(tmp_path / "two")))
     assert set(load_descriptions(TextsConfig(output=str(tmp_path / "two"), model="b"))) == {"s0"}
     assert Description(["a."], "b.").text() == "a. b."
+
+
+def test_parts_written_before_cohort_format_2_read_with_their_subject_id_as_scan_id(tmp_path):
+    from bleg.augment.store import read_keys
+
+    ok = {"key_features": ["frontal hubs"], "conclusion": "Modular."}
+    write_augmentation(tmp_path / "old", [{"scan_id": "s0", "model": "m", **ok},
+                                          {"scan_id": "s1", "model": "m", "error": "invalid JSON"}])
+    part = tmp_path / "old" / "parts" / "part-x-00000.parquet"
+    table = pq.read_table(part)
+    pq.write_table(table.rename_columns(["subject_id" if c == "scan_id" else c for c in table.column_names]), part)
+    assert set(load_descriptions(TextsConfig(output=str(tmp_path / "old")))) == {"s0"}
+    assert read_keys(tmp_path / "old" / "parts", "v1", "m") == ({"s0"}, {"s1"})
 
 
 def test_bert_head_on_masked_positions_only_gives_the_full_loss():

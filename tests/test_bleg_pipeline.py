@@ -61,7 +61,7 @@ def test_bleg_two_workers_end_to_end_then_predict(small_synthetic, rules_texts, 
         assert (run_dir / name).is_file(), name
 
     cohort = Cohort(small_synthetic)
-    ids = cohort.subject_ids()
+    ids = cohort.scan_ids()
     splits = json.loads((run_dir / "splits.json").read_text())
     for split in splits:
         split["name"] = f"seed{split['seed']}_fold{split['fold']}"
@@ -69,7 +69,7 @@ def test_bleg_two_workers_end_to_end_then_predict(small_synthetic, rules_texts, 
         train = {str(ids[i]) for i in split["train"]}
         # Leakage: stage 2 and the teachers see this fold's training subjects only.
         for teacher in ("teacher-bleg.parquet", "teacher-align_only.parquet"):
-            assert set(pq.read_table(fold_dir / teacher).column("subject_id").to_pylist()) == train
+            assert set(pq.read_table(fold_dir / teacher).column("scan_id").to_pylist()) == train
         stage2 = json.loads((fold_dir / "stage2" / "stage2.json").read_text())
         assert stage2["split"] == split["name"] and stage2["kind"] == "masked"
         result = json.loads((run_dir / "bleg" / f"{split['name']}.json").read_text())

@@ -64,7 +64,8 @@ def test_bad_rows_name_subject_and_field_and_leave_no_file(tmp_path, scan, messa
 
 def test_duplicate_subject_and_empty_cohort(tmp_path):
     path = tmp_path / "c.parquet"
-    with pytest.raises(CohortError, match="in.npz: subject a: duplicate subject_id"):
+    with pytest.raises(CohortError, match=r"in.npz: subject a: duplicate subject_id \(several scans of one subject "
+                                          r"need a scan_id each\)"):
         with CohortWriter(path, metadata(), source="in.npz") as writer:
             writer.add(Scan("a", 0, fc=good_fc()))
             writer.add(Scan("a", 1, fc=good_fc(1)))
@@ -106,7 +107,69 @@ def test_metadata_checks_coordinates_and_version(tmp_path):
     bad.roi_coords = [[0.0, 0.0, 0.0]]
     with pytest.raises(CohortError, match=r"roi_coords has shape \(1, 3\), expected \(4, 3\)"):
         CohortWriter(tmp_path / "c.parquet", bad)
+    weights = metadata()
+    weights.connectivity = "streamlines"
+    with pytest.raises(CohortError, match=r"connectivity is 'streamlines', expected one of \['correlation', "
+                                          r"'weights'\]"):
+        CohortWriter(tmp_path / "c.parquet", weights)
     future = metadata()
     future.format_version = 99
     with pytest.raises(CohortError, match="format version 99 is not supported"):
         CohortWriter(tmp_path / "c.parquet", future)
+
+
+def test_scans_of_one_subject_share_its_id_and_scan_ids_stay_unique(tmp_path):
+    path = tmp_path / "c.parquet"
+    with CohortWriter(path, metadata()) as writer:
+        writer.add(Scan("sub-1", 0, fc=good_fc(0), scan_id="sub-1_ses-1", site="a"))
+        writer.add(Scan("sub-1", 0, fc=good_fc(1), scan_id="sub-1_ses-2", site="a"))
+        writer.add(Scan("sub-2", 1, fc=good_fc(2), site="b"))
+    cohort = Cohort(path)
+    assert cohort.scan_ids().tolist() == ["sub-1_ses-1", "sub-1_ses-2", "sub-2"]
+    assert cohort.subject_ids().tolist() == ["sub-1", "sub-1", "sub-2"] and cohort.sites().tolist() == ["a", "a", "b"]
+    summary = cohort.summary()
+    assert (summary["n_scans"], summary["n_subjects"], summary["max_scans_per_subject"]) == (3, 2, 2)
+    with pytest.raises(CohortError, match="in.npz: scan x_ses-1: duplicate scan_id"):
+        with CohortWriter(tmp_path / "d.parquet", metadata(), source="in.npz") as writer:
+            writer.add(Scan("x", 0, fc=good_fc(), scan_id="x_ses-1"))
+            writer.add(Scan("x", 1, fc=good_fc(1), scan_id="x_ses-1"))
+
+
+def test_version_1_files_still_read_with_the_subject_as_scan_id(tmp_path):
+    """A file as fmgnn wrote it before format 2: no scan_id column, subject_id unique."""
+    path = tmp_path / "v1.parquet"
+    with CohortWriter(path, metadata()) as writer:
+        writer.add(Scan("a", 0, fc=good_fc(0)))
+        writer.add(Scan("b", 1, fc=good_fc(1)))
+    table = pq.read_table(path).drop_columns(["scan_id"])
+    old = CohortMetadata.from_json(Cohort(path).metadata.to_json())
+    old.format_version = 1
+    pq.write_table(table.replace_schema_metadata({b"fmgnn.cohort": old.to_json()}), tmp_path / "old.parquet")
+    cohort = Cohort(tmp_path / "old.parquet")
+    assert cohort.scan_ids().tolist() == cohort.subject_ids().tolist() == ["a", "b"]
+    assert cohort.sites() is None
+    current = CohortMetadata.from_json(old.to_json())
+    current.format_version = 2  # a version-2 file must have the column
+    pq.write_table(table.replace_schema_metadata({b"fmgnn.cohort": current.to_json()}), tmp_path / "bad.parquet")
+    with pytest.raises(CohortError, match=r"bad.parquet: missing column\(s\) scan_id"):
+        Cohort(tmp_path / "bad.parquet")
+
+
+def test_structural_weights_are_checked_as_non_negative_not_as_correlations(tmp_path):
+    streamlines = np.random.default_rng(0).integers(0, 500, size=(4, 4)).astype(float)
+    streamlines = streamlines + streamlines.T
+    with pytest.raises(CohortError, match=r"expected correlations in \[-1, 1\] .*connectivity=weights"):
+        with CohortWriter(tmp_path / "c.parquet", metadata()) as writer:
+            writer.add(Scan("a", 0, fc=streamlines))
+    weights = metadata()
+    weights.connectivity = "weights"
+    with CohortWriter(tmp_path / "c.parquet", weights) as writer:
+        writer.add(Scan("a", 0, fc=streamlines))
+        writer.add(Scan("b", 1, fc=streamlines * 2))
+    assert Cohort(tmp_path / "c.parquet").summary()["connectivity"] == "weights"
+    np.testing.assert_allclose(Cohort(tmp_path / "c.parquet").fc([1])[0][0, 1], 2 * streamlines[0, 1])
+    negative = streamlines.copy()
+    negative[0, 1] = negative[1, 0] = -1.0
+    with pytest.raises(CohortError, match="subject n: field fc holds -1, expected non-negative weights"):
+        with CohortWriter(tmp_path / "d.parquet", weights) as writer:
+            writer.add(Scan("n", 0, fc=negative))

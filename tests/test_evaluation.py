@@ -20,11 +20,52 @@ def test_splits_partition_and_keep_validation_inside_training():
     assert splits[0].test != splits[5].test  # seeds reshuffle
 
 
+def test_scans_of_one_subject_never_straddle_train_validation_and_test():
+    rng = np.random.default_rng(0)
+    subjects = np.repeat([f"sub-{i:02d}" for i in range(40)], rng.integers(1, 4, 40))  # 1-3 runs each
+    labels = np.array([int(s[-2:]) % 2 for s in subjects])
+    splits = make_splits(labels, FoldConfig(n_folds=5, seeds=[0, 1], val_fraction=0.2), groups=subjects)
+    assert len(splits) == 10
+    for s in splits:
+        train, val, test = ({subjects[i] for i in part} for part in (s.train, s.val, s.test))
+        assert not train & val and not train & test and not val & test, s.name
+        assert len(s.train) + len(s.val) + len(s.test) == len(subjects)
+        assert 0.1 < len(s.val) / (len(s.train) + len(s.val)) < 0.35  # one of 5 grouped folds
+    for seed in (0, 1):  # every scan tested exactly once per seed
+        assert sorted(i for s in splits if s.seed == seed for i in s.test) == list(range(len(subjects)))
+    # With one scan per subject the folds are the plain stratified ones, as before cohort format 2.
+    unique = np.array([f"s{i}" for i in range(50)])
+    flat = np.array([0] * 30 + [1] * 20)
+    assert make_splits(flat, FoldConfig(n_folds=5), groups=unique) == make_splits(flat, FoldConfig(n_folds=5))
+
+
+def test_leave_site_out_holds_out_whole_sites():
+    sites = np.array(["a"] * 12 + ["b"] * 10 + ["c"] * 8, dtype=object)
+    labels = np.array([0, 1] * 15)
+    splits = make_splits(labels, FoldConfig(strategy="leave_site_out", seeds=[0, 1]), sites=sites)
+    assert len(splits) == 6 and {frozenset(sites[s.test]) for s in splits} == {frozenset("a"), frozenset("b"),
+                                                                                 frozenset("c")}
+    for s in splits:
+        assert set(sites[s.test]).isdisjoint(sites[s.train + s.val])
+    with pytest.raises(SplitError, match="every scan needs a site"):
+        make_splits(labels, FoldConfig(strategy="leave_site_out"))
+    with pytest.raises(SplitError, match=r"subject\(s\) \['x'\] were scanned at more than one site"):
+        groups = np.array(["x", "x"] + [f"s{i}" for i in range(28)], dtype=object)
+        make_splits(labels, FoldConfig(strategy="leave_site_out"), groups=groups,
+                    sites=np.array(["a", "b", *sites[2:]], dtype=object))
+    with pytest.raises(SplitError, match="without site a the training part has one class only"):
+        make_splits(np.array([0, 1] * 6 + [0] * 18), FoldConfig(strategy="leave_site_out"), sites=sites)
+
+
 def test_one_class_and_tiny_class_are_errors():
     with pytest.raises(SplitError, match=r"one class only \(label 0 \(control\)\)"):
         make_splits(np.zeros(20, dtype=int), FoldConfig(n_folds=5), ["control", "patient"])
     with pytest.raises(SplitError, match="label 1 has 3"):
         make_splits(np.array([0] * 20 + [1] * 3), FoldConfig(n_folds=5))
+    # Counted in subjects when subjects repeat: 6 scans of 3 patients cannot fill 5 folds.
+    with pytest.raises(SplitError, match="at least 5 subjects per class; label 1 has 3"):
+        make_splits(np.array([0] * 20 + [1] * 6), FoldConfig(n_folds=5),
+                    groups=np.array([f"c{i}" for i in range(20)] + ["p1", "p1", "p2", "p2", "p3", "p3"]))
 
 
 def test_metrics_binary_known_values_and_auc_from_probabilities():

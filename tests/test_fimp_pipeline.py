@@ -16,10 +16,18 @@ SHAPE = ["fmri.window=10", "fmri.n_windows=4", "fmri.k=4"]
 FOUNDATION = "{hidden: 32, heads: 4, layers: 1, intermediate: 64}"
 
 
-def test_split_scans_is_a_partition_fixed_by_the_seed():
-    train, val, test = split_scans(20, 0, 0.15, 0.15)
+def test_split_scans_is_a_partition_fixed_by_the_seed_and_keeps_subjects_together():
+    ids = [f"sub-{i:02d}" for i in range(20)]
+    train, val, test = split_scans(ids, 0, 0.15, 0.15)
     assert sorted(train + val + test) == list(range(20)) and len(test) == 3 and len(val) == 3
-    assert split_scans(20, 0, 0.15, 0.15) == (train, val, test) and split_scans(20, 1, 0.15, 0.15) != (train, val, test)
+    assert split_scans(ids, 0, 0.15, 0.15) == (train, val, test)
+    assert split_scans(ids, 1, 0.15, 0.15) != (train, val, test)
+    runs = [f"sub-{i // 3:02d}" for i in range(60)]  # three runs per subject
+    for seed in range(5):
+        parts = split_scans(runs, seed, 0.15, 0.15)
+        assert sorted(sum(parts, [])) == list(range(60))
+        sides = [{runs[i] for i in part} for part in parts]
+        assert not sides[0] & sides[1] and not sides[0] & sides[2] and not sides[1] & sides[2]
 
 
 def test_pretrain_then_fimp_from_pretrained_weights_against_baselines(small_synthetic, ray_session, tmp_path):

@@ -70,8 +70,8 @@ def augmented(cluster, small_synthetic, tmp_path_factory) -> Path:
 
 def test_augment_job_on_the_cluster(augmented, small_synthetic):
     table = read_augmentations(augmented)
-    ids = table["subject_id"].to_pylist()
-    assert sorted(ids) == sorted(str(s) for s in Cohort(small_synthetic).subject_ids())
+    ids = table["scan_id"].to_pylist()
+    assert sorted(ids) == sorted(str(s) for s in Cohort(small_synthetic).scan_ids())
     assert all(error is None for error in table["error"].to_pylist())
 
 

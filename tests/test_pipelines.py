@@ -19,7 +19,7 @@ def test_ingest_corrpops_from_the_command_line(nmda_npz, tmp_path):
     out = tmp_path / "nmda.parquet"
     result = run_module("pipelines.ingest", "corrpops", str(nmda_npz), "-o", str(out))
     assert result.returncode == 0, result.stderr
-    assert "corrpops: 86 subjects (control: 43, diagnosed: 43)" in result.stdout
+    assert "corrpops: 86 subjects, one scan each (control: 43, diagnosed: 43)" in result.stdout
     assert "dropped 2 regions missing in every subject: Pallidum_L, Pallidum_R" in result.stdout
     assert len(Cohort(out)) == 86
 

@@ -85,6 +85,61 @@ def test_bids_folder_mixed_formats(tmp_path):
     assert cohort.table.column("age").to_pylist()[5] == 25.0
 
 
+def test_bids_sessions_and_runs_are_scans_of_one_subject_and_folds_keep_them_together(tmp_path):
+    import json
+
+    from fmgnn.evaluation.splits import FoldConfig
+    from pipelines.train import BaselineJobConfig, run_baselines
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    rows = ["participant_id\tgroup"]
+    for i in range(12):
+        pid = f"sub-{i:02d}"
+        rows.append(f"{pid}\t{'patient' if i % 2 else 'control'}")
+        for session, run in [(1, 1), (1, 2), (2, 1)][: 1 + i % 3]:
+            (folder / pid / f"ses-{session}" / "func").mkdir(parents=True, exist_ok=True)
+            np.save(folder / pid / f"ses-{session}" / "func" / f"{pid}_ses-{session}_task-rest_run-{run}_bold.npy",
+                    rng.normal(size=(30, 5)))
+    (folder / "participants.tsv").write_text("\n".join(rows) + "\n")
+    report = ingest_bids(folder, tmp_path / "c.parquet", BidsConfig(file_glob="*_bold.npy"))
+    cohort = Cohort(tmp_path / "c.parquet")
+    assert (report.n_scans, report.n_subjects, report.max_scans_per_subject) == (24, 12, 3)
+    assert "24 scans of 12 subjects (up to 3 per subject" in report.lines()[0]
+    scans = cohort.scan_ids().tolist()
+    assert "sub-00" in scans and "sub-01_ses-1_task-rest_run-2" in scans and "sub-02_ses-2_task-rest_run-1" in scans
+    run_baselines(BaselineJobConfig(cohort=str(tmp_path / "c.parquet"), run_dir=str(tmp_path / "run"),
+                                    models=["logistic"], folds=FoldConfig(n_folds=3, seeds=[0, 1])))
+    subjects = cohort.subject_ids()
+    for split in json.loads((tmp_path / "run" / "splits.json").read_text()):
+        sides = [{subjects[i] for i in split[part]} for part in ("train", "val", "test")]
+        assert not sides[0] & sides[1] and not sides[0] & sides[2] and not sides[1] & sides[2]
+        assert split["test_subjects"] == sorted(sides[2])
+    (folder / "sub-04" / "ses-1" / "func" / "sub-04_ses-1_task-rest_run-1_bold.npy").rename(
+        folder / "sub-04" / "ses-1" / "func" / "sub-04_a_bold.npy")
+    (folder / "sub-04" / "ses-1" / "func" / "sub-04_ses-1_task-rest_run-2_bold.npy").rename(
+        folder / "sub-04" / "ses-1" / "func" / "sub-04_b_bold.npy")
+    with pytest.raises(CohortError, match="subject sub-04: 2 files match .* do not tell sessions or runs apart"):
+        ingest_bids(folder, tmp_path / "d.parquet", BidsConfig(file_glob="*_bold.npy"))
+
+
+def test_braingb_subjects_may_repeat_and_structural_weights_ingest(tmp_path):
+    rng = np.random.default_rng(4)
+    streamlines = rng.integers(0, 300, size=(6, 5, 5)).astype(float)
+    streamlines = streamlines + streamlines.transpose(0, 2, 1)
+    path = tmp_path / "dti.npy"
+    np.save(path, {"corr": streamlines, "label": np.array([0, 0, 1, 1, 0, 1]),
+                   "subject": np.array(["a", "a", "b", "b", "c", "d"])})
+    with pytest.raises(CohortError, match="expected correlations in .*connectivity=weights"):
+        ingest_braingb(path, tmp_path / "c.parquet")
+    report = ingest_braingb(path, tmp_path / "c.parquet", BrainGBConfig(connectivity="weights"))
+    cohort = Cohort(tmp_path / "c.parquet")
+    assert (report.n_scans, report.n_subjects) == (6, 4) and cohort.metadata.connectivity == "weights"
+    assert cohort.scan_ids().tolist() == ["a_scan-1", "a_scan-2", "b_scan-1", "b_scan-2", "c", "d"]
+    assert cohort.subject_ids().tolist() == ["a", "a", "b", "b", "c", "d"]
+
+
 def test_bids_errors_name_file_and_subject(tmp_path):
     folder = tmp_path / "study"
     write_bids(folder)

@@ -38,7 +38,7 @@ def test_vllm_guided_json_and_greedy_equals_transformers(tiny_llama, small_synth
         if not o.startswith(("engine.kind", "engine.device", "engine.vllm", "engine.chat"))
     ] + ["engine.kind=transformers", "engine.device=cpu"]))
     assert free["rows_written"] == hf["rows_written"] == 8
-    by_subject = lambda folder: {r["subject_id"]: r for r in read_augmentations(folder).to_pylist()}  # noqa: E731
+    by_subject = lambda folder: {r["scan_id"]: r for r in read_augmentations(folder).to_pylist()}  # noqa: E731
     vllm_rows, hf_rows = by_subject(tmp_path / "free"), by_subject(tmp_path / "hf")
     same = sum(vllm_rows[s]["raw_output"] == hf_rows[s]["raw_output"] for s in vllm_rows)
     assert same == 8, [(vllm_rows[s]["raw_output"], hf_rows[s]["raw_output"]) for s in vllm_rows]

@@ -23,17 +23,17 @@ from bleg.augment.store import OUTPUT_SCHEMA
 from fmgnn.cohort import CohortMetadata, scan_fc
 
 Batch = dict[str, np.ndarray]
-INPUT_COLUMNS = ["subject_id", "fc_triu", "timeseries", "n_timepoints", "age", "sex", "site"]
+INPUT_COLUMNS = ["scan_id", "fc_triu", "timeseries", "n_timepoints", "age", "sex", "site"]
 DEMOGRAPHICS = ("age", "sex", "site")
 
 
 def batch_fc(batch: Batch, n_rois: int) -> np.ndarray:
     """FC (B, R, R) of a batch: the stored triangle, or Pearson FC of the time series."""
-    out = np.empty((len(batch["subject_id"]), n_rois, n_rois), dtype=np.float32)
-    for i, (sid, triu) in enumerate(zip(batch["subject_id"], batch["fc_triu"])):
+    out = np.empty((len(batch["scan_id"]), n_rois, n_rois), dtype=np.float32)
+    for i, (sid, triu) in enumerate(zip(batch["scan_id"], batch["fc_triu"])):
         # A missing triangle arrives as None, or as NaN when Ray Data typed an all-null column as float.
         present = isinstance(triu, (list, np.ndarray)) and len(triu) > 0
-        out[i] = scan_fc(triu if present else None, batch["timeseries"][i], n_rois, f"subject {sid}")
+        out[i] = scan_fc(triu if present else None, batch["timeseries"][i], n_rois, f"scan {sid}")
     return out
 
 
@@ -47,7 +47,7 @@ def describe_stage(batch: Batch, metadata: CohortMetadata, config: DescribeConfi
     descriptions = describe_batch(batch_fc(batch, metadata.n_rois), metadata, config)
     demographics = [{k: _clean(batch[k][i]) for k in DEMOGRAPHICS if k in batch} for i in range(len(descriptions))]
     return {
-        "subject_id": batch["subject_id"],
+        "scan_id": batch["scan_id"],
         "description": np.array([json.dumps(d) for d in descriptions], dtype=object),
         "demographics": np.array([json.dumps(d) for d in demographics], dtype=object),
     }
@@ -71,7 +71,7 @@ class GenerateStage:
         self.max_prompt_tokens = engine.max_model_len - engine.sampling.max_tokens
 
     def __call__(self, batch: Batch) -> Batch:
-        n = len(batch["subject_id"])
+        n = len(batch["scan_id"])
         prompts, tokens, warnings = fit_batch_prompts(batch, self.metadata, self.engine.count_tokens,
                                                       self.max_prompt_tokens)
         requests = [Request(SYSTEM, p, json.loads(d), self.config.sampling.seed)
@@ -88,7 +88,7 @@ class GenerateStage:
                 generations[i] = generation
                 attempts[i] += 1
         return typed_table({
-            "subject_id": batch["subject_id"],
+            "scan_id": batch["scan_id"],
             "prompt": prompts,
             "prompt_version": [PROMPT_VERSION] * n,
             "engine": [self.config.kind] * n,

@@ -1,6 +1,7 @@
 """The augmentation output: a folder of Parquet part files, each written atomically.
 
-A row's key is (subject_id, prompt_version, model). A run skips keys already answered; a kill
+A row's key is (scan_id, prompt_version, model); parts written before cohort format 2 name the
+column ``subject_id`` (then the unique row id) and read the same. A run skips keys already answered; a kill
 loses at most the rows not yet written to a part. Error rows are kept (with the raw output) and
 are retried only when asked; once a retry run has written its rows, the retried subjects' older
 rows are removed, part by part, atomically, so a finished run leaves one row per key.
@@ -18,10 +19,10 @@ import pyarrow.parquet as pq
 from fmgnn.cohort import CohortError
 from fmgnn.io import atomic_path
 
-KEY = ["subject_id", "prompt_version", "model"]
+KEY = ["scan_id", "prompt_version", "model"]
 
 OUTPUT_SCHEMA = pa.schema([
-    ("subject_id", pa.string()), ("prompt", pa.string()), ("prompt_version", pa.string()),
+    ("scan_id", pa.string()), ("prompt", pa.string()), ("prompt_version", pa.string()),
     ("engine", pa.string()), ("model", pa.string()), ("sampling", pa.string()), ("raw_output", pa.string()),
     ("key_features", pa.list_(pa.string())), ("conclusion", pa.string()), ("prompt_tokens", pa.int64()),
     ("output_tokens", pa.int64()), ("latency_s", pa.float64()), ("attempts", pa.int64()),
@@ -60,19 +61,28 @@ def _same_prompt_and_model(table: pa.Table, prompt_version: str, model: str) -> 
     return pc.and_(pc.equal(table["prompt_version"], prompt_version), pc.equal(table["model"], model))
 
 
+def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One part file (``columns`` only, when given), its key column named ``scan_id`` whatever its age."""
+    try:
+        names = pq.read_schema(path).names
+        old = "scan_id" not in names and "subject_id" in names  # written before cohort format 2
+        wanted = None if columns is None else [("subject_id" if old and c == "scan_id" else c) for c in columns]
+        table = pq.read_table(path, columns=wanted)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise CohortError(f"{path}: unreadable part file ({err}); move it away to continue") from None
+    return table.rename_columns(["scan_id" if old and c == "subject_id" else c for c in table.column_names])
+
+
 def read_keys(folder: Path, prompt_version: str, model: str) -> tuple[set[str], set[str]]:
-    """Subjects already answered, and subjects with only error rows, for this prompt version and model."""
+    """Scans already answered, and scans with only error rows, for this prompt version and model."""
     done: set[str] = set()
     failed: set[str] = set()
     for path in part_files(folder):
-        try:
-            table = pq.read_table(path, columns=["subject_id", "prompt_version", "model", "error"])
-        except (pa.ArrowInvalid, OSError) as err:
-            raise CohortError(f"{path}: unreadable part file ({err}); move it away to continue") from None
+        table = read_part(path, ["scan_id", "prompt_version", "model", "error"])
         table = table.filter(_same_prompt_and_model(table, prompt_version, model))
         ok = pc.is_null(table["error"])
-        done.update(table.filter(ok)["subject_id"].to_pylist())
-        failed.update(table.filter(pc.invert(ok))["subject_id"].to_pylist())
+        done.update(table.filter(ok)["scan_id"].to_pylist())
+        failed.update(table.filter(pc.invert(ok))["scan_id"].to_pylist())
     return done, failed - done
 
 
@@ -85,8 +95,8 @@ def drop_replaced_rows(folder: Path, subjects: set[str], prompt_version: str, mo
     for path in part_files(folder):
         if path.name.startswith(f"part-{run_id}-"):
             continue
-        table = pq.read_table(path)
-        stale = pc.and_(pc.is_in(table["subject_id"], retried), _same_prompt_and_model(table, prompt_version, model))
+        table = read_part(path)
+        stale = pc.and_(pc.is_in(table["scan_id"], retried), _same_prompt_and_model(table, prompt_version, model))
         n = pc.sum(stale).as_py() or 0
         if n:
             with atomic_path(path) as tmp:
@@ -102,10 +112,7 @@ def read_augmentations(output: str | Path) -> pa.Table:
         raise CohortError(f"{output}: no augmentation part files in parts/ (run `fmgnn augment` first)")
     tables = []
     for path in paths:
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise CohortError(f"{path}: unreadable part file ({err}); move it away to continue") from None
+        table = read_part(path)
         missing = [name for name in OUTPUT_SCHEMA.names if name not in table.column_names]
         if missing:
             raise CohortError(f"{path}: not an augmentation part file (no column {', '.join(missing)})")

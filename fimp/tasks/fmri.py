@@ -73,10 +73,10 @@ def load_scans(cohort: Cohort, indices: list[int], config: FMRITaskConfig) -> li
     for i in indices:
         series = cohort.timeseries(int(i))
         if series is None:
-            raise CohortError(f"{cohort.path}: subject {cohort.subject_ids()[i]} has no time series (FC only); "
+            raise CohortError(f"{cohort.path}: scan {cohort.scan_ids()[i]} has no time series (FC only); "
                               "the reconstruction task needs time series")
         graphs.append(scan_graph(series, config, cohort.metadata.roi_coords,
-                                 f"{cohort.path}: subject {cohort.subject_ids()[i]}"))
+                                 f"{cohort.path}: scan {cohort.scan_ids()[i]}"))
     return graphs
 
 

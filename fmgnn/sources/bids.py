@@ -8,13 +8,18 @@ Layout::
       sub-02_timeseries.csv
 
 Each time-series file is ``T`` rows by ``R`` columns (time down, regions across); a CSV or TSV
-may have a header row of region names. The file of a participant is the one whose name starts
-with its ``participant_id`` (then ``_`` or ``.``) and matches ``file_glob``.
+may have a header row of region names. The files of a participant are those whose name starts
+with its ``participant_id`` (then ``_`` or ``.``) and matches ``file_glob``; each is one scan. A
+participant with several files (sessions, runs: ``sub-01_ses-2_task-rest_run-1_...``) gets one scan
+per file, its ``scan_id`` made of the name's ``ses``, ``task`` and ``run`` entities; a participant
+with one file keeps its ``participant_id`` as the scan id. With ``subject_column`` the table's rows
+are scans (``participant_id`` the scan, that column its subject).
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +43,8 @@ class BidsConfig:
         file_glob: Pattern a time-series file name must match (``*timeseries*``, say).
         atlas: Atlas name, or ``"none"`` to take region names from the files' header.
         on_missing: A participant without a file is an ``"error"``, or ``"skip"``ped and reported.
+        subject_column: Column of ``participants`` naming each row's subject, when rows are scans
+            (sessions or runs of one subject on several rows); None: ``participant_id`` is the subject.
         name: Cohort name; default: the folder's name.
         task: The classification task in words.
     """
@@ -48,6 +55,7 @@ class BidsConfig:
     file_glob: str = "*"
     atlas: str = "none"
     on_missing: Literal["error", "skip"] = "error"
+    subject_column: str | None = None
     name: str | None = None
     task: str = "classification of subjects from ROI time series"
 
@@ -81,6 +89,15 @@ def _is_number(cell: str) -> bool:
         return cell.strip().lower() in {"nan", "inf", "-inf"}
 
 
+ENTITIES = ("ses", "task", "run")
+
+
+def scan_id_of(path: Path, participant: str) -> str:
+    """``participant`` plus the file name's BIDS session, task and run entities (``sub-01_ses-2_run-1``)."""
+    found = {k: v for k, v in re.findall(r"(?:^|_)([a-z]+)-([A-Za-z0-9]+)", path.name[len(participant):])}
+    return "_".join([participant, *(f"{k}-{found[k]}" for k in ENTITIES if k in found)])
+
+
 def _find_file(folder: Path, participant: str, file_glob: str) -> list[Path]:
     matches = []
     for path in folder.rglob(f"{participant}*"):
@@ -99,7 +116,7 @@ def ingest_bids(folder: str | Path, output: str | Path, config: BidsConfig | Non
         raise CohortError(f"{table_path}: participants table not found")
     sep = "," if table_path.suffix.lower() == ".csv" else "\t"
     participants = pd.read_csv(table_path, sep=sep, dtype=str, keep_default_na=False)
-    for column in ("participant_id", config.label_column):
+    for column in ("participant_id", config.label_column, *filter(None, [config.subject_column])):
         if column not in participants.columns:
             raise CohortError(
                 f"{table_path}: missing column {column!r}; columns are {', '.join(participants.columns)}"
@@ -121,42 +138,24 @@ def ingest_bids(folder: str | Path, output: str | Path, config: BidsConfig | Non
     try:
         for row, label_value in zip(participants.itertuples(index=False), values):
             pid = str(row.participant_id).strip()
+            subject = str(getattr(row, config.subject_column)).strip() if config.subject_column else pid
             files = _find_file(folder, pid, config.file_glob)
-            if len(files) != 1:
-                problem = ("no time-series file" if not files
-                           else f"{len(files)} files match: {', '.join(map(str, files))}")
-                if config.on_missing == "skip" and not files:
-                    report.skipped_subjects[pid] = problem
+            if not files:
+                if config.on_missing == "skip":
+                    report.skipped_subjects[pid] = "no time-series file"
                     continue
-                raise CohortError(f"{table_path}: subject {pid}: {problem} (file_glob={config.file_glob!r})")
-            timeseries, header = read_timeseries_file(files[0])
-            if writer is None:  # the first file fixes R and the region names
-                n_rois = timeseries.shape[1]
-                atlas = generic_atlas(n_rois) if config.atlas == "none" else get_atlas(config.atlas)
-                roi_names = header if (header and config.atlas == "none") else list(atlas.roi_names)
-                if len(roi_names) != n_rois:
-                    raise CohortError(
-                        f"{files[0]}: {n_rois} columns but atlas {atlas.name} has {len(roi_names)} regions"
-                    )
-                metadata = CohortMetadata(
-                    name=config.name or folder.name, atlas=atlas.name, roi_names=roi_names,
-                    label_names=label_names, task=config.task, networks=atlas.networks,
-                )
-                writer = CohortWriter(output, metadata, source=str(folder))
-            elif header and config.atlas == "none" and header != roi_names:
-                raise CohortError(f"{files[0]}: header regions differ from the first subject's")
-            extra = row._asdict()
-            age = extra.get("age") or None
-            writer.add(Scan(
-                subject_id=pid, label=label_names.index(label_value),
-                timeseries=_with_source(timeseries, files[0], writer.metadata.n_rois),
-                age=float(age) if age not in (None, "", "n/a") else None,
-                sex=extra.get("sex") or None, site=extra.get("site") or None,
-            ))
+                raise CohortError(f"{table_path}: subject {pid}: no time-series file (file_glob={config.file_glob!r})")
+            scans = {scan_id_of(f, pid): f for f in files} if len(files) > 1 else {pid: files[0]}
+            if len(scans) < len(files):
+                raise CohortError(f"{table_path}: subject {pid}: {len(files)} files match "
+                                  f"({', '.join(map(str, files))}) but their names do not tell sessions or runs apart "
+                                  f"(ses-, task-, run-); narrow file_glob={config.file_glob!r}")
+            for scan_id, path in scans.items():
+                writer, roi_names = _add_scan(writer, roi_names, path, scan_id, subject, row,
+                                              label_names.index(label_value), label_names, folder, output, config)
         if writer is None:
             raise CohortError(f"{folder}: no subject has a time-series file; the cohort would be empty")
-        report.n_subjects = writer.n_written
-        report.label_counts = dict(zip(label_names, writer.label_counts.tolist()))
+        report.count(writer, label_names)
         writer.set_provenance(report.provenance(config=vars(config)))
         writer.close()
     except BaseException:
@@ -164,6 +163,35 @@ def ingest_bids(folder: str | Path, output: str | Path, config: BidsConfig | Non
             writer.abort()
         raise
     return report
+
+
+def _add_scan(writer: CohortWriter | None, roi_names: list[str] | None, path: Path, scan_id: str, subject: str,
+              row: object, label: int, label_names: list[str], folder: Path, output: str | Path,
+              config: BidsConfig) -> tuple[CohortWriter, list[str]]:
+    """One file as one scan; the first file fixes R and the region names (and opens the writer)."""
+    timeseries, header = read_timeseries_file(path)
+    if writer is None:
+        n_rois = timeseries.shape[1]
+        atlas = generic_atlas(n_rois) if config.atlas == "none" else get_atlas(config.atlas)
+        roi_names = header if (header and config.atlas == "none") else list(atlas.roi_names)
+        if len(roi_names) != n_rois:
+            raise CohortError(f"{path}: {n_rois} columns but atlas {atlas.name} has {len(roi_names)} regions")
+        metadata = CohortMetadata(
+            name=config.name or folder.name, atlas=atlas.name, roi_names=roi_names,
+            label_names=label_names, task=config.task, networks=atlas.networks,
+        )
+        writer = CohortWriter(output, metadata, source=str(folder))
+    elif header and config.atlas == "none" and header != roi_names:
+        raise CohortError(f"{path}: header regions differ from the first subject's")
+    extra = row._asdict()
+    age = extra.get("age") or None
+    writer.add(Scan(
+        subject_id=subject, scan_id=scan_id, label=label,
+        timeseries=_with_source(timeseries, path, writer.metadata.n_rois),
+        age=float(age) if age not in (None, "", "n/a") else None,
+        sex=extra.get("sex") or None, site=extra.get("site") or None,
+    ))
+    return writer, roi_names
 
 
 def _with_source(timeseries: np.ndarray, path: Path, n_rois: int) -> np.ndarray:

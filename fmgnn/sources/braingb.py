@@ -2,13 +2,16 @@
 
 The file is ``np.save(path, {"corr": (N, R, R), "timeseires": (N, R, T), "label": (N,), ...})``
 (``timeseires`` is spelled as in the BNT code; ``timeseries`` is accepted too). Optional keys:
-``site`` (N,), ``subject_id`` (N,). Either ``corr`` or the time series may be absent.
+``site`` (N,), ``subject`` or ``subject_id`` (N,: a subject may repeat, one row per session or run),
+``scan_id`` (N,). Either ``corr`` or the time series may be absent. Structural connectomes
+(streamline counts, non-negative) are ingested with ``connectivity=weights``.
 
 Loading a dict from ``.npy`` needs pickle: only ingest files you trust.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,6 +31,8 @@ class BrainGBConfig:
         timeseries_layout: ``"roi_time"`` for ``(N, R, T)`` (BNT), ``"time_roi"`` for ``(N, T, R)``.
         name: Cohort name; default: the file's stem.
         task: The classification task in words.
+        connectivity: ``correlation`` (``corr`` holds r in [-1, 1]) or ``weights`` (non-negative edge weights,
+            e.g. DTI streamline counts).
     """
 
     label_names: list[str] | None = None
@@ -35,6 +40,7 @@ class BrainGBConfig:
     timeseries_layout: Literal["roi_time", "time_roi"] = "roi_time"
     name: str | None = None
     task: str = "classification of subjects from brain networks"
+    connectivity: Literal["correlation", "weights"] = "correlation"
 
 
 def _load_dict(path: Path) -> dict:
@@ -90,23 +96,38 @@ def ingest_braingb(path: str | Path, output: str | Path, config: BrainGBConfig |
     if atlas.n_rois != n_rois:
         raise CohortError(f"{path}: data hold {n_rois} regions but atlas {atlas.name} has {atlas.n_rois}")
     sites = data.get("site")
-    ids = data.get("subject_id")
-    subject_ids = [str(s) for s in ids] if ids is not None else [f"sub-{i:05d}" for i in range(n)]
+    subject_ids, scan_ids = row_ids(data, n)
 
     metadata = CohortMetadata(
         name=config.name or path.stem, atlas=atlas.name, roi_names=list(atlas.roi_names),
-        label_names=label_names, task=config.task, networks=atlas.networks,
+        label_names=label_names, task=config.task, networks=atlas.networks, connectivity=config.connectivity,
     )
     report = IngestReport(adapter="braingb", source=str(path), output=str(output))
     with CohortWriter(output, metadata, source=str(path)) as writer:
         for i in range(n):
+            scan_id = None if scan_ids[i] == subject_ids[i] else scan_ids[i]  # one scan: the subject names it
             writer.add(Scan(
-                subject_id=subject_ids[i], label=int(labels[i]),
+                subject_id=subject_ids[i], scan_id=scan_id, label=int(labels[i]),
                 timeseries=None if timeseries is None else timeseries[i],
                 fc=None if corr is None else corr[i],
                 site=None if sites is None else str(sites[i]),
             ))
-        report.n_subjects = writer.n_written
-        report.label_counts = dict(zip(label_names, writer.label_counts.tolist()))
+        report.count(writer, label_names)
         writer.set_provenance(report.provenance(sha256=file_sha256(path), config=vars(config)))
     return report
+
+
+def row_ids(data: dict, n: int) -> tuple[list[str], list[str]]:
+    """Each row's subject and scan id: the dict's ``subject`` (or ``subject_id``) and ``scan_id`` arrays; a
+    subject's rows without scan ids are numbered ``<subject>_scan-<k>``; no subjects: ``sub-<row>``."""
+    subjects = data.get("subject", data.get("subject_id"))
+    subject_ids = [str(s) for s in subjects] if subjects is not None else [f"sub-{i:05d}" for i in range(n)]
+    if data.get("scan_id") is not None:
+        return subject_ids, [str(s) for s in data["scan_id"]]
+    repeated = {s for s, k in Counter(subject_ids).items() if k > 1}
+    seen: dict[str, int] = {}
+    scan_ids = []
+    for subject in subject_ids:
+        seen[subject] = seen.get(subject, 0) + 1
+        scan_ids.append(f"{subject}_scan-{seen[subject]}" if subject in repeated else subject)
+    return subject_ids, scan_ids

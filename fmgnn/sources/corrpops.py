@@ -130,8 +130,7 @@ def ingest_corrpops(path: str | Path, output: str | Path, config: CorrpopsConfig
     with CohortWriter(output, metadata, source=str(path)) as writer:
         for scan in scans:
             writer.add(scan)
-        report.n_subjects = writer.n_written
-        report.label_counts = dict(zip(label_names, writer.label_counts.tolist()))
+        report.count(writer, label_names)
         # Provenance is known only after validation; the writer's schema is fixed at close.
         writer.set_provenance(report.provenance(sha256=file_sha256(path), config=vars(config)))
     return report

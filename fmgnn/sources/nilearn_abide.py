@@ -91,8 +91,7 @@ def ingest_abide(output: str | Path, config: AbideConfig | None = None) -> Inges
                 subject_id=str(row["FILE_ID"]), label=_DX_TO_LABEL[dx], timeseries=timeseries,
                 age=float(row["AGE_AT_SCAN"]), sex=_SEX.get(int(row["SEX"])), site=str(row["SITE_ID"]),
             ))
-        report.n_subjects = writer.n_written
-        report.label_counts = dict(zip(ABIDE_LABEL_NAMES, writer.label_counts.tolist()))
+        report.count(writer, ABIDE_LABEL_NAMES)
         if config.cerebral_only:
             report.notes.append("kept the 90 cerebral AAL regions; the 26 cerebellar and vermis regions were dropped")
         writer.set_provenance(report.provenance(config=vars(config)))

@@ -96,8 +96,7 @@ def ingest_adhd(output: str | Path, config: AdhdConfig | None = None) -> IngestR
                 age=float(age) if age is not None and not np.isnan(float(age)) else None,
                 sex=str(row["sex"]) if "sex" in row else None, site=str(row["site"]) if "site" in row else None,
             ))
-        report.n_subjects = writer.n_written
-        report.label_counts = dict(zip(ADHD_LABEL_NAMES, writer.label_counts.tolist()))
+        report.count(writer, ADHD_LABEL_NAMES)
         report.notes.append(
             "time series: AAL (SPM12) regions averaged by NiftiLabelsMasker; kept the 90 cerebral regions"
         )

@@ -6,7 +6,10 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fmgnn.cohort import CohortWriter
 
 
 @dataclass
@@ -21,11 +24,19 @@ class IngestReport:
     source: str
     output: str = ""
     n_subjects: int = 0
+    n_scans: int = 0
+    max_scans_per_subject: int = 0
     label_counts: dict[str, int] = field(default_factory=dict)
     dropped_rois: list[str] = field(default_factory=list)
     imputed: dict[str, list[str]] = field(default_factory=dict)
     skipped_subjects: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    def count(self, writer: CohortWriter, label_names: list[str]) -> None:
+        """Scans, subjects and classes as the writer has them."""
+        self.n_scans, self.n_subjects = writer.n_written, len(writer.scans_per_subject)
+        self.max_scans_per_subject = max(writer.scans_per_subject.values(), default=0)
+        self.label_counts = dict(zip(label_names, writer.label_counts.tolist()))
 
     def provenance(self, **extra: Any) -> dict[str, Any]:
         record = asdict(self)
@@ -34,7 +45,10 @@ class IngestReport:
 
     def lines(self) -> list[str]:
         counts = ", ".join(f"{k}: {v}" for k, v in self.label_counts.items())
-        out = [f"{self.adapter}: {self.n_subjects} subjects ({counts}) -> {self.output}"]
+        scans = (f"{self.n_scans} scans of {self.n_subjects} subjects (up to {self.max_scans_per_subject} per "
+                 "subject; folds keep a subject's scans together)" if self.n_scans > self.n_subjects
+                 else f"{self.n_subjects} subjects, one scan each")
+        out = [f"{self.adapter}: {scans} ({counts}) -> {self.output}"]
         if self.dropped_rois:
             out.append(f"dropped {len(self.dropped_rois)} regions missing in every subject: "
                        + ", ".join(self.dropped_rois))

@@ -156,7 +156,6 @@ def ingest_synthetic(output: str | Path, config: SyntheticConfig | None = None,
                 log.info("synthetic: %d/%d subjects (%.0f/s, %.0f s left)", done, config.n_subjects, rate,
                          (config.n_subjects - done) / rate)
                 last = now
-        report.n_subjects = writer.n_written
-        report.label_counts = dict(zip(LABEL_NAMES, writer.label_counts.tolist()))
+        report.count(writer, LABEL_NAMES)
         writer.set_provenance(report.provenance(config=vars(config)))
     return report

@@ -51,7 +51,7 @@ class PromptStage:
 
         prompts, _, warnings = fit_batch_prompts(batch, self.metadata, self.count_tokens, self.max_prompt_tokens)
         n = len(prompts)
-        return {"subject_id": batch["subject_id"], "prompt": np.array(prompts, dtype=object),
+        return {"scan_id": batch["scan_id"], "prompt": np.array(prompts, dtype=object),
                 "warning": np.array([w or "" for w in warnings], dtype=object),
                 "seed": np.full(n, self.seed, dtype=np.int64)}
 
@@ -97,7 +97,7 @@ def vllm_processor(engine: EngineConfig) -> Any:
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
         error = row.get("__inference_error__") or None
         return {
-            "subject_id": row["subject_id"], "prompt": row["user_prompt"], "prompt_version": PROMPT_VERSION,
+            "scan_id": row["scan_id"], "prompt": row["user_prompt"], "prompt_version": PROMPT_VERSION,
             "engine": "vllm", "model": model_id, "sampling": sampling_json,
             "raw_output": row.get("generated_text") or "", "prompt_tokens": int(row.get("num_input_tokens") or 0),
             "output_tokens": int(row.get("num_generated_tokens") or 0),
