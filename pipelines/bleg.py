@@ -51,7 +51,7 @@ from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.plots import plot_confusion, plot_learning_curves, plot_roc
 from fmgnn.tracking import JobRun, TrackingConfig
-from pipelines.classification import format_table, paired_comparison, run_logistic
+from pipelines.classification import format_table, paired_comparison, run_logistic, run_permutations
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import resolve_storage_path, run_stage
 
@@ -77,6 +77,8 @@ class BLEGJobConfig:
         stage3: Alignment, adapter and head.
         reference: The model every other is compared with split by split (differences, interval,
             p-value in ``metrics.json``'s ``paired``); None: the best of logistic and gcn_alone.
+        permutations: Rerun every variant this many times with labels shuffled among subjects (stage 2's
+            answers and the teachers included) and report permutation p-values; 0: no permutation test.
     """
 
     cohort: str = ""
@@ -95,8 +97,11 @@ class BLEGJobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     reference: str | None = None
+    permutations: int = 0
 
     def __post_init__(self) -> None:
+        if self.permutations < 0:
+            raise InputError(f"permutations must be >= 0, received {self.permutations}")
         unknown = sorted(set(self.variants) - set(VARIANTS))
         if unknown:
             raise InputError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
@@ -252,7 +257,8 @@ def fold_seed(split: Split) -> int:
 
 
 # Settings that may change between runs of one run_dir: they do not change what a finished step computed.
-FREE_SETTINGS = {"variants", "ray", "storage_path", "run_dir", "teacher_batch_size", "tracking", "reference"}
+FREE_SETTINGS = {"variants", "ray", "storage_path", "run_dir", "teacher_batch_size", "tracking", "reference",
+                 "permutations"}
 
 
 def check_same_settings(config: BLEGJobConfig, saved: Path) -> None:
@@ -321,6 +327,9 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
             summary["models"][variant] = {"summary": summarize([f["metrics"] for f in folds]),
                                           "fold_seconds": timings.get(variant, sum(f.get("seconds", 0) for f in folds))}
         summary["paired"] = paired_comparison(results, splits, config.reference)
+        if config.permutations:
+            summary["permutation"] = run_permutations(config, run_bleg, cohort, run_dir, summary, config.permutations,
+                                                      tracking.for_child())
         atomic_write_json(run_dir / "metrics.json", summary)
         plots = run_dir / "plots"
         plots.mkdir(exist_ok=True)
@@ -329,7 +338,8 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
         plot_confusion(results, cohort.metadata.label_names, plots / "confusion.png")
         tracking.log_metrics({m: r["summary"] for m, r in summary["models"].items()})
         tracking.log_artifacts(run_dir, recursive=False)
-    print(format_table({m: r["summary"] for m, r in summary["models"].items()}, summary["paired"]))
+    print(format_table({m: r["summary"] for m, r in summary["models"].items()}, summary["paired"],
+                       summary.get("permutation")))
     return summary
 
 

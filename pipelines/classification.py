@@ -1,17 +1,22 @@
 """What the classification jobs (``train baseline``, ``train bleg``) share: the logistic-regression
-baseline over a run's splits, the per-fold record, the paired comparison and the printed table."""
+baseline over a run's splits, the per-fold record, the paired comparison, the permutation test and the
+printed table."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from fmgnn.baselines.logistic import LogisticConfig, fc_features, fit_logistic
 from fmgnn.cohort import Cohort
 from fmgnn.evaluation.metrics import METRIC_NAMES, classification_metrics
+from fmgnn.config import with_values
 from fmgnn.evaluation.paired import best_of, compare_to_reference, format_paired, split_ratio
+from fmgnn.evaluation.permutation import permutation_p_value, permuted_labels, write_permuted_cohort
 from fmgnn.evaluation.splits import Split
 from fmgnn.io import atomic_write_json
 
@@ -52,7 +57,47 @@ def paired_comparison(folds: dict[str, list[dict[str, Any]]], splits: list[Split
     return compare_to_reference(per_split, reference, PAIRED_METRICS, ratio)
 
 
-def format_table(summaries: dict[str, dict[str, dict[str, float]]], paired: dict[str, Any] | None = None) -> str:
+log = logging.getLogger("fmgnn.permutation")
+PERMUTATION_SEED = 10_000  # permutation k shuffles with seed PERMUTATION_SEED + k
+Config = TypeVar("Config")
+
+
+def run_permutations(config: Config, run: Callable[[Config], dict[str, Any]], cohort: Cohort, run_dir: Path,
+                     summary: dict[str, Any], n: int, tracking: Any) -> dict[str, Any]:
+    """The whole job again on ``n`` copies of the cohort with labels shuffled among subjects
+    (``fmgnn.evaluation.permutation``); each model's permutation p-value of its mean test accuracy.
+
+    Copy k and its run live in ``run_dir/permutations/perm<k>/``, so an interrupted test resumes
+    where it stopped, as any run does.
+    """
+    real = {model: m["summary"]["accuracy"]["mean"] for model, m in summary["models"].items()}
+    scores: dict[str, list[float]] = {model: [] for model in real}
+    for k in range(n):
+        folder = run_dir / "permutations" / f"perm{k:03d}"
+        path = folder / "cohort.parquet"
+        if not path.is_file():
+            labels = permuted_labels(cohort.labels(), cohort.subject_ids(), PERMUTATION_SEED + k)
+            write_permuted_cohort(cohort, labels, path)
+        log.info("permutation %d/%d (labels shuffled among subjects): %s", k + 1, n, folder)
+        permuted = with_values(config, {"cohort": str(path), "run_dir": str(folder / "run"), "permutations": 0})
+        permuted.tracking = tracking
+        result = run(permuted)
+        for model in real:
+            scores[model].append(result["models"][model]["summary"]["accuracy"]["mean"])
+    return {"n": n, "metric": "accuracy", "shuffled": "labels among subjects, whole pipeline rerun",
+            "models": {model: {"score": real[model], "permuted": scores[model],
+                               "permuted_mean": float(np.mean(scores[model])),
+                               "p_value": permutation_p_value(real[model], scores[model])} for model in real}}
+
+
+def format_permutations(permutations: dict[str, Any]) -> list[str]:
+    return [f"permutation test ({permutations['n']} shuffles of the labels among subjects, whole pipeline):"] + [
+        f"  {model}: accuracy {m['score']:.3f}, shuffled {m['permuted_mean']:.3f}, p = {m['p_value']:.3g}"
+        for model, m in permutations["models"].items()]
+
+
+def format_table(summaries: dict[str, dict[str, dict[str, float]]], paired: dict[str, Any] | None = None,
+                 permutations: dict[str, Any] | None = None) -> str:
     header = f"{'model':<10}" + "".join(f"{m:>22}" for m in METRIC_NAMES)
     lines = [header]
     for model, summary in summaries.items():
@@ -60,4 +105,6 @@ def format_table(summaries: dict[str, dict[str, dict[str, float]]], paired: dict
             f"{summary[m]['mean']:>14.3f} ± {summary[m]['std']:<5.3f}" for m in METRIC_NAMES))
     if paired:
         lines += ["paired, split by split:", *format_paired(paired, PAIRED_METRICS)]
+    if permutations:
+        lines += format_permutations(permutations)
     return "\n".join(lines)

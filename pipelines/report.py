@@ -91,6 +91,12 @@ def bleg_section(out_dir: Path, figures: Figures) -> Section | None:
     if metrics.get("paired"):
         section.tables.append(paired_table(f"against {metrics['paired']['reference']}, split by split", [
             value for by_metric in metrics["paired"]["models"].values() for value in by_metric.values()]))
+    if metrics.get("permutation"):
+        permutation = metrics["permutation"]
+        section.tables.append(Table(f"permutation test: {permutation['n']} shuffles of the labels among subjects, "
+                                    "whole pipeline rerun", ["model", "accuracy", "shuffled (mean)", "p"], [
+            [name, round(m["score"], 3), round(m["permuted_mean"], 3), round(m["p_value"], 4)]
+            for name, m in permutation["models"].items()]))
     folds = {name: [_read(p) for p in sorted((out_dir / "bleg" / name).glob("seed*_fold*.json"))]
              for name in metrics["models"]}
     roc = {}

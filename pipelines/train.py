@@ -32,7 +32,7 @@ from fmgnn.evaluation.splits import FoldConfig, Split, cohort_splits, save_split
 from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.tracking import JobRun, TrackingConfig
-from pipelines.classification import fold_result, format_table, paired_comparison, run_logistic
+from pipelines.classification import fold_result, format_table, paired_comparison, run_logistic, run_permutations
 from pipelines.command import Job, job_main
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import resolve_storage_path, run_stage
@@ -52,6 +52,8 @@ class BaselineJobConfig:
             None: ``<run_dir>/ray_results``.
         reference: The model the other is compared with split by split (``metrics.json``'s ``paired``);
             None: the better one by mean accuracy.
+        permutations: Rerun the job this many times with labels shuffled among subjects and report each
+            model's permutation p-value (``metrics.json``'s ``permutation``); 0: no permutation test.
     """
 
     cohort: str = ""
@@ -65,8 +67,11 @@ class BaselineJobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     reference: str | None = None
+    permutations: int = 0
 
     def __post_init__(self) -> None:
+        if self.permutations < 0:
+            raise InputError(f"permutations must be >= 0, received {self.permutations}")
         unknown = sorted(set(self.models) - set(MODELS))
         if unknown:
             raise InputError(f"models: unknown {unknown}; choose from {list(MODELS)}")
@@ -141,10 +146,14 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
                      results["models"][model]["summary"]["accuracy"]["std"], len(per_fold),
                      results["models"][model]["wall_time_s"])
         results["paired"] = paired_comparison(folds, splits, config.reference)
+        if config.permutations:
+            results["permutation"] = run_permutations(config, run_baselines, cohort, run_dir, results,
+                                                      config.permutations, tracking.for_child())
         atomic_write_json(run_dir / "metrics.json", results)
         tracking.log_metrics({m: r["summary"] for m, r in results["models"].items()})
         tracking.log_artifacts(run_dir, recursive=False)
-    print(format_table({m: r["summary"] for m, r in results["models"].items()}, results["paired"]))
+    print(format_table({m: r["summary"] for m, r in results["models"].items()}, results["paired"],
+                       results.get("permutation")))
     return results
 
 

@@ -122,3 +122,28 @@ def test_baselines_job_with_two_ddp_workers(small_synthetic, ray_session, tmp_pa
     again = run_baselines(config)
     assert again["models"]["gcn"]["summary"] == results["models"]["gcn"]["summary"]
     assert again["models"]["gcn"]["wall_time_s"] < 5
+
+
+def test_permuted_labels_score_at_chance_and_the_real_ones_do_not(small_synthetic, tmp_path):
+    from fmgnn.evaluation.permutation import permuted_labels
+
+    config = load_config(BaselineJobConfig, None, [
+        f"cohort={small_synthetic}", f"run_dir={tmp_path / 'run'}", "models=[logistic]", "folds.n_folds=5",
+        "permutations=8", "tracking.enabled=false"])
+    result = run_baselines(config)["permutation"]["models"]["logistic"]
+    assert result["score"] > 0.75 and len(result["permuted"]) == 8
+    assert abs(result["permuted_mean"] - 0.5) < 0.1  # the synthetic cohort is balanced: chance is 0.5
+    assert result["p_value"] == pytest.approx((1 + sum(p >= result["score"] for p in result["permuted"])) / 9)
+    assert result["p_value"] < 0.15
+    # Each shuffle reran the job on its own copy: the same scans and ids, the same label counts, new labels.
+    cohort = Cohort(small_synthetic)
+    shuffled = Cohort(tmp_path / "run" / "permutations" / "perm000" / "cohort.parquet")
+    assert shuffled.scan_ids().tolist() == cohort.scan_ids().tolist()
+    assert sorted(shuffled.labels()) == sorted(cohort.labels()) and (shuffled.labels() != cohort.labels()).any()
+    assert json.loads((tmp_path / "run" / "permutations" / "perm007" / "run" / "metrics.json").read_text())
+    # Shuffled among subjects: a subject's scans keep one label.
+    subjects = np.array(["a", "a", "b", "c", "c", "c", "d"], dtype=object)
+    for seed in range(5):
+        labels = permuted_labels(np.array([0, 0, 1, 1, 1, 1, 0]), subjects, seed)
+        assert len({labels[i] for i in range(7) if subjects[i] == "c"}) == 1 and labels[0] == labels[1]
+        assert sorted(labels[[0, 2, 3, 6]]) == [0, 0, 1, 1]
