@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fmgnn.config import load_config  # noqa: E402
+from fmgnn.evaluation.paired import format_paired  # noqa: E402
 from fmgnn.sources.corrpops import ingest_corrpops  # noqa: E402
 from pipelines.augment import AugmentConfig, run_augment  # noqa: E402
 from pipelines.bleg import BLEGJobConfig, run_bleg  # noqa: E402
@@ -58,6 +59,7 @@ def main() -> None:
                        for v in config.variants}
         print(f"{name}: {seconds[name]:.0f} s; " + ", ".join(
             f"{v} accuracy {m['summary']['accuracy']['mean']:.3f}" for v, m in summary["models"].items()))
+        print("\n".join(format_paired(summary["paired"], ["accuracy", "auc"])))
     if len(seconds) == 2:
         largest = max(float(np.max(np.abs(np.subtract(a["test_probabilities"], b["test_probabilities"]))))
                       for v in folds["plain"] for a, b in zip(folds["plain"][v], folds["fmgnn"][v]))
