@@ -11,6 +11,7 @@ import pytest
 from bleg.graph_encoder import GraphTokenEncoder
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config
+from bleg.augment.store import OUTPUT_SCHEMA, read_augmentations
 from pipelines.augment import AugmentConfig, run_augment
 from pipelines.bleg import BLEGJobConfig, run_bleg
 from pipelines.predict import PredictConfig, run_predict
@@ -101,6 +102,62 @@ def test_bleg_two_workers_end_to_end_then_predict(small_synthetic, rules_texts, 
     assert len(record["models"]) == 2 and len(predictions) == len(cohort)
     np.testing.assert_allclose(predictions[["p_control", "p_patient"]].sum(axis=1), 1.0, rtol=1e-5)
     assert (tmp_path / "pred.json").is_file()
+
+
+def poison_test_scans(cohort_path, texts, test: list[int], out):
+    """Copies of the cohort and texts in which ``test`` rows have other time series and other descriptions
+    (labels kept: they decide the folds)."""
+    import pyarrow as pa
+
+    from fmgnn.cohort import METADATA_KEY
+
+    cohort = Cohort(cohort_path)
+    table = cohort.table
+    rng = np.random.default_rng(99)
+    series = table.column("timeseries").to_pylist()
+    for i in test:
+        series[i] = rng.normal(size=len(series[i])).astype(np.float32).tolist()
+    table = table.set_column(table.schema.get_field_index("timeseries"), "timeseries",
+                             pa.array(series, pa.list_(pa.float32())))
+    out.mkdir()
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: cohort.metadata.to_json()}), out / "cohort.parquet")
+    scans = {str(cohort.scan_ids()[i]) for i in test}
+    parts = read_augmentations(texts).to_pylist()
+    for row in parts:
+        if row["scan_id"] in scans:
+            row["key_features"], row["conclusion"] = ["canary: a test scan"], "Canary text of a test scan."
+    (out / "texts" / "parts").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(parts, schema=OUTPUT_SCHEMA), out / "texts" / "parts" / "part-c-00000.parquet")
+    return out / "cohort.parquet", out / "texts"
+
+
+def test_no_fit_of_a_fold_reaches_its_test_scans(small_synthetic, rules_texts, tmp_path):
+    """Leakage canary: the test scans of fold 0 get other time series and other descriptions. Everything
+    fitted for fold 0 (logistic regression's C, stage 2, the teacher targets, stage 3's curves) must come
+    out bit for bit the same; only fold 0's test predictions may change."""
+    overrides = [*bleg_overrides(small_synthetic, rules_texts, tmp_path / "real"), "ray.num_workers=0",
+                 "variants=[logistic,gcn_alone,bleg]"]
+    run_bleg(load_config(BLEGJobConfig, None, overrides))
+    fold0 = json.loads((tmp_path / "real" / "splits.json").read_text())[0]
+    cohort, texts = poison_test_scans(small_synthetic, rules_texts, fold0["test"], tmp_path / "poisoned")
+    run_bleg(load_config(BLEGJobConfig, None, [*overrides, f"cohort={cohort}", f"texts.output={texts}",
+                                               f"run_dir={tmp_path / 'canary'}"]))
+
+    def fitted(run):
+        name = fold0["name"] if "name" in fold0 else f"seed{fold0['seed']}_fold{fold0['fold']}"
+        records = {v: json.loads((run / v / f"{name}.json").read_text()) for v in ("logistic", "gcn_alone", "bleg")}
+        stage2 = json.loads((run / "folds" / name / "stage2" / "result.json").read_text())
+        teacher = pq.read_table(run / "folds" / name / "teacher-bleg.parquet").to_pydict()
+        return {"C": records["logistic"]["selection"], "stage2": stage2["history"], "teacher": teacher,
+                **{v: records[v]["history"] for v in ("gcn_alone", "bleg")}}, records
+
+    real, real_records = fitted(tmp_path / "real")
+    canary, canary_records = fitted(tmp_path / "canary")
+    assert real.keys() == canary.keys()
+    for key in real:
+        assert real[key] == canary[key], f"{key} of fold 0 changed when only its test scans did"
+    # The poison did reach what it should: fold 0's test predictions.
+    assert real_records["bleg"]["test_probabilities"] != canary_records["bleg"]["test_probabilities"]
 
 
 def test_missing_descriptions_fail_before_training(small_synthetic, ray_session, tmp_path):
