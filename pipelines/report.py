@@ -143,12 +143,14 @@ def tune_section(out_dir: Path, figures: Figures) -> Section | None:
         figures["sweep_importance"] = {"kind": "bars", "title": "parameter importance (fANOVA)",
                                        "xlabel": "importance", "values": importance}
         section.figures.append("sweep_importance")
-    retrained = summary.get("retrained")
-    if retrained:
-        section.tables.append(Table("best configuration retrained on every fold, against the default",
-                                    ["configuration", *CLASSIFICATION],
-                                    [[name, *[_mean_std(s, k) for k in CLASSIFICATION]]
-                                     for name, s in retrained.items()]))
+    nested = summary.get("nested")
+    if nested:
+        section.tables.append(Table("nested estimate: each test fold with the configuration its own validation "
+                                    "scans chose, against the default", ["configuration", *CLASSIFICATION],
+                                    [[name, *[_mean_std(m["summary"], k) for k in CLASSIFICATION]]
+                                     for name, m in nested["models"].items()]))
+        section.tables.append(paired_table("nested against the default, fold by fold", [
+            value for by_metric in nested["paired"]["models"].values() for value in by_metric.values()]))
     return section
 
 

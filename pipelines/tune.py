@@ -11,13 +11,19 @@ Train run per trial, inside a Tune function trainable, metrics forwarded with
 test folds are never scored during the sweep. ASHA stops poor trials early; Optuna proposes
 configurations. Outputs in ``sweep_dir``: ``results.parquet`` / ``results.csv`` (one row per
 trial), ``trials.json`` (each trial's parameters and validation curve), ``best.yaml`` (a
-``fmgnn train bleg`` config with the best stage 3), ``plots/``, and, with ``retrain: true``, the best
-configuration retrained and tested on every fold of the base run (``retrain/``) next to the base
-run's default configuration.
+``fmgnn train bleg`` config with the best stage 3: the one to use on new subjects), ``plots/``.
+
+The pooled sweep's objective reads the validation scans of every fold, and those sit in the test
+fold of another, so its best configuration has no honest test score. With ``retrain: true`` the
+test estimate is nested: every outer fold gets a sweep of its own, whose trials train that fold
+alone and are judged (by ASHA and Optuna too) on its validation scans, inside its training part;
+the fold is then trained with its winner and tested once (``nested/``), and the per-fold test
+metrics are compared, paired, with the base run's default configuration on the same folds.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -32,18 +38,20 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from bleg.run_record import BLEGRun
-from bleg.train_student import AlignmentConfig, FoldInput, StudentFoldsTask
+from bleg.train_student import AlignmentConfig, FoldInput, StudentFoldsTask, StudentTask
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config, save_config, to_dict, with_values
-from fmgnn.engine import fit
+from fmgnn.engine import fit, read_result
+from fmgnn.evaluation.metrics import summarize
 from fmgnn.errors import InputError
 from fmgnn.evaluation.splits import cohort_splits
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.tracking import JobRun, TrackingConfig
-from pipelines.bleg import BLEGJobConfig, run_bleg
+from pipelines.bleg import BLEGJobConfig, fold_result, fold_seed
 from pipelines.command import job_main
 from pipelines.ray_session import RayConfig, start_ray
-from pipelines.trainers import make_trainer, resolve_storage_path
+from pipelines.classification import paired_comparison
+from pipelines.trainers import make_trainer, resolve_storage_path, run_stage
 from tune.space import search_space
 from tune.trial_runtime import TuneTrialRuntime
 
@@ -67,7 +75,9 @@ class TuneJobConfig:
         search: ``optuna`` or ``random``.
         max_concurrent_trials: Cap on trials at once; None: what the cluster's CPUs allow.
         storage_path: Where trial checkpoints go (local or s3://, gs://); None: ``<sweep_dir>/ray_results``.
-        retrain: Retrain the best configuration on every fold of the base run and report its test metrics.
+        retrain: Estimate the tuned model's test metrics by nested selection: a sweep per outer fold of
+            ``seeds`` on that fold's validation scans, its winner trained and tested on that fold,
+            paired with the base run's default configuration.
     """
 
     base_run: str = ""
@@ -121,6 +131,24 @@ def trial_stage3(base: AlignmentConfig, params: dict[str, Any]) -> AlignmentConf
     return with_values(base, {k.removeprefix("stage3."): v for k, v in params.items()})
 
 
+def run_trials(config: TuneJobConfig, base: BLEGJobConfig, cohort_path: str, folds: list[FoldInput],
+               encoder_config: Any, name: str, storage_path: str, tracking: JobRun) -> tune.ResultGrid:
+    """One Tune experiment (restored when interrupted) whose trials train ``folds`` in lockstep."""
+    # A trial that drives a trainer needs no CPU of its own (the trainer's workers hold them); one that
+    # trains itself (ray.num_workers=0) holds a worker's share.
+    trial_cpus = config.ray.cpus_per_worker if config.ray.num_workers == 0 else 0.1
+    trainable = tune.with_resources(
+        make_trainable(base, cohort_path, ray.put(folds), encoder_config, config.ray, storage_path, name),
+        {"CPU": trial_cpus})
+    grid = restore_or_create(config, name, trainable, storage_path, tracking).fit()
+    failed = [str(r.error).splitlines()[-1] for r in grid if r.error is not None]
+    if failed:
+        log.warning("%s: %d of %d trials failed, e.g. %s", name, len(failed), len(grid), failed[0])
+        if len(failed) == len(grid):
+            raise RuntimeError(f"every trial failed: {failed[0]}")
+    return grid
+
+
 def make_trainable(base: BLEGJobConfig, cohort_path: str, folds_ref: ray.ObjectRef, encoder_config: Any,
                    ray_config: RayConfig, storage_path: str, name: str):
     def trainable(params: dict[str, Any]) -> None:
@@ -170,31 +198,19 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
     encoder_config = BLEGRun(base.run_dir).stage2_encoder(folds[0].split.name).config
     start_ray(config.ray)
     storage_path = resolve_storage_path(config.storage_path, sweep_dir)
-    # A trial that drives a trainer needs no CPU of its own (the trainer's workers hold them); one that
-    # trains itself (ray.num_workers=0) holds a worker's share.
-    trial_cpus = config.ray.cpus_per_worker if config.ray.num_workers == 0 else 0.1
-    trainable = tune.with_resources(
-        make_trainable(base, str(cohort.path.resolve()), ray.put(folds), encoder_config, config.ray, storage_path,
-                       config.name),
-        {"CPU": trial_cpus})
+    cohort_path = str(cohort.path.resolve())
     with JobRun(config.tracking, sweep_dir, "tune", to_dict(config)) as tracking:
-        tuner = restore_or_create(config, trainable, storage_path, tracking)
         start = time.monotonic()
-        grid = tuner.fit()
-        failed = [str(r.error).splitlines()[-1] for r in grid if r.error is not None]
-        if failed:
-            log.warning("%d of %d trials failed, e.g. %s", len(failed), len(grid), failed[0])
-            if len(failed) == len(grid):
-                raise RuntimeError(f"every trial failed: {failed[0]}")
+        grid = run_trials(config, base, cohort_path, folds, encoder_config, config.name, storage_path, tracking)
         results = grid.get_dataframe()
         results.to_parquet(sweep_dir / "results.parquet")
         results.to_csv(sweep_dir / "results.csv", index=False)
         best = grid.get_best_result(metric="best_score", mode=MODE, scope="last")
         best_params = {k: best.config[k] for k in config.space}
-        best_config = with_values(base, {**best_params, "run_dir": str(sweep_dir / "retrain"), "variants": ["bleg"]})
+        best_config = with_values(base, {**best_params, "run_dir": str(sweep_dir / "tuned"), "variants": ["bleg"]})
         save_config(best_config, sweep_dir / "best.yaml")
-        summary = {"trials": len(results), "failed_trials": len(failed), "best_params": best_params,
-                   "best_val_loss": best.metrics["best_score"],
+        summary = {"trials": len(results), "failed_trials": sum(r.error is not None for r in grid),
+                   "best_params": best_params, "best_val_loss": best.metrics["best_score"],
                    "trial_epochs": int(results["training_iteration"].sum()),
                    "sweep_seconds": round(time.monotonic() - start, 1)}
         log.info("sweep: %d trials, %d trial-epochs, best %s (validation loss %.4f)", summary["trials"],
@@ -202,28 +218,53 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
         atomic_write_json(sweep_dir / "trials.json", trial_curves(grid, list(config.space)))
         plot_sweep(results, grid, config, sweep_dir / "plots")
         if config.retrain:
-            best_config.tracking = tracking.for_child()
-            summary["retrained"] = retrain(best_config, base)
+            summary["nested"] = nested_estimate(config, base, cohort, folds, encoder_config, storage_path, tracking)
         atomic_write_json(sweep_dir / "summary.json", summary)
-        tracking.log_metrics({k: v for k, v in summary.items() if k != "best_params"})
+        tracking.log_metrics({k: v for k, v in summary.items() if k not in ("best_params", "nested")})
         tracking.log_artifacts(sweep_dir, recursive=False)
     return summary
 
 
-def retrain(best: BLEGJobConfig, base: BLEGJobConfig) -> dict[str, Any]:
-    """The best stage 3 on every fold of the base run (its stage 2 and teachers reused), tested once."""
-    BLEGRun(best.run_dir).reuse_stage2(BLEGRun(base.run_dir))
-    tuned = run_bleg(best)["models"]["bleg"]["summary"]
-    default = BLEGRun(base.run_dir).metrics()["models"]["bleg"]["summary"]
-    return {"best": tuned, "default": default}
+def nested_estimate(config: TuneJobConfig, base: BLEGJobConfig, cohort: Cohort, folds: list[FoldInput],
+                    encoder_config: Any, storage_path: str, tracking: JobRun) -> dict[str, Any]:
+    """Each outer fold tuned on its own validation scans, trained with its winner and tested once; paired
+    with the base run's default configuration on the same folds."""
+    sweep_dir = Path(config.sweep_dir).resolve()
+    cohort_path = str(cohort.path.resolve())
+    chosen, tasks = {}, []
+    for fold in folds:
+        name = f"{config.name}-{fold.split.name}"
+        grid = run_trials(config, base, cohort_path, [fold], encoder_config, name, storage_path, tracking)
+        best = grid.get_best_result(metric="best_score", mode=MODE, scope="last")
+        chosen[fold.split.name] = {"params": {k: best.config[k] for k in config.space},
+                                   "val_loss": best.metrics["best_score"], "trials": len(grid)}
+        log.info("nested: %s chose %s (validation loss %.4f)", fold.split.name, chosen[fold.split.name]["params"],
+                 best.metrics["best_score"])
+        tasks.append(StudentTask(f"nested-{fold.split.name}", cohort_path, fold.split, base.graph,
+                                 trial_stage3(base.stage3, chosen[fold.split.name]["params"]), encoder_config,
+                                 fold.encoder_state, fold.targets, fold_seed(fold.split),
+                                 output=sweep_dir / "nested" / fold.split.name))
+    run_stage(tasks, "nested", config.ray, storage_path)
+    record = BLEGRun(base.run_dir)
+    runs: dict[str, list[dict[str, Any]]] = {"nested": [], "default": []}
+    for fold in folds:
+        result = fold_result(fold.split, read_result(sweep_dir / "nested" / fold.split.name),
+                             chosen=chosen[fold.split.name]["params"])
+        atomic_write_json(sweep_dir / "nested" / f"{fold.split.name}.json", result)
+        runs["nested"].append(result)
+        runs["default"].append(json.loads(record.fold_result_path("bleg", fold.split.name).read_text()))
+    return {"chosen": chosen,
+            "models": {m: {"summary": summarize([f["metrics"] for f in r])} for m, r in runs.items()},
+            "paired": paired_comparison(runs, [f.split for f in folds], reference="default")}
 
 
-def restore_or_create(config: TuneJobConfig, trainable: Any, storage_path: str, tracking: JobRun) -> tune.Tuner:
+def restore_or_create(config: TuneJobConfig, name: str, trainable: Any, storage_path: str,
+                      tracking: JobRun) -> tune.Tuner:
     """``Tuner.restore`` of an interrupted sweep (finished trials are not rerun), else a new Tuner.
 
     Trials go to MLflow through Ray Tune's own ``MLflowLoggerCallback``, nested under the sweep's run.
     """
-    path = os.path.join(storage_path, config.name)
+    path = os.path.join(storage_path, name)
     if tune.Tuner.can_restore(path):
         log.info("restoring the interrupted sweep at %s", path)
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -241,7 +282,7 @@ def restore_or_create(config: TuneJobConfig, trainable: Any, storage_path: str, 
         param_space=search_space(config.space),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler, search_alg=search,
                                     num_samples=config.num_samples, max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(name=config.name, storage_path=storage_path,
+        run_config=tune.RunConfig(name=name, storage_path=storage_path,
                                   callbacks=mlflow_callbacks(config, tracking)),
     )
 

@@ -133,8 +133,9 @@ def poison_test_scans(cohort_path, texts, test: list[int], out):
 
 def test_no_fit_of_a_fold_reaches_its_test_scans(small_synthetic, rules_texts, tmp_path):
     """Leakage canary: the test scans of fold 0 get other time series and other descriptions. Everything
-    fitted for fold 0 (logistic regression's C, stage 2, the teacher targets, stage 3's curves) must come
-    out bit for bit the same; only fold 0's test predictions may change."""
+    fitted for fold 0 (logistic regression's C, stage 2, the teacher targets, stage 3's curves, the
+    nested sweep of fold 0 and its winner's training) must come out bit for bit the same; only fold 0's
+    test predictions may change."""
     overrides = [*bleg_overrides(small_synthetic, rules_texts, tmp_path / "real"), "ray.num_workers=0",
                  "variants=[logistic,gcn_alone,bleg]"]
     run_bleg(load_config(BLEGJobConfig, None, overrides))
@@ -153,6 +154,24 @@ def test_no_fit_of_a_fold_reaches_its_test_scans(small_synthetic, rules_texts, t
 
     real, real_records = fitted(tmp_path / "real")
     canary, canary_records = fitted(tmp_path / "canary")
+    # The sweep's nested estimate: fold 0's own sweep and its winner must not see fold 0's test scans either.
+    from pipelines.tune import TuneJobConfig, run_sweep
+
+    for run in ("real", "canary"):
+        config = load_config(TuneJobConfig, None, sweep_overrides(tmp_path / run, tmp_path / f"sweep-{run}",
+                                                                  retrain="true", num_samples=1))
+        config.space = {"stage3.lr": {"grid": [1.0e-6, 3.0e-3]}, "stage3.epochs": 4, "stage3.patience": 4}
+        nested = run_sweep(config)["nested"]
+        split = f"seed{fold0['seed']}_fold{fold0['fold']}"
+        trials = [json.loads(p.read_text().splitlines()[-1]) for p in
+                  sorted((tmp_path / f"sweep-{run}" / "ray_results" / f"bleg-{split}").glob("*/result.json"))]
+        assert len(trials) == 2 and nested["chosen"][split]["val_loss"] == min(t["best_score"] for t in trials)
+        chosen = json.loads((tmp_path / f"sweep-{run}" / "nested" / f"{split}.json").read_text())
+        fitted_of_run = real if run == "real" else canary
+        fitted_of_run["sweep"] = (nested["chosen"][split], sorted(t["best_score"] for t in trials), chosen["history"])
+        assert sorted(chosen["test_indices"]) == sorted(fold0["test"])
+        assert nested["paired"]["reference"] == "default" and nested["paired"]["models"]["nested"]["accuracy"][
+            "n_splits"] == 2
     assert real.keys() == canary.keys()
     for key in real:
         assert real[key] == canary[key], f"{key} of fold 0 changed when only its test scans did"
