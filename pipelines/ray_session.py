@@ -77,6 +77,11 @@ def start_ray(config: RayConfig) -> None:
     env_vars = {**job_env_vars(config), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
              _temp_dir=temp_dir, configure_logging=False, runtime_env={"env_vars": env_vars})
+    global EMBEDDED_DASHBOARD
+    EMBEDDED_DASHBOARD = env_vars["RAY_API_SERVER_ADDRESS"]
+
+
+EMBEDDED_DASHBOARD: str | None = None  # this process's embedded instance: the address its state API calls need
 
 
 def free_port() -> int:

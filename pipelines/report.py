@@ -74,8 +74,8 @@ def augment_section(out_dir: Path) -> Section | None:
     table = read_augmentations(out_dir / "augment").to_pylist()
     valid = [r for r in table if not r.get("error")][:3]
     if valid:
-        section.tables.append(Table("example descriptions", ["subject", "key features", "conclusion"], [
-            [r["subject_id"], "; ".join(r["key_features"] or []), r["conclusion"]] for r in valid]))
+        section.tables.append(Table("example descriptions", ["scan", "key features", "conclusion"], [
+            [r["scan_id"], "; ".join(r["key_features"] or []), r["conclusion"]] for r in valid]))
     return section
 
 

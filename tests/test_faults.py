@@ -151,7 +151,11 @@ def test_killed_training_worker_resumes_from_its_checkpoint(small_synthetic, ray
     while registered_epoch(tmp_path / "killed") < 3:
         assert time.monotonic() < deadline, "no checkpoint within 180 s"
         time.sleep(0.1)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
+    from pipelines import ray_session as session
+
+    # The session's own instance by address: another Ray on the machine (a parallel job) must not confuse it.
+    workers = list_actors(address=session.EMBEDDED_DASHBOARD, detail=True,
+                          filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     assert len(workers) == 1
     os.kill(workers[0].pid, signal.SIGKILL)
     metrics, _ = ray.get(running, timeout=300)
