@@ -48,9 +48,9 @@ from fmgnn.evaluation.splits import cohort_splits
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.bleg import BLEGJobConfig, fold_result, fold_seed
+from pipelines.classification import paired_comparison
 from pipelines.command import job_main
 from pipelines.ray_session import RayConfig, start_ray
-from pipelines.classification import paired_comparison
 from pipelines.trainers import make_trainer, resolve_storage_path, run_stage
 from tune.space import search_space
 from tune.trial_runtime import TuneTrialRuntime
