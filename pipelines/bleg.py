@@ -45,7 +45,7 @@ from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config, save_config, to_dict
 from fmgnn.engine import read_result
 from fmgnn.errors import InputError
-from fmgnn.evaluation.metrics import summarize
+from fmgnn.evaluation.metrics import majority_rate, summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, cohort_splits, save_splits
 from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
@@ -321,7 +321,8 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
                    run_dir, tracking).run(splits)
 
         results = collect(run_dir, config.variants, splits)
-        summary = {"cohort": cohort.summary(), "lm": config.lm.path, "texts": config.texts.output,
+        summary = {"cohort": cohort.summary(), "chance": majority_rate(cohort.labels(), splits),
+                   "lm": config.lm.path, "texts": config.texts.output,
                    "wall_time_s": round(time.monotonic() - started, 1), "models": {}}
         for variant, folds in results.items():
             summary["models"][variant] = {"summary": summarize([f["metrics"] for f in folds]),
@@ -339,7 +340,7 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
         tracking.log_metrics({m: r["summary"] for m, r in summary["models"].items()})
         tracking.log_artifacts(run_dir, recursive=False)
     print(format_table({m: r["summary"] for m, r in summary["models"].items()}, summary["paired"],
-                       summary.get("permutation")))
+                       summary.get("permutation"), summary["chance"]))
     return summary
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from fmgnn.baselines.logistic import LogisticConfig, fc_features, fit_logistic
 from fmgnn.cohort import Cohort
-from fmgnn.evaluation.metrics import METRIC_NAMES, classification_metrics
+from fmgnn.evaluation.metrics import METRIC_NAMES, classification_metrics, mean_std
 from fmgnn.config import with_values
 from fmgnn.evaluation.paired import best_of, compare_to_reference, format_paired, split_ratio
 from fmgnn.evaluation.permutation import permutation_p_value, permuted_labels, write_permuted_cohort
@@ -97,12 +97,15 @@ def format_permutations(permutations: dict[str, Any]) -> list[str]:
 
 
 def format_table(summaries: dict[str, dict[str, dict[str, float]]], paired: dict[str, Any] | None = None,
-                 permutations: dict[str, Any] | None = None) -> str:
+                 permutations: dict[str, Any] | None = None, chance: dict[str, Any] | None = None) -> str:
     header = f"{'model':<10}" + "".join(f"{m:>22}" for m in METRIC_NAMES)
     lines = [header]
     for model, summary in summaries.items():
-        lines.append(f"{model:<10}" + "".join(
-            f"{summary[m]['mean']:>14.3f} ± {summary[m]['std']:<5.3f}" for m in METRIC_NAMES))
+        lines.append(f"{model:<10}" + "".join(f"{mean_std(summary[m]):>22}" for m in METRIC_NAMES))
+    if chance:
+        sizes = chance["test_sizes"]
+        lines.append(f"majority class (the training part's, always): accuracy {chance['majority_accuracy']:.3f}; "
+                     f"{len(sizes)} splits of {min(sizes)}-{max(sizes)} test scans")
     if paired:
         lines += ["paired, split by split:", *format_paired(paired, PAIRED_METRICS)]
     if permutations:

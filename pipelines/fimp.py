@@ -44,6 +44,7 @@ from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import save_config, to_dict
 from fmgnn.engine import TrainTask, read_result
 from fmgnn.errors import InputError
+from fmgnn.evaluation.metrics import mean_std
 from fmgnn.evaluation.paired import best_of, from_dict, paired_difference, split_ratio
 from fmgnn.io import atomic_write_json, environment_record
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
@@ -251,7 +252,7 @@ def summarize_runs(run_dir: Path, config: FIMPJobConfig) -> dict[str, Any]:
     for name in config.models:
         runs = all_runs[name] = [json.loads((run_dir / name / f"seed{s}.json").read_text()) for s in config.seeds]
         models[name] = {k: {"mean": float(np.mean([r[k] for r in runs])),
-                            "std": float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else 0.0}
+                            "std": float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else None}
                         for k in ("mse", "r2")}
         models[name]["seconds"] = sum(r["seconds"] for r in runs)
     summary: dict[str, Any] = {"task": config.task, "seeds": config.seeds, "models": models}
@@ -270,8 +271,7 @@ def summarize_runs(run_dir: Path, config: FIMPJobConfig) -> dict[str, Any]:
 def format_table(summary: dict[str, Any]) -> str:
     lines = [f"{'model':<18}{'MSE':>20}{'R^2':>20}"]
     for name, m in summary["models"].items():
-        lines.append(f"{name:<18}{m['mse']['mean']:>12.4f} ± {m['mse']['std']:<5.4f}"
-                     f"{m['r2']['mean']:>12.3f} ± {m['r2']['std']:<5.3f}")
+        lines.append(f"{name:<18}{mean_std(m['mse'], 4):>20}{mean_std(m['r2']):>20}")
     for key, value in summary.items():
         if key.endswith("_vs_best_baseline"):  # paired over seeds; for MSE a negative difference is the gain
             lines += [from_dict(value[m]).line() for m in ("r2", "mse")]

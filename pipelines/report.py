@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from fmgnn.evaluation.metrics import mean_std
 from fmgnn.io import atomic_write_json, atomic_write_text
 from fmgnn.plots import mean_curves, pooled_predictions
 from fmgnn.report_html import Section, Table, render_html
@@ -33,8 +34,7 @@ def _read(path: Path) -> Any:
 
 
 def _mean_std(summary: dict[str, Any], key: str) -> str:
-    value = summary[key]
-    return f"{value['mean']:.3f} ± {value['std']:.3f}"
+    return mean_std(summary[key])
 
 
 def overview_section(out_dir: Path, summary: dict[str, Any]) -> Section:
@@ -85,6 +85,11 @@ def bleg_section(out_dir: Path, figures: Figures) -> Section | None:
         return None
     section = Section("BLEG: stages 2 and 3, with its ablations (test folds)")
     section.notes.append(f"LM {metrics['lm']}; every model on the same stratified folds; mean ± std over test folds.")
+    if metrics.get("chance"):
+        sizes = metrics["chance"]["test_sizes"]
+        section.notes.append(f"Always answering the training part's majority class scores accuracy "
+                             f"{metrics['chance']['majority_accuracy']:.3f}; {len(sizes)} test folds of "
+                             f"{min(sizes)}-{max(sizes)} scans.")
     section.tables.append(Table("classification", ["model", *CLASSIFICATION, "folds", "trainer seconds"], [
         [name, *[_mean_std(m["summary"], k) for k in CLASSIFICATION], m["summary"]["accuracy"]["n"],
          m["fold_seconds"]] for name, m in metrics["models"].items()]))

@@ -27,7 +27,7 @@ from fmgnn.cohort import Cohort
 from fmgnn.config import save_config, to_dict
 from fmgnn.engine import is_done, read_result
 from fmgnn.errors import InputError
-from fmgnn.evaluation.metrics import summarize
+from fmgnn.evaluation.metrics import majority_rate, mean_std, summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, cohort_splits, save_splits
 from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json, environment_record
@@ -124,7 +124,8 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
              len(splits), config.folds.n_folds, len(config.folds.seeds))
 
     with JobRun(config.tracking, run_dir, "baseline", to_dict(config)) as tracking:
-        results: dict[str, Any] = {"cohort": cohort.summary(), "models": {}}
+        results: dict[str, Any] = {"cohort": cohort.summary(), "chance": majority_rate(cohort.labels(), splits),
+                                   "models": {}}
         folds: dict[str, list[dict[str, Any]]] = {}
         for model in config.models:
             out_dir = run_dir / model
@@ -141,9 +142,8 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
                 "summary": summarize([r["metrics"] for r in per_fold]),
                 "wall_time_s": round(time.monotonic() - start, 1),
             }
-            log.info("%s: accuracy %.3f ± %.3f over %d folds (%.0f s)", model,
-                     results["models"][model]["summary"]["accuracy"]["mean"],
-                     results["models"][model]["summary"]["accuracy"]["std"], len(per_fold),
+            log.info("%s: accuracy %s over %d folds (%.0f s)", model,
+                     mean_std(results["models"][model]["summary"]["accuracy"]), len(per_fold),
                      results["models"][model]["wall_time_s"])
         results["paired"] = paired_comparison(folds, splits, config.reference)
         if config.permutations:
@@ -153,7 +153,7 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
         tracking.log_metrics({m: r["summary"] for m, r in results["models"].items()})
         tracking.log_artifacts(run_dir, recursive=False)
     print(format_table({m: r["summary"] for m, r in results["models"].items()}, results["paired"],
-                       results.get("permutation")))
+                       results.get("permutation"), results["chance"]))
     return results
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fmgnn.evaluation.metrics import classification_metrics, summarize
+from fmgnn.evaluation.metrics import classification_metrics, majority_rate, mean_std, summarize
 from fmgnn.evaluation.splits import FoldConfig, SplitError, make_splits
 
 
@@ -123,3 +123,29 @@ def test_paired_comparison_finds_a_planted_gain_and_not_a_null_one():
     # Unpaired, the same gain is inside the fold-to-fold spread (std 0.08 against a 0.04 gain).
     assert np.std([v["accuracy"] for v in base.values()]) > 0.04
     assert best_of({"logistic": 0.71, "gcn_alone": 0.69, "bleg": 0.8}, ["logistic", "gcn_alone"]) == "logistic"
+
+
+def test_one_run_has_no_spread_and_the_majority_rate_is_the_training_majority_on_test():
+    one = summarize([{"accuracy": 0.7}])["accuracy"]
+    assert one["std"] is None and mean_std(one) == "0.700 (1 run)"
+    assert mean_std(summarize([{"accuracy": 0.5}, {"accuracy": 0.7}])["accuracy"]) == "0.600 ± 0.141"
+    labels = np.array([0] * 30 + [1] * 20)
+    splits = make_splits(labels, FoldConfig(n_folds=5))
+    chance = majority_rate(labels, splits)
+    assert chance["majority_accuracy"] == pytest.approx(0.6) and chance["test_sizes"] == [10] * 5
+
+
+def test_a_tiny_test_part_is_warned_about(tmp_path, caplog):
+    from fmgnn.cohort import Cohort, CohortMetadata, CohortWriter, Scan
+    from fmgnn.evaluation.splits import cohort_splits
+
+    rng = np.random.default_rng(0)
+    metadata = CohortMetadata(name="t", atlas="none", roi_names=["a", "b", "c"], label_names=["x", "y"], task="t")
+    with CohortWriter(tmp_path / "c.parquet", metadata) as writer:
+        for i in range(8):
+            writer.add(Scan(f"s{i}", i % 2, timeseries=rng.normal(size=(20, 3))))
+    with pytest.raises(SplitError, match=r"val_fraction=0.15 of a training part of 6 scans is 0.9 scans, fewer"):
+        cohort_splits(Cohort(tmp_path / "c.parquet"), FoldConfig(n_folds=4))
+    with caplog.at_level("WARNING"):
+        cohort_splits(Cohort(tmp_path / "c.parquet"), FoldConfig(n_folds=4, val_fraction=0.4))
+    assert "holds 2 scan(s) of 2 subject(s); with fewer than 5" in caplog.text

@@ -48,14 +48,35 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dic
 
 
 def summarize(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """``{metric: {"mean": .., "std": .., "n": ..}}`` over folds (and seeds); std is the sample std."""
+    """``{metric: {"mean": .., "std": .., "n": ..}}`` over folds (and seeds); std is the sample std, None
+    with fewer than two values (one run has no spread, and 0 would read as one)."""
     summary = {}
     for name in METRIC_NAMES:
         values = np.array([m[name] for m in per_fold if name in m], dtype=np.float64)
         values = values[~np.isnan(values)]
         summary[name] = {
             "mean": float(values.mean()) if values.size else float("nan"),
-            "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+            "std": float(values.std(ddof=1)) if values.size > 1 else None,
             "n": int(values.size),
         }
     return summary
+
+
+def mean_std(value: dict[str, float | None], digits: int = 3) -> str:
+    """``0.750 ± 0.012``, or ``0.750 (1 run)`` when there is no spread to show."""
+    if value.get("std") is None:
+        return f"{value['mean']:.{digits}f} (1 run)"
+    return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
+
+
+def majority_rate(labels: np.ndarray, splits: list) -> dict[str, float | list[int]]:
+    """What always answering the training part's majority class scores on each test part (the chance
+    line of a table), and the test parts' sizes."""
+    labels = np.asarray(labels)
+    rates, sizes = [], []
+    for split in splits:
+        seen = labels[[*split.train, *split.val]]
+        majority = np.bincount(seen).argmax()
+        rates.append(float((labels[split.test] == majority).mean()))
+        sizes.append(len(split.test))
+    return {"majority_accuracy": float(np.mean(rates)), "test_sizes": sizes}

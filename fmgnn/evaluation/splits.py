@@ -13,6 +13,7 @@ with one scan per subject keeps the plain stratified k-fold (the same folds as b
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -25,6 +26,8 @@ from fmgnn.io import atomic_write_json
 
 if TYPE_CHECKING:
     from fmgnn.cohort import Cohort
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,6 +127,11 @@ def validation_split(train_val: np.ndarray, labels: np.ndarray, groups: np.ndarr
     """The training part's training and validation scans: stratified, and by subject when subjects repeat
     (one of ``round(1 / fraction)`` grouped folds, so the share is close to ``fraction``)."""
     if groups is None:
+        n_classes = len(np.unique(labels[train_val]))
+        if fraction * len(train_val) < n_classes:
+            raise SplitError(f"folds.val_fraction={fraction} of a training part of {len(train_val)} scans is "
+                             f"{fraction * len(train_val):.1f} scans, fewer than its {n_classes} classes need; use "
+                             "fewer folds or a larger val_fraction")
         return train_test_split(train_val, test_size=fraction, stratify=labels[train_val], random_state=seed)
     inner = StratifiedGroupKFold(n_splits=max(2, round(1 / fraction)), shuffle=True, random_state=seed)
     train, val = next(inner.split(np.zeros(len(train_val)), labels[train_val], groups[train_val]))
@@ -152,9 +160,20 @@ def site_folds(labels: np.ndarray, groups: np.ndarray | None, sites: np.ndarray 
     return folds
 
 
+SMALL_TEST_PART = 5  # fewer test scans or subjects than this: a fold's accuracy moves in steps of 20% or more
+
+
 def cohort_splits(cohort: Cohort, config: FoldConfig) -> list[Split]:
-    """``make_splits`` over a cohort's labels, subjects and sites."""
-    return make_splits(cohort.labels(), config, cohort.metadata.label_names, cohort.subject_ids(), cohort.sites())
+    """``make_splits`` over a cohort's labels, subjects and sites; warns when a test part is tiny."""
+    splits = make_splits(cohort.labels(), config, cohort.metadata.label_names, cohort.subject_ids(), cohort.sites())
+    subjects = cohort.subject_ids()
+    smallest = min(splits, key=lambda s: len({subjects[i] for i in s.test}))
+    n_subjects = len({subjects[i] for i in smallest.test})
+    if n_subjects < SMALL_TEST_PART:
+        log.warning("folds: test part %s holds %d scan(s) of %d subject(s); with fewer than %d, per-fold metrics "
+                    "are coarse and their spread unreliable (use fewer folds)", smallest.name, len(smallest.test),
+                    n_subjects, SMALL_TEST_PART)
+    return splits
 
 
 def save_splits(splits: list[Split], cohort: Cohort, path: Path) -> None:
