@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fmgnn.cohort import Cohort, CohortError
@@ -138,6 +139,29 @@ def test_braingb_subjects_may_repeat_and_structural_weights_ingest(tmp_path):
     assert (report.n_scans, report.n_subjects) == (6, 4) and cohort.metadata.connectivity == "weights"
     assert cohort.scan_ids().tolist() == ["a_scan-1", "a_scan-2", "b_scan-1", "b_scan-2", "c", "d"]
     assert cohort.subject_ids().tolist() == ["a", "a", "b", "b", "c", "d"]
+
+
+def test_a_header_of_column_numbers_is_not_read_as_a_time_point(tmp_path, caplog):
+    """Per-subject TSVs as pandas' to_csv writes them: a header row 0, 1, 2, ... above the data."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    series = {}
+    rows = ["participant_id\tgroup"]
+    for i in range(4):
+        pid = f"sub-{i:02d}"
+        rows.append(f"{pid}\t{'patient' if i % 2 else 'control'}")
+        series[pid] = rng.normal(size=(30, 5))
+        pd.DataFrame(series[pid]).to_csv(folder / f"{pid}_timeseries.tsv", sep="\t", index=False)
+    (folder / "participants.tsv").write_text("\n".join(rows) + "\n")
+    assert (folder / "sub-00_timeseries.tsv").read_text().splitlines()[0] == "0\t1\t2\t3\t4"
+    with caplog.at_level("WARNING"):
+        ingest_bids(folder, tmp_path / "c.parquet")
+    cohort = Cohort(tmp_path / "c.parquet")
+    assert cohort.timeseries(0).shape == (30, 5)  # not 31 rows, the first one the column numbers
+    np.testing.assert_allclose(cohort.timeseries(0), series["sub-00"], atol=1e-6)
+    assert "the first row (0, 1, 2, 3, ...) numbers the columns; read as a header" in caplog.text
+    assert cohort.metadata.roi_names != ["0", "1", "2", "3", "4"]  # column numbers are not region names
 
 
 def test_bids_errors_name_file_and_subject(tmp_path):

@@ -19,6 +19,7 @@ are scans (``participant_id`` the scan, that column its subject).
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from fmgnn.cohort import CohortError, CohortMetadata, CohortWriter, Scan
 from fmgnn.sources.report import IngestReport
 
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".npy": None, ".txt": None}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,12 +75,25 @@ def read_timeseries_file(path: Path) -> tuple[np.ndarray, list[str] | None]:
     delimiter = SUFFIXES[suffix]
     with path.open(newline="") as handle:
         first = next(csv.reader(handle, delimiter=delimiter) if delimiter else iter([handle.readline().split()]), [])
-    has_header = any(not _is_number(cell) for cell in first)
+    index_header = is_index_header(first)
+    if index_header:  # pandas' to_csv writes column numbers as a header: they are not a time point
+        log.warning("%s: the first row (%s) numbers the columns; read as a header, not as a time point", path,
+                    ", ".join(c.strip() for c in first[:4]) + (", ..." if len(first) > 4 else ""))
+    has_header = index_header or any(not _is_number(cell) for cell in first)
     try:
         values = np.loadtxt(path, delimiter=delimiter, skiprows=1 if has_header else 0, ndmin=2)
     except ValueError as err:
         raise CohortError(f"{path}: not a numeric table ({err})") from None
-    return values, ([c.strip() for c in first] if has_header else None)
+    return values, ([c.strip() for c in first] if has_header and not index_header else None)
+
+
+def is_index_header(cells: list[str]) -> bool:
+    """A first row that is 0, 1, ..., R-1 (or 1, ..., R) written as integers: column numbers, not data."""
+    cells = [c.strip() for c in cells]
+    if len(cells) < 2 or not all(re.fullmatch(r"\d+", c) for c in cells):
+        return False
+    numbers = [int(c) for c in cells]
+    return numbers in (list(range(len(cells))), list(range(1, len(cells) + 1)))
 
 
 def _is_number(cell: str) -> bool:
