@@ -115,3 +115,31 @@ def environment_record() -> dict[str, Any]:
         "git_commit": git_commit(),
         "packages": package_versions(),
     }
+
+
+RUN_LOCK = ".fmgnn.lock"
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder: Path, job: str) -> Iterator[None]:
+    """Hold ``folder`` for one job: a second job on it stops at once with one clear error.
+
+    An OS file lock (``filelock``; released by the OS when the process dies, so a killed job leaves no
+    stale lock). Jobs take it once their inputs are checked, right before their first write.
+    """
+    from filelock import FileLock, Timeout
+
+    from fmgnn.errors import InputError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / RUN_LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(f"{folder}: another {job} job is writing this folder; wait for it to finish or give "
+                         "this one another folder") from None
+    try:
+        yield
+    finally:
+        lock.release()

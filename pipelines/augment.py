@@ -32,7 +32,7 @@ from bleg.augment.store import PartWriter, drop_replaced_rows, read_keys
 from fmgnn.cohort import Cohort
 from fmgnn.config import save_config
 from fmgnn.errors import InputError
-from fmgnn.io import atomic_write_json, environment_record
+from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
 from pipelines.command import job_main
 from pipelines.ray_session import RayConfig, start_ray
 
@@ -161,41 +161,42 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
     todo = subjects_to_do(cohort, skip, config.limit)
     n_todo = len(todo)
     run_id = uuid.uuid4().hex[:10]
-    save_config(config, output / f"config-{run_id}.yaml")
-    atomic_write_json(output / f"versions-{run_id}.json", environment_record())
-    log.info("augment %s with %s (%s), prompt %s: %d to do, %d already answered, %d failed before%s",
-             cohort.metadata.name, config.engine.kind, model, PROMPT_VERSION, n_todo, len(done), len(failed),
-             " (retrying them)" if config.retry_failed else " (kept; retry_failed=true redoes them)")
-    start = time.monotonic()
-    total, removed = PassResult(), 0
-    # In-process engines retry inside their stage; the vLLM processor retries in further passes.
-    passes = config.engine.max_attempts if config.engine.kind == "vllm" else 1
-    redo = (failed & todo) if config.retry_failed else set()
-    if todo:
-        preflight(config.engine)  # a wrong URL or model path: one clear error before any worker starts
-        start_ray(config.ray)
-    for attempt in range(passes):
-        if not todo:
-            break
-        writer = PartWriter(parts, f"{run_id}{attempt}")
-        dataset = build_dataset(config, cohort, todo, config.engine.sampling.seed + attempt)
-        result = write_pass(dataset, writer, config, len(todo), start)
-        removed += drop_replaced_rows(parts, redo, PROMPT_VERSION, model, writer.run_id)
-        total.written += result.written if attempt == 0 else 0  # later passes replace rows, not add
-        total.output_tokens += result.output_tokens
-        total.errors = result.errors  # each pass redoes exactly the previous pass's failures
-        todo = redo = result.failed
-    seconds = time.monotonic() - start
-    summary = {
-        "run_id": run_id, "cohort": str(cohort.path), "prompt_version": PROMPT_VERSION, "model": model,
-        "engine": config.engine.kind, "subjects_to_do": n_todo, "rows_written": total.written,
-        "error_rows": total.errors, "skipped_already_answered": len(done), "replaced_rows_removed": removed,
-        "seconds": round(seconds, 1), "subjects_per_s": round(total.written / seconds, 2) if total.written else 0.0,
-        "output_tokens_per_s": round(total.output_tokens / seconds, 1) if total.written else 0.0,
-    }
-    atomic_write_json(output / f"summary-{run_id}.json", summary)
-    log.info("augment done: %s", summary)
-    return summary
+    with run_folder_lock(output, "augment"):
+        save_config(config, output / f"config-{run_id}.yaml")
+        atomic_write_json(output / f"versions-{run_id}.json", environment_record())
+        log.info("augment %s with %s (%s), prompt %s: %d to do, %d already answered, %d failed before%s",
+                 cohort.metadata.name, config.engine.kind, model, PROMPT_VERSION, n_todo, len(done), len(failed),
+                 " (retrying them)" if config.retry_failed else " (kept; retry_failed=true redoes them)")
+        start = time.monotonic()
+        total, removed = PassResult(), 0
+        # In-process engines retry inside their stage; the vLLM processor retries in further passes.
+        passes = config.engine.max_attempts if config.engine.kind == "vllm" else 1
+        redo = (failed & todo) if config.retry_failed else set()
+        if todo:
+            preflight(config.engine)  # a wrong URL or model path: one clear error before any worker starts
+            start_ray(config.ray)
+        for attempt in range(passes):
+            if not todo:
+                break
+            writer = PartWriter(parts, f"{run_id}{attempt}")
+            dataset = build_dataset(config, cohort, todo, config.engine.sampling.seed + attempt)
+            result = write_pass(dataset, writer, config, len(todo), start)
+            removed += drop_replaced_rows(parts, redo, PROMPT_VERSION, model, writer.run_id)
+            total.written += result.written if attempt == 0 else 0  # later passes replace rows, not add
+            total.output_tokens += result.output_tokens
+            total.errors = result.errors  # each pass redoes exactly the previous pass's failures
+            todo = redo = result.failed
+        seconds = time.monotonic() - start
+        summary = {
+            "run_id": run_id, "cohort": str(cohort.path), "prompt_version": PROMPT_VERSION, "model": model,
+            "engine": config.engine.kind, "subjects_to_do": n_todo, "rows_written": total.written,
+            "error_rows": total.errors, "skipped_already_answered": len(done), "replaced_rows_removed": removed,
+            "seconds": round(seconds, 1), "subjects_per_s": round(total.written / seconds, 2) if total.written else 0.0,
+            "output_tokens_per_s": round(total.output_tokens / seconds, 1) if total.written else 0.0,
+        }
+        atomic_write_json(output / f"summary-{run_id}.json", summary)
+        log.info("augment done: %s", summary)
+        return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,7 @@ from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import majority_rate, summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, cohort_splits, save_splits
 from fmgnn.graphs import GraphConfig
-from fmgnn.io import atomic_write_json, environment_record
+from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
 from fmgnn.plots import plot_confusion, plot_learning_curves, plot_roc
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.classification import format_table, paired_comparison, run_logistic, run_permutations
@@ -288,60 +288,62 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
         raise CohortError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
     cohort = Cohort(config.cohort)  # a bad cohort fails before anything in run_dir is touched
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_same_settings(config, run_dir / "config.yaml")
-    save_config(config, run_dir / "config.yaml")
-    atomic_write_json(run_dir / "versions.json", environment_record())
-    started = time.monotonic()
+    with run_folder_lock(run_dir, "train bleg"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        check_same_settings(config, run_dir / "config.yaml")
+        save_config(config, run_dir / "config.yaml")
+        atomic_write_json(run_dir / "versions.json", environment_record())
+        started = time.monotonic()
 
-    splits = cohort_splits(cohort, config.folds)
-    save_splits(splits, cohort, run_dir / "splits.json")
-    descriptions = load_descriptions(config.texts) if config.needs_texts else {}
-    if config.needs_texts:  # fail before any training when a training or validation subject has no text
-        used = sorted({i for s in splits for i in [*s.train, *s.val]})
-        check_coverage(descriptions, cohort.scan_ids(), used, config.texts)
-    lm = materialize(config.lm, run_dir / "models") if config.needs_texts else config.lm
-    if config.needs_texts:
-        lm = LanguageModelConfig(**{**lm.__dict__, "kind": model_kind(lm)})
-    log.info("cohort %s: %d subjects, %d splits; variants %s; LM %s", cohort.metadata.name, len(cohort),
-             len(splits), config.variants, config.lm.path)
+        splits = cohort_splits(cohort, config.folds)
+        save_splits(splits, cohort, run_dir / "splits.json")
+        descriptions = load_descriptions(config.texts) if config.needs_texts else {}
+        if config.needs_texts:  # fail before any training when a training or validation subject has no text
+            used = sorted({i for s in splits for i in [*s.train, *s.val]})
+            check_coverage(descriptions, cohort.scan_ids(), used, config.texts)
+        lm = materialize(config.lm, run_dir / "models") if config.needs_texts else config.lm
+        if config.needs_texts:
+            lm = LanguageModelConfig(**{**lm.__dict__, "kind": model_kind(lm)})
+        log.info("cohort %s: %d subjects, %d splits; variants %s; LM %s", cohort.metadata.name, len(cohort),
+                 len(splits), config.variants, config.lm.path)
 
-    with JobRun(config.tracking, run_dir, "bleg", to_dict(config)) as tracking:
-        timings: dict[str, float] = {}
-        if "logistic" in config.variants:
-            start = time.monotonic()
-            (run_dir / "logistic").mkdir(exist_ok=True)
-            run_logistic(cohort, splits, config.logistic, run_dir / "logistic")
-            timings["logistic"] = round(time.monotonic() - start, 1)
-        if config.ray.num_workers > 0:  # 0: every stage in this process, no Ray
-            start_ray(config.ray)
-        for variant in config.variants:
-            (run_dir / variant).mkdir(exist_ok=True)
-        FoldRunner(config, cohort, lm, descriptions, resolve_storage_path(config.storage_path, run_dir),
-                   run_dir, tracking).run(splits)
+        with JobRun(config.tracking, run_dir, "bleg", to_dict(config)) as tracking:
+            timings: dict[str, float] = {}
+            if "logistic" in config.variants:
+                start = time.monotonic()
+                (run_dir / "logistic").mkdir(exist_ok=True)
+                run_logistic(cohort, splits, config.logistic, run_dir / "logistic")
+                timings["logistic"] = round(time.monotonic() - start, 1)
+            if config.ray.num_workers > 0:  # 0: every stage in this process, no Ray
+                start_ray(config.ray)
+            for variant in config.variants:
+                (run_dir / variant).mkdir(exist_ok=True)
+            FoldRunner(config, cohort, lm, descriptions, resolve_storage_path(config.storage_path, run_dir),
+                       run_dir, tracking).run(splits)
 
-        results = collect(run_dir, config.variants, splits)
-        summary = {"cohort": cohort.summary(), "chance": majority_rate(cohort.labels(), splits),
-                   "lm": config.lm.path, "texts": config.texts.output,
-                   "wall_time_s": round(time.monotonic() - started, 1), "models": {}}
-        for variant, folds in results.items():
-            summary["models"][variant] = {"summary": summarize([f["metrics"] for f in folds]),
-                                          "fold_seconds": timings.get(variant, sum(f.get("seconds", 0) for f in folds))}
-        summary["paired"] = paired_comparison(results, splits, config.reference)
-        if config.permutations:
-            summary["permutation"] = run_permutations(config, run_bleg, cohort, run_dir, summary, config.permutations,
-                                                      tracking.for_child())
-        atomic_write_json(run_dir / "metrics.json", summary)
-        plots = run_dir / "plots"
-        plots.mkdir(exist_ok=True)
-        plot_roc(results, plots / "roc.png")
-        plot_learning_curves({k: v for k, v in results.items() if k != "logistic"}, plots / "learning_curves.png")
-        plot_confusion(results, cohort.metadata.label_names, plots / "confusion.png")
-        tracking.log_metrics({m: r["summary"] for m, r in summary["models"].items()})
-        tracking.log_artifacts(run_dir, recursive=False)
-    print(format_table({m: r["summary"] for m, r in summary["models"].items()}, summary["paired"],
-                       summary.get("permutation"), summary["chance"]))
-    return summary
+            results = collect(run_dir, config.variants, splits)
+            summary = {"cohort": cohort.summary(), "chance": majority_rate(cohort.labels(), splits),
+                       "lm": config.lm.path, "texts": config.texts.output,
+                       "wall_time_s": round(time.monotonic() - started, 1), "models": {}}
+            for variant, folds in results.items():
+                seconds = timings.get(variant, sum(f.get("seconds", 0) for f in folds))
+                summary["models"][variant] = {"summary": summarize([f["metrics"] for f in folds]),
+                                              "fold_seconds": seconds}
+            summary["paired"] = paired_comparison(results, splits, config.reference)
+            if config.permutations:
+                summary["permutation"] = run_permutations(config, run_bleg, cohort, run_dir, summary,
+                                                          config.permutations, tracking.for_child())
+            atomic_write_json(run_dir / "metrics.json", summary)
+            plots = run_dir / "plots"
+            plots.mkdir(exist_ok=True)
+            plot_roc(results, plots / "roc.png")
+            plot_learning_curves({k: v for k, v in results.items() if k != "logistic"}, plots / "learning_curves.png")
+            plot_confusion(results, cohort.metadata.label_names, plots / "confusion.png")
+            tracking.log_metrics({m: r["summary"] for m, r in summary["models"].items()})
+            tracking.log_artifacts(run_dir, recursive=False)
+        print(format_table({m: r["summary"] for m, r in summary["models"].items()}, summary["paired"],
+                           summary.get("permutation"), summary["chance"]))
+        return summary
 
 
 def collect(run_dir: Path, variants: list[str], splits: list[Split]) -> dict[str, list[dict[str, Any]]]:

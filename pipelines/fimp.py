@@ -46,7 +46,7 @@ from fmgnn.engine import TrainTask, read_result
 from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import mean_std
 from fmgnn.evaluation.paired import best_of, from_dict, paired_difference, split_ratio
-from fmgnn.io import atomic_write_json, environment_record
+from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.ray_session import RayConfig, start_ray
@@ -187,64 +187,66 @@ def load_task(config: FIMPJobConfig, run_dir: Path, seed: int) -> TaskData:
 
 def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tasks_data = {seed: load_task(config, run_dir, seed) for seed in config.seeds}  # bad input fails before any write
-    save_config(config, run_dir / "config.yaml")
-    atomic_write_json(run_dir / "versions.json", environment_record())
-    if config.ray.num_workers > 0:  # 0: in this process, no Ray
-        start_ray(config.ray)
-    storage_path = resolve_storage_path(config.storage_path, run_dir)
-    started = time.monotonic()
-    mask_ratio = {"fmri": config.fmri.mask_ratio, "genes": config.genes.mask_ratio,
-                  "images": config.images.mask_ratio}[config.task]
+    with run_folder_lock(run_dir, "train fimp"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # Bad input fails before any write.
+        tasks_data = {seed: load_task(config, run_dir, seed) for seed in config.seeds}
+        save_config(config, run_dir / "config.yaml")
+        atomic_write_json(run_dir / "versions.json", environment_record())
+        if config.ray.num_workers > 0:  # 0: in this process, no Ray
+            start_ray(config.ray)
+        storage_path = resolve_storage_path(config.storage_path, run_dir)
+        started = time.monotonic()
+        mask_ratio = {"fmri": config.fmri.mask_ratio, "genes": config.genes.mask_ratio,
+                      "images": config.images.mask_ratio}[config.task]
 
-    def task(model_name: str, seed: int) -> TrainTask:
-        data = tasks_data[seed]
-        train, val, test = data.split(seed, config.val_fraction, config.test_fraction)
-        kind = "fimp" if model_name.startswith("fimp") else model_name
-        model_config = ReconstructionConfig(**{**config.model.__dict__, "kind": kind, "n_tokens": data.n_tokens,
-                                               "token_values": data.token_values})
-        init = None
-        if model_name == "fimp_pretrained":
-            init = (from_foundation_baseline(run_dir / "foundation" / f"seed{seed}" / "model.pt", model_config)
-                    if config.pretrained == FROM_FOUNDATION else pretrained_state(config, model_config))
-        name, output = f"{model_name}-seed{seed}", run_dir / model_name / f"seed{seed}"
-        if data.nodes is not None:
-            return NodeReconstructionTask(name, NodeReconstructionSpec(
-                data.nodes, train, val, test, mask_ratio, model_config, config.optim, init, seed), output)
-        return ReconstructionTask(name, ReconstructionSpec(
-            str(data.cohort_path), train, val, test, config.fmri, model_config, config.optim, init, seed), output)
+        def task(model_name: str, seed: int) -> TrainTask:
+            data = tasks_data[seed]
+            train, val, test = data.split(seed, config.val_fraction, config.test_fraction)
+            kind = "fimp" if model_name.startswith("fimp") else model_name
+            model_config = ReconstructionConfig(**{**config.model.__dict__, "kind": kind, "n_tokens": data.n_tokens,
+                                                   "token_values": data.token_values})
+            init = None
+            if model_name == "fimp_pretrained":
+                init = (from_foundation_baseline(run_dir / "foundation" / f"seed{seed}" / "model.pt", model_config)
+                        if config.pretrained == FROM_FOUNDATION else pretrained_state(config, model_config))
+            name, output = f"{model_name}-seed{seed}", run_dir / model_name / f"seed{seed}"
+            if data.nodes is not None:
+                return NodeReconstructionTask(name, NodeReconstructionSpec(
+                    data.nodes, train, val, test, mask_ratio, model_config, config.optim, init, seed), output)
+            return ReconstructionTask(name, ReconstructionSpec(
+                str(data.cohort_path), train, val, test, config.fmri, model_config, config.optim, init, seed), output)
 
-    tracked: list[TrainTask] = []
-    # With pretrained=foundation, FIMP-pretrained starts from its seed's foundation baseline: a second stage.
-    later = ["fimp_pretrained"] if config.pretrained == FROM_FOUNDATION else []
-    for stage, names in (("fimp", [m for m in config.models if m not in later]),
-                         ("fimp_from_foundation", [m for m in config.models if m in later])):
-        stage_tasks = [task(name, seed) for seed in config.seeds for name in names]
-        if stage_tasks:
-            run_stage(stage_tasks, stage, config.ray, storage_path)
-            tracked.extend(stage_tasks)
-    for name in config.models:
-        for seed in config.seeds:
-            if (run_dir / name / f"seed{seed}.json").is_file():  # recorded by an earlier run
-                continue
-            metrics = read_result(run_dir / name / f"seed{seed}")
-            train, _, test = tasks_data[seed].split(seed, config.val_fraction, config.test_fraction)
-            result = {"model": name, "seed": seed, "mse": metrics["test_mse"], "r2": metrics["test_r2"],
-                      "best_epoch": metrics["best_epoch"], "history": metrics["history"],
-                      "seconds": metrics["seconds"], "n_train": len(train), "n_test": len(test)}
-            atomic_write_json(run_dir / name / f"seed{seed}.json", result)
-            log.info("%s seed %d: test MSE %.4f, R^2 %.3f", name, seed, result["mse"], result["r2"])
-    summary = summarize_runs(run_dir, config)
-    summary["wall_time_s"] = round(time.monotonic() - started, 1)
-    atomic_write_json(run_dir / "metrics.json", summary)
-    plot_reconstructions(run_dir, config)
-    with JobRun(config.tracking, run_dir, "fimp", to_dict(config)) as tracking:
-        tracking.log_tasks(tracked)
-        tracking.log_metrics(summary["models"])
-        tracking.log_artifacts(run_dir, recursive=False)
-    print(format_table(summary))
-    return summary
+        tracked: list[TrainTask] = []
+        # With pretrained=foundation, FIMP-pretrained starts from its seed's foundation baseline: a second stage.
+        later = ["fimp_pretrained"] if config.pretrained == FROM_FOUNDATION else []
+        for stage, names in (("fimp", [m for m in config.models if m not in later]),
+                             ("fimp_from_foundation", [m for m in config.models if m in later])):
+            stage_tasks = [task(name, seed) for seed in config.seeds for name in names]
+            if stage_tasks:
+                run_stage(stage_tasks, stage, config.ray, storage_path)
+                tracked.extend(stage_tasks)
+        for name in config.models:
+            for seed in config.seeds:
+                if (run_dir / name / f"seed{seed}.json").is_file():  # recorded by an earlier run
+                    continue
+                metrics = read_result(run_dir / name / f"seed{seed}")
+                train, _, test = tasks_data[seed].split(seed, config.val_fraction, config.test_fraction)
+                result = {"model": name, "seed": seed, "mse": metrics["test_mse"], "r2": metrics["test_r2"],
+                          "best_epoch": metrics["best_epoch"], "history": metrics["history"],
+                          "seconds": metrics["seconds"], "n_train": len(train), "n_test": len(test)}
+                atomic_write_json(run_dir / name / f"seed{seed}.json", result)
+                log.info("%s seed %d: test MSE %.4f, R^2 %.3f", name, seed, result["mse"], result["r2"])
+        summary = summarize_runs(run_dir, config)
+        summary["wall_time_s"] = round(time.monotonic() - started, 1)
+        atomic_write_json(run_dir / "metrics.json", summary)
+        plot_reconstructions(run_dir, config)
+        with JobRun(config.tracking, run_dir, "fimp", to_dict(config)) as tracking:
+            tracking.log_tasks(tracked)
+            tracking.log_metrics(summary["models"])
+            tracking.log_artifacts(run_dir, recursive=False)
+        print(format_table(summary))
+        return summary
 
 
 def summarize_runs(run_dir: Path, config: FIMPJobConfig) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import save_config, to_dict
 from fmgnn.errors import InputError
 from fmgnn.graphs import GraphConfig, edge_mask
-from fmgnn.io import atomic_write_json, environment_record
+from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.augment import AugmentConfig, run_augment
@@ -215,28 +215,29 @@ def run_main(config: MainJobConfig) -> dict[str, Any]:
         return cohort
 
     cohort = stage("ingest", ingest)  # a bad cohort fails here, before anything in out_dir is rewritten
-    chain_stages(config, cohort.path)
-    save_config(config, out_dir / "config.yaml")  # as run, with the chained paths
-    atomic_write_json(out_dir / "versions.json", environment_record())
-    start_ray(config.ray)  # one instance for every stage (the stages' own start_ray then joins it)
-    with JobRun(config.tracking, out_dir, "main", to_dict(config)) as tracking:
-        # Every stage's run nests under this one, in the same store.
-        for job in (config.bleg, config.tune, config.pretrain, config.fimp):
-            job.tracking = tracking.for_child()
-        summary["augment"] = stage("augment", lambda: run_augment(config.augment))
-        summary["bleg"] = stage("bleg", lambda: run_bleg(config.bleg))
-        summary["tune"] = stage("tune", lambda: run_sweep(config.tune))
-        summary["pretrain"] = stage("pretrain", lambda: run_pretrain(config.pretrain))
-        summary["fimp"] = stage("fimp", lambda: run_fimp(config.fimp))
-        summary["timings_s"] = timings
-        atomic_write_json(out_dir / "summary.json", summary)
-        stage("report", lambda: write_report(out_dir))
-        summary["total_s"] = round(sum(timings.values()), 1)
-        atomic_write_json(out_dir / "summary.json", summary)
-        tracking.log_metrics(timings)
-        tracking.log_artifacts(out_dir, recursive=False)
-    log.info("main job done in %.0f s; report: %s", summary["total_s"], out_dir / "report.html")
-    return summary
+    with run_folder_lock(out_dir, "run"):
+        chain_stages(config, cohort.path)
+        save_config(config, out_dir / "config.yaml")  # as run, with the chained paths
+        atomic_write_json(out_dir / "versions.json", environment_record())
+        start_ray(config.ray)  # one instance for every stage (the stages' own start_ray then joins it)
+        with JobRun(config.tracking, out_dir, "main", to_dict(config)) as tracking:
+            # Every stage's run nests under this one, in the same store.
+            for job in (config.bleg, config.tune, config.pretrain, config.fimp):
+                job.tracking = tracking.for_child()
+            summary["augment"] = stage("augment", lambda: run_augment(config.augment))
+            summary["bleg"] = stage("bleg", lambda: run_bleg(config.bleg))
+            summary["tune"] = stage("tune", lambda: run_sweep(config.tune))
+            summary["pretrain"] = stage("pretrain", lambda: run_pretrain(config.pretrain))
+            summary["fimp"] = stage("fimp", lambda: run_fimp(config.fimp))
+            summary["timings_s"] = timings
+            atomic_write_json(out_dir / "summary.json", summary)
+            stage("report", lambda: write_report(out_dir))
+            summary["total_s"] = round(sum(timings.values()), 1)
+            atomic_write_json(out_dir / "summary.json", summary)
+            tracking.log_metrics(timings)
+            tracking.log_artifacts(out_dir, recursive=False)
+        log.info("main job done in %.0f s; report: %s", summary["total_s"], out_dir / "report.html")
+        return summary
 
 
 def main(argv: list[str] | None = None) -> int:

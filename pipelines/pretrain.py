@@ -31,7 +31,7 @@ from fimp.weights import load_foundation_weights
 from fmgnn.cohort import Cohort
 from fmgnn.config import load_config, save_config, to_dict
 from fmgnn.engine import read_result
-from fmgnn.io import atomic_dir, atomic_write_json, environment_record
+from fmgnn.io import atomic_dir, atomic_write_json, environment_record, run_folder_lock
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.command import job_main
@@ -102,45 +102,47 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
             and same_model(load_config(PretrainConfig, work / "config.yaml"), config):
         log.info("%s: already pretrained with this config", output)
         return json.loads((work / "metrics.json").read_text())
-    work.mkdir(parents=True, exist_ok=True)
-    cohort_path = Path(config.cohort) if config.cohort else work / "synthetic.parquet"
-    if not config.cohort and not cohort_path.is_file():
-        ingest_synthetic(cohort_path, config.synthetic)
-    cohort = Cohort(cohort_path)  # a bad cohort fails before the run's records are rewritten
-    if (work / "config.yaml").is_file() and not same_model(load_config(PretrainConfig, work / "config.yaml"), config):
-        shutil.rmtree(work / "trained", ignore_errors=True)  # another config: its model is not this one
-    save_config(config, work / "config.yaml")
-    atomic_write_json(work / "versions.json", environment_record())
-    train, val, _ = split_scans(cohort.subject_ids(), config.seed, config.val_fraction, 0.0)
-    model_config = ReconstructionConfig(kind="foundation", n_tokens=config.fmri.n_windows,
-                                        token_values=config.fmri.window, foundation=config.foundation)
-    # Pretraining has no test scans: the held-out validation scans are also what is reported.
-    spec = ReconstructionSpec(str(cohort_path.resolve()), train, val, val, config.fmri, model_config, config.optim,
-                              initial_state(config, model_config), config.seed)
-    # The config's hash in the run name: a checkpoint of another config is never resumed.
-    digest = hashlib.sha256(json.dumps(model_settings(config), sort_keys=True).encode()).hexdigest()[:8]
-    task = ReconstructionTask(f"{config.name}-{digest}", spec, output=work / "trained")
-    if config.ray.num_workers > 0:  # 0: in this process, no Ray
-        start_ray(config.ray)
-    run_stage([task], task.name, config.ray, resolve_storage_path(config.storage_path, work))
-    metrics = read_result(task.output)
-    model = TokenModel(model_config)
-    model.load_state_dict(torch.load(task.output / "model.pt"))
-    with atomic_dir(output) as tmp:
-        save_foundation(model, tmp)
-        (tmp / "fmgnn_pretrain.json").write_text(json.dumps({
-            "cohort": str(cohort_path), "fmri": config.fmri.__dict__, "init": config.init,
-            "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
-            "best_epoch": metrics["best_epoch"]}, indent=2))
-    summary = {"output": str(output), "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
-               "epochs": len(metrics["history"]), "history": metrics["history"]}
-    atomic_write_json(work / "metrics.json", summary)
-    with JobRun(config.tracking, work, "pretrain", to_dict(config)) as tracking:
-        tracking.log_tasks([task])
-        tracking.log_artifacts(work, recursive=False)
-    log.info("pretrained foundation model -> %s (held-out masked-window MSE %.4f, R^2 %.3f)", output,
-             summary["val_mse"], summary["val_r2"])
-    return summary
+    with run_folder_lock(work, "pretrain"):
+        work.mkdir(parents=True, exist_ok=True)
+        cohort_path = Path(config.cohort) if config.cohort else work / "synthetic.parquet"
+        if not config.cohort and not cohort_path.is_file():
+            ingest_synthetic(cohort_path, config.synthetic)
+        cohort = Cohort(cohort_path)  # a bad cohort fails before the run's records are rewritten
+        earlier = work / "config.yaml"
+        if earlier.is_file() and not same_model(load_config(PretrainConfig, earlier), config):
+            shutil.rmtree(work / "trained", ignore_errors=True)  # another config: its model is not this one
+        save_config(config, work / "config.yaml")
+        atomic_write_json(work / "versions.json", environment_record())
+        train, val, _ = split_scans(cohort.subject_ids(), config.seed, config.val_fraction, 0.0)
+        model_config = ReconstructionConfig(kind="foundation", n_tokens=config.fmri.n_windows,
+                                            token_values=config.fmri.window, foundation=config.foundation)
+        # Pretraining has no test scans: the held-out validation scans are also what is reported.
+        spec = ReconstructionSpec(str(cohort_path.resolve()), train, val, val, config.fmri, model_config, config.optim,
+                                  initial_state(config, model_config), config.seed)
+        # The config's hash in the run name: a checkpoint of another config is never resumed.
+        digest = hashlib.sha256(json.dumps(model_settings(config), sort_keys=True).encode()).hexdigest()[:8]
+        task = ReconstructionTask(f"{config.name}-{digest}", spec, output=work / "trained")
+        if config.ray.num_workers > 0:  # 0: in this process, no Ray
+            start_ray(config.ray)
+        run_stage([task], task.name, config.ray, resolve_storage_path(config.storage_path, work))
+        metrics = read_result(task.output)
+        model = TokenModel(model_config)
+        model.load_state_dict(torch.load(task.output / "model.pt"))
+        with atomic_dir(output) as tmp:
+            save_foundation(model, tmp)
+            (tmp / "fmgnn_pretrain.json").write_text(json.dumps({
+                "cohort": str(cohort_path), "fmri": config.fmri.__dict__, "init": config.init,
+                "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
+                "best_epoch": metrics["best_epoch"]}, indent=2))
+        summary = {"output": str(output), "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
+                   "epochs": len(metrics["history"]), "history": metrics["history"]}
+        atomic_write_json(work / "metrics.json", summary)
+        with JobRun(config.tracking, work, "pretrain", to_dict(config)) as tracking:
+            tracking.log_tasks([task])
+            tracking.log_artifacts(work, recursive=False)
+        log.info("pretrained foundation model -> %s (held-out masked-window MSE %.4f, R^2 %.3f)", output,
+                 summary["val_mse"], summary["val_r2"])
+        return summary
 
 
 def main(argv: list[str] | None = None) -> int:

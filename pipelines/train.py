@@ -30,7 +30,7 @@ from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import majority_rate, mean_std, summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, cohort_splits, save_splits
 from fmgnn.graphs import GraphConfig
-from fmgnn.io import atomic_write_json, environment_record
+from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.classification import fold_result, format_table, paired_comparison, run_logistic, run_permutations
 from pipelines.command import Job, job_main
@@ -114,47 +114,48 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
         raise InputError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
     cohort = Cohort(config.cohort)  # a bad cohort fails before anything in run_dir is touched
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    atomic_write_json(run_dir / "versions.json", environment_record())
+    with run_folder_lock(run_dir, "train baseline"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        atomic_write_json(run_dir / "versions.json", environment_record())
 
-    splits = cohort_splits(cohort, config.folds)
-    save_splits(splits, cohort, run_dir / "splits.json")
-    log.info("cohort %s: %d subjects, %d splits (%d folds x %d seeds)", cohort.metadata.name, len(cohort),
-             len(splits), config.folds.n_folds, len(config.folds.seeds))
+        splits = cohort_splits(cohort, config.folds)
+        save_splits(splits, cohort, run_dir / "splits.json")
+        log.info("cohort %s: %d subjects, %d splits (%d folds x %d seeds)", cohort.metadata.name, len(cohort),
+                 len(splits), config.folds.n_folds, len(config.folds.seeds))
 
-    with JobRun(config.tracking, run_dir, "baseline", to_dict(config)) as tracking:
-        results: dict[str, Any] = {"cohort": cohort.summary(), "chance": majority_rate(cohort.labels(), splits),
-                                   "models": {}}
-        folds: dict[str, list[dict[str, Any]]] = {}
-        for model in config.models:
-            out_dir = run_dir / model
-            out_dir.mkdir(exist_ok=True)
-            start = time.monotonic()
-            if model == "logistic":
-                per_fold = run_logistic(cohort, splits, config.logistic, out_dir)
-            else:
-                if config.ray.num_workers > 0:  # 0: in this process, no Ray
-                    start_ray(config.ray)
-                per_fold = run_gcn(cohort, splits, config, out_dir, tracking)
-            folds[model] = per_fold
-            results["models"][model] = {
-                "summary": summarize([r["metrics"] for r in per_fold]),
-                "wall_time_s": round(time.monotonic() - start, 1),
-            }
-            log.info("%s: accuracy %s over %d folds (%.0f s)", model,
-                     mean_std(results["models"][model]["summary"]["accuracy"]), len(per_fold),
-                     results["models"][model]["wall_time_s"])
-        results["paired"] = paired_comparison(folds, splits, config.reference)
-        if config.permutations:
-            results["permutation"] = run_permutations(config, run_baselines, cohort, run_dir, results,
-                                                      config.permutations, tracking.for_child())
-        atomic_write_json(run_dir / "metrics.json", results)
-        tracking.log_metrics({m: r["summary"] for m, r in results["models"].items()})
-        tracking.log_artifacts(run_dir, recursive=False)
-    print(format_table({m: r["summary"] for m, r in results["models"].items()}, results["paired"],
-                       results.get("permutation"), results["chance"]))
-    return results
+        with JobRun(config.tracking, run_dir, "baseline", to_dict(config)) as tracking:
+            results: dict[str, Any] = {"cohort": cohort.summary(), "chance": majority_rate(cohort.labels(), splits),
+                                       "models": {}}
+            folds: dict[str, list[dict[str, Any]]] = {}
+            for model in config.models:
+                out_dir = run_dir / model
+                out_dir.mkdir(exist_ok=True)
+                start = time.monotonic()
+                if model == "logistic":
+                    per_fold = run_logistic(cohort, splits, config.logistic, out_dir)
+                else:
+                    if config.ray.num_workers > 0:  # 0: in this process, no Ray
+                        start_ray(config.ray)
+                    per_fold = run_gcn(cohort, splits, config, out_dir, tracking)
+                folds[model] = per_fold
+                results["models"][model] = {
+                    "summary": summarize([r["metrics"] for r in per_fold]),
+                    "wall_time_s": round(time.monotonic() - start, 1),
+                }
+                log.info("%s: accuracy %s over %d folds (%.0f s)", model,
+                         mean_std(results["models"][model]["summary"]["accuracy"]), len(per_fold),
+                         results["models"][model]["wall_time_s"])
+            results["paired"] = paired_comparison(folds, splits, config.reference)
+            if config.permutations:
+                results["permutation"] = run_permutations(config, run_baselines, cohort, run_dir, results,
+                                                          config.permutations, tracking.for_child())
+            atomic_write_json(run_dir / "metrics.json", results)
+            tracking.log_metrics({m: r["summary"] for m, r in results["models"].items()})
+            tracking.log_artifacts(run_dir, recursive=False)
+        print(format_table({m: r["summary"] for m, r in results["models"].items()}, results["paired"],
+                           results.get("permutation"), results["chance"]))
+        return results
 
 
 def bleg_job() -> Job:

@@ -45,7 +45,7 @@ from fmgnn.engine import fit, read_result
 from fmgnn.evaluation.metrics import summarize
 from fmgnn.errors import InputError
 from fmgnn.evaluation.splits import cohort_splits
-from fmgnn.io import atomic_write_json, environment_record
+from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.bleg import BLEGJobConfig, fold_result, fold_seed
 from pipelines.classification import paired_comparison
@@ -192,37 +192,38 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
     cohort = Cohort(base.cohort)
     folds = fold_inputs(base, cohort, config.seeds)  # a bad base run fails before the sweep's records change
     sweep_dir = Path(config.sweep_dir).resolve()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, sweep_dir / "config.yaml")
-    atomic_write_json(sweep_dir / "versions.json", environment_record())
-    encoder_config = BLEGRun(base.run_dir).stage2_encoder(folds[0].split.name).config
-    start_ray(config.ray)
-    storage_path = resolve_storage_path(config.storage_path, sweep_dir)
-    cohort_path = str(cohort.path.resolve())
-    with JobRun(config.tracking, sweep_dir, "tune", to_dict(config)) as tracking:
-        start = time.monotonic()
-        grid = run_trials(config, base, cohort_path, folds, encoder_config, config.name, storage_path, tracking)
-        results = grid.get_dataframe()
-        results.to_parquet(sweep_dir / "results.parquet")
-        results.to_csv(sweep_dir / "results.csv", index=False)
-        best = grid.get_best_result(metric="best_score", mode=MODE, scope="last")
-        best_params = {k: best.config[k] for k in config.space}
-        best_config = with_values(base, {**best_params, "run_dir": str(sweep_dir / "tuned"), "variants": ["bleg"]})
-        save_config(best_config, sweep_dir / "best.yaml")
-        summary = {"trials": len(results), "failed_trials": sum(r.error is not None for r in grid),
-                   "best_params": best_params, "best_val_loss": best.metrics["best_score"],
-                   "trial_epochs": int(results["training_iteration"].sum()),
-                   "sweep_seconds": round(time.monotonic() - start, 1)}
-        log.info("sweep: %d trials, %d trial-epochs, best %s (validation loss %.4f)", summary["trials"],
-                 summary["trial_epochs"], best_params, summary["best_val_loss"])
-        atomic_write_json(sweep_dir / "trials.json", trial_curves(grid, list(config.space)))
-        plot_sweep(results, grid, config, sweep_dir / "plots")
-        if config.retrain:
-            summary["nested"] = nested_estimate(config, base, cohort, folds, encoder_config, storage_path, tracking)
-        atomic_write_json(sweep_dir / "summary.json", summary)
-        tracking.log_metrics({k: v for k, v in summary.items() if k not in ("best_params", "nested")})
-        tracking.log_artifacts(sweep_dir, recursive=False)
-    return summary
+    with run_folder_lock(sweep_dir, "tune"):
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, sweep_dir / "config.yaml")
+        atomic_write_json(sweep_dir / "versions.json", environment_record())
+        encoder_config = BLEGRun(base.run_dir).stage2_encoder(folds[0].split.name).config
+        start_ray(config.ray)
+        storage_path = resolve_storage_path(config.storage_path, sweep_dir)
+        cohort_path = str(cohort.path.resolve())
+        with JobRun(config.tracking, sweep_dir, "tune", to_dict(config)) as tracking:
+            start = time.monotonic()
+            grid = run_trials(config, base, cohort_path, folds, encoder_config, config.name, storage_path, tracking)
+            results = grid.get_dataframe()
+            results.to_parquet(sweep_dir / "results.parquet")
+            results.to_csv(sweep_dir / "results.csv", index=False)
+            best = grid.get_best_result(metric="best_score", mode=MODE, scope="last")
+            best_params = {k: best.config[k] for k in config.space}
+            best_config = with_values(base, {**best_params, "run_dir": str(sweep_dir / "tuned"), "variants": ["bleg"]})
+            save_config(best_config, sweep_dir / "best.yaml")
+            summary = {"trials": len(results), "failed_trials": sum(r.error is not None for r in grid),
+                       "best_params": best_params, "best_val_loss": best.metrics["best_score"],
+                       "trial_epochs": int(results["training_iteration"].sum()),
+                       "sweep_seconds": round(time.monotonic() - start, 1)}
+            log.info("sweep: %d trials, %d trial-epochs, best %s (validation loss %.4f)", summary["trials"],
+                     summary["trial_epochs"], best_params, summary["best_val_loss"])
+            atomic_write_json(sweep_dir / "trials.json", trial_curves(grid, list(config.space)))
+            plot_sweep(results, grid, config, sweep_dir / "plots")
+            if config.retrain:
+                summary["nested"] = nested_estimate(config, base, cohort, folds, encoder_config, storage_path, tracking)
+            atomic_write_json(sweep_dir / "summary.json", summary)
+            tracking.log_metrics({k: v for k, v in summary.items() if k not in ("best_params", "nested")})
+            tracking.log_artifacts(sweep_dir, recursive=False)
+        return summary
 
 
 def nested_estimate(config: TuneJobConfig, base: BLEGJobConfig, cohort: Cohort, folds: list[FoldInput],
