@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fimp.hf_export import load_token_weights
+from fimp.hf_export import TOKENS_FILE, load_token_weights
 from fimp.reconstruction import ReconstructionConfig, build_model
 from fimp.tasks.fmri import FMRITaskConfig
 from fimp.tasks.images import ImageTaskConfig, load_images
@@ -107,7 +107,7 @@ class FIMPJobConfig:
         if "fimp_pretrained" in self.models and not self.pretrained:
             raise InputError("models: fimp_pretrained needs pretrained=<foundation model folder> or "
                              "pretrained=foundation")
-        if self.pretrained == FROM_FOUNDATION and "foundation" not in self.models:
+        if self.pretrained == FROM_FOUNDATION and "fimp_pretrained" in self.models and "foundation" not in self.models:
             raise InputError("pretrained=foundation: add foundation to models (it is trained first)")
 
 
@@ -120,6 +120,34 @@ def split_scans(subjects: Sequence[str], seed: int, val_fraction: float,
         return split_nodes(len(subject_of_scan), seed, val_fraction, test_fraction)
     parts = split_nodes(len(unique), seed, val_fraction, test_fraction)
     return tuple(np.flatnonzero(np.isin(subject_of_scan, part)).tolist() for part in parts)
+
+
+def check_pretrained(config: FIMPJobConfig, n_tokens: int, token_values: int) -> None:
+    """A pretrained folder must have the task's token shape and the configured foundation model's shape;
+    checked before anything is written (it would otherwise fail inside a worker as a size mismatch)."""
+    if "fimp_pretrained" not in config.models or config.pretrained in (None, FROM_FOUNDATION):
+        return
+    folder = Path(config.pretrained)
+    if not (folder / "config.json").is_file():
+        raise InputError(f"pretrained={folder}: no config.json; give a foundation model folder (fmgnn pretrain's "
+                         "output, or a Hugging Face ViT/ViTMAE folder)")
+    saved = json.loads((folder / "config.json").read_text())
+    ours = config.model.foundation
+    shape = {"hidden": ("hidden_size", ours.hidden), "heads": ("num_attention_heads", ours.heads),
+             "layers": ("num_hidden_layers", ours.layers), "intermediate": ("intermediate_size", ours.intermediate)}
+    wrong = [f"model.foundation.{k}={mine} but the folder has {saved[key]}" for k, (key, mine) in shape.items()
+             if key in saved and saved[key] != mine]
+    tokens = folder / TOKENS_FILE
+    if tokens.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(tokens), "pt") as f:
+            windows, values = f.get_slice("position").get_shape()[0], f.get_slice("embed.weight").get_shape()[1]
+        if (windows, values) != (n_tokens, token_values):
+            wrong.append(f"it was pretrained on {windows} windows of {values} values, this task has {n_tokens} of "
+                         f"{token_values} (fmri.n_windows, fmri.window)")
+    if wrong:
+        raise InputError(f"pretrained={folder}: " + "; ".join(wrong))
 
 
 def pretrained_state(config: FIMPJobConfig, model_config: ReconstructionConfig) -> dict:
@@ -168,6 +196,24 @@ class TaskData:
         return split_nodes(self.n_items, seed, val_fraction, test_fraction)
 
 
+def check_series_length(cohort: Cohort, fmri: FMRITaskConfig) -> None:
+    """Every scan long enough for window x n_windows (else one error naming the shortest); a longer series is
+    cut, and the log says how much of it is used."""
+    lengths = np.asarray(cohort.column("n_timepoints").to_pylist(), dtype=float)
+    needed = fmri.window * fmri.n_windows
+    if np.isnan(lengths).any():
+        return  # scans without a time series fail by name when loaded
+    if lengths.min() < needed:
+        shortest = int(lengths.argmin())
+        raise CohortError(f"{cohort.path}: scan {cohort.scan_ids()[shortest]} has {int(lengths.min())} time points; "
+                          f"the task needs {needed} (fmri.window={fmri.window} x fmri.n_windows={fmri.n_windows}): "
+                          f"lower fmri.n_windows to at most {int(lengths.min()) // fmri.window}")
+    if lengths.max() > needed:
+        log.warning("fmri: the first %d of up to %d time points per scan are used (fmri.window=%d x fmri.n_windows=%d; "
+                    "%.0f%% of the longest scan); raise fmri.n_windows to use more", needed, int(lengths.max()),
+                    fmri.window, fmri.n_windows, 100 * needed / lengths.max())
+
+
 def load_task(config: FIMPJobConfig, run_dir: Path, seed: int) -> TaskData:
     if config.task == "genes":
         task = load_spatial(config.genes)
@@ -180,6 +226,7 @@ def load_task(config: FIMPJobConfig, run_dir: Path, seed: int) -> TaskData:
         cohort = Cohort(cohort_path)
         if cohort.timeseries(0) is None:
             raise CohortError(f"{cohort_path}: FC only; fMRI reconstruction needs time series")
+        check_series_length(cohort, config.fmri)
         return TaskData(cohort_path.resolve(), len(cohort), None, config.fmri.n_windows, config.fmri.window,
                         cohort.subject_ids())
     return TaskData(None, task.num_nodes, task, task.x.shape[1], task.x.shape[2])
@@ -191,6 +238,8 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         # Bad input fails before any write.
         tasks_data = {seed: load_task(config, run_dir, seed) for seed in config.seeds}
+        first = next(iter(tasks_data.values()))
+        check_pretrained(config, first.n_tokens, first.token_values)
         save_config(config, run_dir / "config.yaml")
         atomic_write_json(run_dir / "versions.json", environment_record())
         if config.ray.num_workers > 0:  # 0: in this process, no Ray

@@ -35,7 +35,7 @@ from fmgnn.io import atomic_dir, atomic_write_json, environment_record, run_fold
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.command import job_main
-from pipelines.fimp import split_scans
+from pipelines.fimp import check_series_length, split_scans
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import resolve_storage_path, run_stage
 
@@ -108,6 +108,7 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
         if not config.cohort and not cohort_path.is_file():
             ingest_synthetic(cohort_path, config.synthetic)
         cohort = Cohort(cohort_path)  # a bad cohort fails before the run's records are rewritten
+        check_series_length(cohort, config.fmri)
         earlier = work / "config.yaml"
         if earlier.is_file() and not same_model(load_config(PretrainConfig, earlier), config):
             shutil.rmtree(work / "trained", ignore_errors=True)  # another config: its model is not this one

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,39 @@ def test_every_model_reconstructs_a_tiny_cohort_better_than_the_mean(kind, small
     with torch.no_grad():
         torch.testing.assert_close(model(changed, mask, batch.edge_index, **extra),
                                    model(batch.x, mask, batch.edge_index, **extra))
+
+
+def test_fimp_job_checks_lengths_and_pretrained_shapes_before_it_writes(small_synthetic, tmp_path, caplog):
+    from fimp.foundation import FoundationConfig
+    from fimp.hf_export import save_foundation
+    from fimp.reconstruction import ReconstructionConfig, build_model
+    from fmgnn.config import load_config
+    from fmgnn.errors import InputError
+    from pipelines.fimp import FIMPJobConfig, run_fimp
+
+    base = [f"cohort={small_synthetic}", "models=[mlp]", "seeds=[0]", "optim.epochs=1", "ray.num_workers=0",
+            "tracking.enabled=false", "fmri.window=10"]
+    # Too short: 60 time points, 7 windows of 10 asked.
+    with pytest.raises(CohortError, match=r"has 60 time points; the task needs 70 \(fmri.window=10 x "
+                                          r"fmri.n_windows=7\): lower fmri.n_windows to at most 6"):
+        run_fimp(load_config(FIMPJobConfig, None, [*base, f"run_dir={tmp_path / 'short'}", "fmri.n_windows=7"]))
+    assert not (tmp_path / "short" / "config.yaml").exists()
+    # Longer than needed: said, with how much is used.
+    with caplog.at_level("WARNING"):
+        run_fimp(load_config(FIMPJobConfig, None, [*base, f"run_dir={tmp_path / 'cut'}", "fmri.n_windows=4"]))
+    assert "the first 40 of up to 60 time points per scan are used" in caplog.text
+    # A pretrained folder of another shape: named, before anything is written.
+    foundation = FoundationConfig(hidden=16, heads=2, layers=1, intermediate=32)
+    model = build_model(ReconstructionConfig(kind="foundation", n_tokens=4, token_values=10, foundation=foundation))
+    save_foundation(model, tmp_path / "fm")
+    shape = ["model.foundation={hidden: 16, heads: 2, layers: 1, intermediate: 32}", f"pretrained={tmp_path / 'fm'}",
+             "models=[fimp_pretrained,mlp]"]
+    with pytest.raises(InputError, match=r"pretrained on 4 windows of 10 values, this task has 5 of 10"):
+        run_fimp(load_config(FIMPJobConfig, None, [*base, *shape, f"run_dir={tmp_path / 'p'}", "fmri.n_windows=5"]))
+    with pytest.raises(InputError, match=r"model.foundation.hidden=32 but the folder has 16"):
+        run_fimp(load_config(FIMPJobConfig, None, [*base, *shape, f"run_dir={tmp_path / 'p'}", "fmri.n_windows=4",
+                                                   "model.foundation.hidden=32"]))
+    assert not (tmp_path / "p" / "config.yaml").exists()
+    # The configs' pretrained=foundation default does not stand in the way of a baseline-only run.
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    assert load_config(FIMPJobConfig, configs / "fimp_fmri.yaml", ["models=[mlp]"]).models == ["mlp"]
