@@ -36,6 +36,7 @@ from fmgnn.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
+PROGRESS_INTERVAL_S = 30.0  # a task that trains longer logs a progress line at least this often
 CHECKPOINT_FILE = "state.pt"
 RESULT_FILE = "result.json"  # in a task's output folder: the task is done
 
@@ -238,6 +239,7 @@ def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
         return {"task": task.name, "model": model_state(model, task.trainable_only),
                 "optimizer": optimizer.state_dict(), "state": state}
 
+    last_progress = time.monotonic()
     while not state.finished(task.epochs):
         epoch, started = state.epoch + 1, time.monotonic()
         generator = torch.Generator().manual_seed(seed_epoch(task.seed, epoch, world.rank))
@@ -246,6 +248,11 @@ def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
         record = {"epoch": epoch, **losses, **validation.metrics}
         state.seconds += time.monotonic() - started
         state.update(model, record, validation.score, task.patience, task.trainable_only)
+        if world.rank == 0 and time.monotonic() - last_progress >= PROGRESS_INTERVAL_S:
+            last_progress = time.monotonic()
+            log.info("%s: epoch %d of at most %d, train loss %.4f, validation score %.4f (best %.4f at epoch %d), "
+                     "%.0f s so far", task.name, epoch + 1, task.epochs, losses.get("train_loss", float("nan")),
+                     validation.score, state.best_score, state.best_epoch + 1, state.seconds)
         if not state.finished(task.epochs):  # the last epoch is reported below, with the test metrics
             runtime.report({"task": task.name, **record, "best_score": state.best_score,
                             "best_epoch": state.best_epoch, "done": False}, payload())

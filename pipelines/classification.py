@@ -5,6 +5,7 @@ printed table."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,10 +16,13 @@ from fmgnn.baselines.logistic import LogisticConfig, fc_features, fit_logistic
 from fmgnn.cohort import Cohort
 from fmgnn.evaluation.metrics import METRIC_NAMES, classification_metrics, mean_std
 from fmgnn.config import with_values
+from fmgnn.engine import PROGRESS_INTERVAL_S
 from fmgnn.evaluation.paired import best_of, compare_to_reference, format_paired, split_ratio
 from fmgnn.evaluation.permutation import permutation_p_value, permuted_labels, write_permuted_cohort
 from fmgnn.evaluation.splits import Split
 from fmgnn.io import atomic_write_json
+
+log = logging.getLogger("fmgnn.classification")
 
 
 def fold_result(split: Split, y: np.ndarray, probabilities: np.ndarray, **extra: Any) -> dict[str, Any]:
@@ -30,7 +34,11 @@ def fold_result(split: Split, y: np.ndarray, probabilities: np.ndarray, **extra:
 def run_logistic(cohort: Cohort, splits: list[Split], config: LogisticConfig, out_dir: Path) -> list[dict]:
     features, labels = fc_features(cohort.fc()), cohort.labels()
     results = []
-    for split in splits:
+    started = last = time.monotonic()
+    for k, split in enumerate(splits):
+        if time.monotonic() - last >= PROGRESS_INTERVAL_S:  # hundreds of regions: minutes per fold
+            last = time.monotonic()
+            log.info("logistic: %d of %d splits done (%.0f s)", k, len(splits), last - started)
         model, choice = fit_logistic(features[split.train], labels[split.train],
                                      features[split.val], labels[split.val], config)
         result = fold_result(split, labels[split.test], model.predict_proba(features[split.test]), selection=choice)
@@ -57,7 +65,6 @@ def paired_comparison(folds: dict[str, list[dict[str, Any]]], splits: list[Split
     return compare_to_reference(per_split, reference, PAIRED_METRICS, ratio)
 
 
-log = logging.getLogger("fmgnn.permutation")
 PERMUTATION_SEED = 10_000  # permutation k shuffles with seed PERMUTATION_SEED + k
 Config = TypeVar("Config")
 

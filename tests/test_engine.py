@@ -135,3 +135,13 @@ def test_one_adamw_over_a_fold_set_steps_each_fold_as_its_own_optimizer_would():
     for mine, theirs in zip(together.students, students):
         for a, b in zip(mine.parameters(), theirs.parameters()):
             torch.testing.assert_close(a, b)
+
+
+def test_long_training_logs_progress(small_synthetic, monkeypatch, caplog):
+    import fmgnn.engine
+
+    monkeypatch.setattr(fmgnn.engine, "PROGRESS_INTERVAL_S", 0.0)  # every epoch counts as long
+    with caplog.at_level("INFO", logger="fmgnn.engine"):
+        fit(gcn_task(small_synthetic, epochs=3, name="gcn-progress"), LocalRuntime())
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gcn-progress: epoch")]
+    assert len(lines) == 3 and lines[0].startswith("gcn-progress: epoch 1 of at most 3, train loss ")
