@@ -107,6 +107,7 @@ def test_baselines_job_with_two_ddp_workers(small_synthetic, ray_session, tmp_pa
     config = load_config(BaselineJobConfig, None, [
         f"cohort={small_synthetic}", f"run_dir={tmp_path / 'run'}", "folds.n_folds=3",
         "gcn.epochs=3", "gcn.hidden=16", "ray.num_workers=2", "ray.cpus_per_worker=0.5",
+        "ray.max_concurrent_runs=1",  # one 2-worker group trains the 3 folds
     ])
     results = run_baselines(config)
     assert set(results["models"]) == {"logistic", "gcn"}

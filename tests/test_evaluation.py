@@ -144,7 +144,7 @@ def test_a_tiny_test_part_is_warned_about(tmp_path, caplog):
     with CohortWriter(tmp_path / "c.parquet", metadata) as writer:
         for i in range(8):
             writer.add(Scan(f"s{i}", i % 2, timeseries=rng.normal(size=(20, 3))))
-    with pytest.raises(SplitError, match=r"val_fraction=0.15 of a training part of 6 scans is 0.9 scans, fewer"):
+    with pytest.raises(SplitError, match=r"val_fraction=0.15 of a training part of 6 scans is 1 scan\(s\), fewer"):
         cohort_splits(Cohort(tmp_path / "c.parquet"), FoldConfig(n_folds=4))
     with caplog.at_level("WARNING"):
         cohort_splits(Cohort(tmp_path / "c.parquet"), FoldConfig(n_folds=4, val_fraction=0.4))

@@ -27,7 +27,7 @@ def test_every_stage_runs_and_a_rerun_resumes(main_run):
     assert summary["cohort"]["n_subjects"] == 24
     assert summary["augment"]["rows_written"] == 24 and summary["augment"]["error_rows"] == 0
     assert set(summary["bleg"]["models"]) == {"logistic", "gcn_alone", "bleg"}
-    assert summary["tune"]["trials"] == 3 and (out / "tune" / "trials.json").is_file()
+    assert summary["tune"]["trials"] == 2 and (out / "tune" / "trials.json").is_file()
     assert set(summary["fimp"]["models"]) == {"fimp", "fimp_pretrained", "gcn"}
     assert yaml.safe_load((out / "fimp" / "config.yaml").read_text())["pretrained"] == str(out / "foundation")
     # The foundation model is pretrained on other subjects than the ones FIMP is tested on.

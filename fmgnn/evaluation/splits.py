@@ -14,6 +14,7 @@ with one scan per subject keeps the plain stratified k-fold (the same folds as b
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -127,11 +128,11 @@ def validation_split(train_val: np.ndarray, labels: np.ndarray, groups: np.ndarr
     """The training part's training and validation scans: stratified, and by subject when subjects repeat
     (one of ``round(1 / fraction)`` grouped folds, so the share is close to ``fraction``)."""
     if groups is None:
-        n_classes = len(np.unique(labels[train_val]))
-        if fraction * len(train_val) < n_classes:
+        n_classes, n_val = len(np.unique(labels[train_val])), math.ceil(fraction * len(train_val))  # as sklearn
+        if n_val < n_classes:
             raise SplitError(f"folds.val_fraction={fraction} of a training part of {len(train_val)} scans is "
-                             f"{fraction * len(train_val):.1f} scans, fewer than its {n_classes} classes need; use "
-                             "fewer folds or a larger val_fraction")
+                             f"{n_val} scan(s), fewer than its {n_classes} classes need; use fewer folds or a larger "
+                             "val_fraction")
         return train_test_split(train_val, test_size=fraction, stratify=labels[train_val], random_state=seed)
     inner = StratifiedGroupKFold(n_splits=max(2, round(1 / fraction)), shuffle=True, random_state=seed)
     train, val = next(inner.split(np.zeros(len(train_val)), labels[train_val], groups[train_val]))
