@@ -71,3 +71,44 @@ def get_atlas(name: str) -> Atlas:
 def generic_atlas(n_rois: int, name: str = "unnamed") -> Atlas:
     """Placeholder names ``ROI_000``... for cohorts that come without an atlas."""
     return Atlas(name, [f"ROI_{i:03d}" for i in range(n_rois)])
+
+
+def named_atlas(name: str, regions: list[str] | str | None, n_rois: int,
+                header: list[str] | None = None) -> Atlas:
+    """The atlas an ingest names: ``none`` (placeholder names, or the file header's), a known atlas, or any
+    other name with its region names: a list, or a labels file (one name per line, or a TSV/CSV with a
+    ``name`` or ``label`` column), or the data file's header."""
+    if name == "none" and regions is None:
+        return Atlas("unnamed", header) if header else generic_atlas(n_rois)
+    if name in ATLASES and regions is None:
+        return ATLASES[name]
+    names = read_region_names(regions) if regions is not None else header
+    if names is None:
+        raise InputError(f"unknown atlas {name!r}: give its region names (atlas_regions=[...] or "
+                         f"atlas_regions=labels.tsv), or use one of: {', '.join(ATLASES)}, none")
+    if len(names) != n_rois:
+        raise InputError(f"atlas {name!r}: {len(names)} region names for data of {n_rois} regions")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(f"atlas {name!r}: region names repeat ({repeated[:5]})")
+    return Atlas("unnamed" if name == "none" else name, list(names))
+
+
+def read_region_names(regions: list[str] | str) -> list[str]:
+    """Region names from a list, or from a labels file (plain lines, or a table's name/label column)."""
+    if isinstance(regions, list):
+        return [str(r).strip() for r in regions]
+    from pathlib import Path
+
+    path = Path(regions)
+    if not path.is_file():
+        raise InputError(f"atlas_regions: {path}: labels file not found")
+    lines = [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
+    sep = "\t" if path.suffix.lower() == ".tsv" else "," if path.suffix.lower() == ".csv" else None
+    if sep is None:
+        return [line.strip() for line in lines]
+    header = [c.strip().lower() for c in lines[0].split(sep)]
+    column = next((header.index(c) for c in ("name", "label", "region", "roi") if c in header), None)
+    if column is None:
+        raise InputError(f"atlas_regions: {path}: no name, label, region or roi column (columns: {lines[0]})")
+    return [line.split(sep)[column].strip() for line in lines[1:]]

@@ -164,6 +164,32 @@ def test_a_header_of_column_numbers_is_not_read_as_a_time_point(tmp_path, caplog
     assert cohort.metadata.roi_names != ["0", "1", "2", "3", "4"]  # column numbers are not region names
 
 
+def test_any_atlas_can_be_named_by_its_region_names(tmp_path):
+    from fmgnn.errors import InputError
+
+    rng = np.random.default_rng(6)
+    corr = np.stack([np.corrcoef(rng.normal(size=(5, 40))) for _ in range(4)])
+    path = tmp_path / "mist.npy"
+    np.save(path, {"corr": corr, "label": np.array([0, 1, 0, 1])})
+    names = ["CER", "DMN", "SM", "VIS", "FPN"]
+    with pytest.raises(InputError, match="unknown atlas 'MIST-5': give its region names"):
+        ingest_braingb(path, tmp_path / "a.parquet", BrainGBConfig(atlas="MIST-5"))
+    ingest_braingb(path, tmp_path / "a.parquet", BrainGBConfig(atlas="MIST-5", atlas_regions=names))
+    cohort = Cohort(tmp_path / "a.parquet")
+    assert (cohort.metadata.atlas, cohort.metadata.roi_names) == ("MIST-5", names)
+    labels = tmp_path / "mist_labels.tsv"
+    labels.write_text("index\tname\n" + "".join(f"{i}\t{n}\n" for i, n in enumerate(names)))
+    ingest_braingb(path, tmp_path / "b.parquet", BrainGBConfig(atlas="MIST-5", atlas_regions=str(labels)))
+    assert Cohort(tmp_path / "b.parquet").metadata.roi_names == names
+    with pytest.raises(InputError, match="atlas 'MIST-5': 4 region names for data of 5 regions"):
+        ingest_braingb(path, tmp_path / "c.parquet", BrainGBConfig(atlas="MIST-5", atlas_regions=names[:4]))
+    # A BIDS folder's header names the regions of an atlas fmgnn does not know.
+    write_bids(tmp_path / "study")
+    ingest_bids(tmp_path / "study", tmp_path / "d.parquet", BidsConfig(atlas="MyAtlas-4", file_glob="*.tsv", on_missing="skip"))
+    cohort = Cohort(tmp_path / "d.parquet")
+    assert (cohort.metadata.atlas, cohort.metadata.roi_names) == ("MyAtlas-4", ["roi0", "roi1", "roi2", "roi3"])
+
+
 def test_bids_errors_name_file_and_subject(tmp_path):
     folder = tmp_path / "study"
     write_bids(folder)

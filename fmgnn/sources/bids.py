@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fmgnn.atlas import generic_atlas, get_atlas
+from fmgnn.atlas import ATLASES, named_atlas
 from fmgnn.cohort import CohortError, CohortMetadata, CohortWriter, Scan
 from fmgnn.sources.report import IngestReport
 
@@ -43,7 +43,10 @@ class BidsConfig:
         label_column: Column of ``participants`` that holds the class.
         label_names: Class values in label order; default: the sorted distinct values.
         file_glob: Pattern a time-series file name must match (``*timeseries*``, say).
-        atlas: Atlas name, or ``"none"`` to take region names from the files' header.
+        atlas: Atlas name: known, or any other whose region names come from ``atlas_regions`` or the files'
+            header; ``"none"``: the header's names, else placeholders.
+        atlas_regions: Region names of an atlas fmgnn does not know (``atlas=MIST-122``): a list, or a labels
+            file (one name per line, or a TSV/CSV with a name or label column).
         on_missing: A participant without a file is an ``"error"``, or ``"skip"``ped and reported.
         subject_column: Column of ``participants`` naming each row's subject, when rows are scans
             (sessions or runs of one subject on several rows); None: ``participant_id`` is the subject.
@@ -56,6 +59,7 @@ class BidsConfig:
     label_names: list[str] | None = None
     file_glob: str = "*"
     atlas: str = "none"
+    atlas_regions: list[str] | str | None = None
     on_missing: Literal["error", "skip"] = "error"
     subject_column: str | None = None
     name: str | None = None
@@ -187,8 +191,8 @@ def _add_scan(writer: CohortWriter | None, roi_names: list[str] | None, path: Pa
     timeseries, header = read_timeseries_file(path)
     if writer is None:
         n_rois = timeseries.shape[1]
-        atlas = generic_atlas(n_rois) if config.atlas == "none" else get_atlas(config.atlas)
-        roi_names = header if (header and config.atlas == "none") else list(atlas.roi_names)
+        atlas = named_atlas(config.atlas, config.atlas_regions, n_rois, header)
+        roi_names = list(atlas.roi_names)
         if len(roi_names) != n_rois:
             raise CohortError(f"{path}: {n_rois} columns but atlas {atlas.name} has {len(roi_names)} regions")
         metadata = CohortMetadata(
@@ -196,7 +200,7 @@ def _add_scan(writer: CohortWriter | None, roi_names: list[str] | None, path: Pa
             label_names=label_names, task=config.task, networks=atlas.networks,
         )
         writer = CohortWriter(output, metadata, source=str(folder))
-    elif header and config.atlas == "none" and header != roi_names:
+    elif header and header != roi_names and config.atlas_regions is None and config.atlas not in ATLASES:
         raise CohortError(f"{path}: header regions differ from the first subject's")
     extra = row._asdict()
     age = extra.get("age") or None

@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from fmgnn.atlas import generic_atlas, get_atlas
+from fmgnn.atlas import named_atlas
 from fmgnn.cohort import CohortError, CohortMetadata, CohortWriter, Scan
 from fmgnn.sources.report import IngestReport, file_sha256
 
@@ -27,7 +27,9 @@ from fmgnn.sources.report import IngestReport, file_sha256
 class BrainGBConfig:
     """Args:
         label_names: Class names in label order; default ``class_0``, ``class_1``...
-        atlas: Atlas name, or ``"none"`` for placeholder region names.
+        atlas: Atlas name (known, or any with ``atlas_regions``), or ``"none"`` for placeholder region names.
+        atlas_regions: Region names of an atlas fmgnn does not know (``atlas=MIST-122``): a list, or a labels
+            file (one name per line, or a TSV/CSV with a name or label column).
         timeseries_layout: ``"roi_time"`` for ``(N, R, T)`` (BNT), ``"time_roi"`` for ``(N, T, R)``.
         name: Cohort name; default: the file's stem.
         task: The classification task in words.
@@ -37,6 +39,7 @@ class BrainGBConfig:
 
     label_names: list[str] | None = None
     atlas: str = "none"
+    atlas_regions: list[str] | str | None = None
     timeseries_layout: Literal["roi_time", "time_roi"] = "roi_time"
     name: str | None = None
     task: str = "classification of subjects from brain networks"
@@ -92,7 +95,7 @@ def ingest_braingb(path: str | Path, output: str | Path, config: BrainGBConfig |
         labels = labels.astype(np.int64)
     n_classes = int(labels.max()) + 1 if n else 0
     label_names = config.label_names or [f"class_{k}" for k in range(n_classes)]
-    atlas = generic_atlas(n_rois) if config.atlas == "none" else get_atlas(config.atlas)
+    atlas = named_atlas(config.atlas, config.atlas_regions, n_rois)
     if atlas.n_rois != n_rois:
         raise CohortError(f"{path}: data hold {n_rois} regions but atlas {atlas.name} has {atlas.n_rois}")
     sites = data.get("site")

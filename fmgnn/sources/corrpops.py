@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from fmgnn.atlas import generic_atlas, get_atlas
+from fmgnn.atlas import named_atlas
 from fmgnn.cohort import CohortError, CohortMetadata, CohortWriter, Scan, triu_to_fc
 from fmgnn.sources.report import IngestReport, file_sha256
 
@@ -29,7 +29,10 @@ class CorrpopsConfig:
     """Args:
         groups: Array names in the ``.npz``, in label order (label 0 first).
         label_names: Display names for the groups; default: the group names.
-        atlas: Atlas of the regions; ``"AAL-90"`` or ``"none"`` for placeholder names.
+        atlas: Atlas of the regions; ``"AAL-90"``, any name with ``atlas_regions``, or ``"none"`` for placeholder
+            names.
+        atlas_regions: Region names of an atlas fmgnn does not know (``atlas=MIST-122``): a list, or a labels
+            file (one name per line, or a TSV/CSV with a name or label column).
         impute: ``"zero"`` fills missing regions with 0 and records them; ``"drop_subject"`` skips them.
         name: Cohort name; default: the file's stem.
         task: The classification task in words.
@@ -38,6 +41,7 @@ class CorrpopsConfig:
     groups: list[str] = field(default_factory=lambda: ["control", "diagnosed"])
     label_names: list[str] | None = None
     atlas: str = "AAL-90"
+    atlas_regions: list[str] | str | None = None
     impute: Literal["zero", "drop_subject"] = "zero"
     name: str | None = None
     task: str = "healthy control vs diagnosed patient, from resting-state functional connectivity"
@@ -72,7 +76,7 @@ def ingest_corrpops(path: str | Path, output: str | Path, config: CorrpopsConfig
     if len(widths) != 1:
         raise CohortError(f"{path}: groups have different widths {sorted(widths)}")
     n_rois = _n_rois_from_pairs(widths.pop(), str(path))
-    atlas = generic_atlas(n_rois) if config.atlas == "none" else get_atlas(config.atlas)
+    atlas = named_atlas(config.atlas, config.atlas_regions, n_rois)
     if atlas.n_rois != n_rois:
         raise CohortError(f"{path}: rows hold {n_rois} regions but atlas {atlas.name} has {atlas.n_rois}")
 
