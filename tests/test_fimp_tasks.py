@@ -125,3 +125,35 @@ def test_fimp_job_checks_lengths_and_pretrained_shapes_before_it_writes(small_sy
     # The configs' pretrained=foundation default does not stand in the way of a baseline-only run.
     configs = Path(__file__).resolve().parents[1] / "configs"
     assert load_config(FIMPJobConfig, configs / "fimp_fmri.yaml", ["models=[mlp]"]).models == ["mlp"]
+
+
+def test_gps_under_ddp_keeps_each_scans_batch_vector(small_synthetic):
+    """DDP wraps the model; the reconstruction loop must still hand GPS the batch vector, or its global
+    attention mixes the scans of a batch (the bug of the hand-written loop: ``model.config`` on the wrapper)."""
+    import socket
+
+    import torch.distributed as dist
+    from torch_geometric.data import Batch
+
+    from fimp.reconstruction import ReconstructionConfig, build_model
+    from fimp.train_reconstruction import run_model
+
+    task = FMRITaskConfig(window=10, n_windows=4, k=4)
+    batch = Batch.from_data_list(load_scans(Cohort(small_synthetic), [0, 1, 2], task))
+    mask = window_mask(batch.num_nodes, 4, 0.25, torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    model = build_model(ReconstructionConfig(kind="gps", n_tokens=4, token_values=10, gnn_hidden=16)).eval()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        with torch.no_grad():
+            alone = run_model(model, batch.x, mask, batch.edge_index, batch.batch)
+            under_ddp = run_model(wrapped, batch.x, mask, batch.edge_index, batch.batch)
+            mixed = model(batch.x, mask, batch.edge_index)  # no batch vector: one graph of all scans
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(under_ddp, alone)
+    assert not torch.allclose(mixed, alone, atol=1e-4)  # the batch vector matters, so the check has teeth
