@@ -185,7 +185,8 @@ def test_any_atlas_can_be_named_by_its_region_names(tmp_path):
         ingest_braingb(path, tmp_path / "c.parquet", BrainGBConfig(atlas="MIST-5", atlas_regions=names[:4]))
     # A BIDS folder's header names the regions of an atlas fmgnn does not know.
     write_bids(tmp_path / "study")
-    ingest_bids(tmp_path / "study", tmp_path / "d.parquet", BidsConfig(atlas="MyAtlas-4", file_glob="*.tsv", on_missing="skip"))
+    ingest_bids(tmp_path / "study", tmp_path / "d.parquet",
+                BidsConfig(atlas="MyAtlas-4", file_glob="*.tsv", on_missing="skip"))
     cohort = Cohort(tmp_path / "d.parquet")
     assert (cohort.metadata.atlas, cohort.metadata.roi_names) == ("MyAtlas-4", ["roi0", "roi1", "roi2", "roi3"])
 
