@@ -25,10 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fmgnn.config import load_config  # noqa: E402
+from fmgnn.cohort import Cohort  # noqa: E402
 from fmgnn.evaluation.paired import format_paired  # noqa: E402
+from fmgnn.evaluation.splits import cohort_splits  # noqa: E402
 from fmgnn.sources.corrpops import ingest_corrpops  # noqa: E402
 from pipelines.augment import AugmentConfig, run_augment  # noqa: E402
 from pipelines.bleg import BLEGJobConfig, run_bleg  # noqa: E402
+from pipelines.classification import paired_comparison  # noqa: E402
 
 NMDA = REPO.parent / "shared" / "data" / "corrpops" / "nmda_aal.npz"
 SETTINGS = ["variants=[logistic,gcn_alone,bleg]", "stage2.epochs=1", "stage3.epochs=60", "stage3.patience=15"]
@@ -60,6 +63,10 @@ def main() -> None:
         print(f"{name}: {seconds[name]:.0f} s; " + ", ".join(
             f"{v} accuracy {m['summary']['accuracy']['mean']:.3f}" for v, m in summary["models"].items()))
         print("\n".join(format_paired(summary["paired"], ["accuracy", "auc"])))
+        # BLEG against its own GCN, on the same splits (the default reference is the best non-LM model).
+        splits = cohort_splits(Cohort(cohort), config.folds)
+        against_gcn = paired_comparison({v: folds[name][v] for v in ("gcn_alone", "bleg")}, splits, "gcn_alone")
+        print("\n".join(format_paired(against_gcn, ["accuracy", "auc"])))
     if len(seconds) == 2:
         largest = max(float(np.max(np.abs(np.subtract(a["test_probabilities"], b["test_probabilities"]))))
                       for v in folds["plain"] for a, b in zip(folds["plain"][v], folds["fmgnn"][v]))
