@@ -44,6 +44,16 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check ``value`` against the annotation ``tp``, converting where it is unambiguous."""
     inner, optional = _unwrap_optional(tp)
+    if typing.get_origin(inner) in (typing.Union, types.UnionType):  # X | Y (| None): the first that fits
+        args = typing.get_args(inner)
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: expected {inner}, received {value!r}")
     if value is None:
         if optional or tp is Any:
             return None

@@ -112,3 +112,14 @@ def test_the_main_job_refuses_a_setting_it_would_overwrite_before_writing_anythi
     with pytest.raises(InputError, match=r"fimp.fmri.window=7: the main job sets it to 20 .*pretrain.fmri.window"):
         run_main(config)
     assert not (tmp_path / "main").exists()
+
+
+def test_a_union_field_takes_the_first_type_that_fits():
+    from fmgnn.config import ConfigError, config_from_dict
+    from fmgnn.sources.braingb import BrainGBConfig
+
+    assert config_from_dict(BrainGBConfig, {}, []).atlas_regions is None
+    assert config_from_dict(BrainGBConfig, {}, ["atlas_regions=[CER,DMN]"]).atlas_regions == ["CER", "DMN"]
+    assert config_from_dict(BrainGBConfig, {}, ["atlas_regions=labels.tsv"]).atlas_regions == "labels.tsv"
+    with pytest.raises(ConfigError, match=r"atlas_regions: expected list\[str\] \| str \| None, received 3"):
+        config_from_dict(BrainGBConfig, {}, ["atlas_regions=3"])
