@@ -82,13 +82,3 @@ class BLEGRun:
         if not folders:
             raise InputError(f"run_dir: {self.path} has no trained {variant!r} models (folds/*/{variant}/model)")
         return folders
-
-    def reuse_stage2(self, base: BLEGRun) -> None:
-        """Link ``base``'s stage 2 and tuned teacher targets into this run (a retrain of stage 3 only)."""
-        for fold_dir in sorted((base.path / "folds").iterdir()):
-            split = fold_dir.name
-            for source, target in ((base.stage2_dir(split), self.stage2_dir(split)),
-                                   (base.teacher_path(split, True), self.teacher_path(split, True))):
-                if source.exists() and not target.exists():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.symlink_to(source.resolve())

@@ -235,7 +235,6 @@ def load_task(config: FIMPJobConfig, run_dir: Path, seed: int) -> TaskData:
 def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
     with run_folder_lock(run_dir, "train fimp"):
-        run_dir.mkdir(parents=True, exist_ok=True)
         # Bad input fails before any write.
         tasks_data = {seed: load_task(config, run_dir, seed) for seed in config.seeds}
         first = next(iter(tasks_data.values()))

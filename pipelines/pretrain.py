@@ -103,7 +103,6 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
         log.info("%s: already pretrained with this config", output)
         return json.loads((work / "metrics.json").read_text())
     with run_folder_lock(work, "pretrain"):
-        work.mkdir(parents=True, exist_ok=True)
         cohort_path = Path(config.cohort) if config.cohort else work / "synthetic.parquet"
         if not config.cohort and not cohort_path.is_file():
             ingest_synthetic(cohort_path, config.synthetic)

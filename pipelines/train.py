@@ -115,7 +115,6 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
     cohort = Cohort(config.cohort)  # a bad cohort fails before anything in run_dir is touched
     run_dir = Path(config.run_dir)
     with run_folder_lock(run_dir, "train baseline"):
-        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
         atomic_write_json(run_dir / "versions.json", environment_record())
 

@@ -193,7 +193,6 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
     folds = fold_inputs(base, cohort, config.seeds)  # a bad base run fails before the sweep's records change
     sweep_dir = Path(config.sweep_dir).resolve()
     with run_folder_lock(sweep_dir, "tune"):
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, sweep_dir / "config.yaml")
         atomic_write_json(sweep_dir / "versions.json", environment_record())
         encoder_config = BLEGRun(base.run_dir).stage2_encoder(folds[0].split.name).config

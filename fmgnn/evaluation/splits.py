@@ -166,8 +166,8 @@ SMALL_TEST_PART = 5  # fewer test scans or subjects than this: a fold's accuracy
 
 def cohort_splits(cohort: Cohort, config: FoldConfig) -> list[Split]:
     """``make_splits`` over a cohort's labels, subjects and sites; warns when a test part is tiny."""
-    splits = make_splits(cohort.labels(), config, cohort.metadata.label_names, cohort.subject_ids(), cohort.sites())
     subjects = cohort.subject_ids()
+    splits = make_splits(cohort.labels(), config, cohort.metadata.label_names, subjects, cohort.sites())
     smallest = min(splits, key=lambda s: len({subjects[i] for i in s.test}))
     n_subjects = len({subjects[i] for i in smallest.test})
     if n_subjects < SMALL_TEST_PART:
