@@ -12,10 +12,16 @@ hidden state :math:`h^{l-1}_{j \\to i}` (starting from :math:`i`'s tokens) and i
 
     H_{j \\to i} = \\mathrm{LN}(h^L_{j \\to i}), \\qquad
     X_i' = \\Big(X_i + \\tfrac{1}{|\\mathcal{N}(i)|} \\textstyle\\sum_{j} H_{j \\to i}\\Big) W_P
+           \\;\\big[+\\ \\mathrm{LN}(Z^L_i)\\, W_R\\big]
 
 :math:`Z_j` and every layer's keys and values depend on one node only: they are computed once per node
 and gathered per edge; queries, attention and MLP run per edge, in chunks. A self-loop's message is
-therefore exactly the foundation model's own output for that node. FIMP-base is this layer from
+therefore exactly the foundation model's own output for that node. With ``root=True`` the node's own
+reading :math:`\\mathrm{LN}(Z^L_i)` enters through its own projection :math:`W_R` (a root term, as in
+GraphSAGE or GIN) instead of as one message among the neighbours': a message is the same function of
+(i, j) for every edge, so inside the mean the node's own reading cannot be told from a neighbour's, and
+what the node's tokens say about its hidden ones is averaged with what the neighbours' say about
+theirs. FIMP-base is this layer from
 random weights. Pre-LN (ViT, ViTMAE/BrainLM, ``norm_first`` TransformerEncoder) and post-LN (BERT,
 scGPT's default) layers are both supported.
 """
@@ -104,13 +110,14 @@ class FoundationLayer(nn.Module):
 class FIMPFoundationConv(nn.Module):
     """Shapes: tokens (N, S, D) and edge indices (2, E) (row 0 source, row 1 target) -> tokens (N, S, D)."""
 
-    def __init__(self, config: FoundationConfig) -> None:
+    def __init__(self, config: FoundationConfig, root: bool = False) -> None:
         super().__init__()
         self.config = config
         self.layers = nn.ModuleList(FoundationLayer(config) for _ in range(config.layers))
         self.final_norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps) if config.final_norm \
             else nn.Identity()
         self.update_proj = nn.Linear(config.hidden, config.hidden)
+        self.root_proj = nn.Linear(config.hidden, config.hidden) if root else None
 
     def reset_parameters(self) -> None:
         for module in self.modules():
@@ -130,7 +137,7 @@ class FIMPFoundationConv(nn.Module):
         keys_values, z = [], x
         for layer in self.layers:  # once per node: every layer's keys and values of Z^{l-1}
             keys_values.append(layer.keys_values(z))
-            if len(keys_values) < len(self.layers):
+            if len(keys_values) < len(self.layers) or self.root_proj is not None:
                 z = layer.self_forward(z)
         first_queries = self.layers[0].queries(x)  # h^0 = X_i: the first layer's queries are per node too
         source, target = edge_index[0], edge_index[1]
@@ -141,7 +148,10 @@ class FIMPFoundationConv(nn.Module):
             messages = self.message(x[dst], [(k[src], v[src]) for k, v in keys_values], first_queries[dst])
             summed = summed.index_add(0, dst, messages)  # (N, S, D)
         degree = torch.bincount(target, minlength=n).clamp(min=1).to(x.dtype)  # (N,)
-        return self.update_proj(x + summed / degree[:, None, None])
+        updated = self.update_proj(x + summed / degree[:, None, None])
+        if self.root_proj is not None:
+            updated = updated + self.root_proj(self.final_norm(z))
+        return updated
 
     def message(self, x_i: Tensor, keys_values_j: list[tuple[Tensor, Tensor]], first_queries: Tensor) -> Tensor:
         """Every layer with queries from the message and keys/values from the source: (E, S, D)."""
@@ -156,7 +166,7 @@ FinetuneMode = Literal["frozen", "full", "lora"]
 
 def apply_finetune(conv: FIMPFoundationConv, mode: FinetuneMode, lora_r: int = 8, lora_alpha: int = 16) -> nn.Module:
     """Which weights train: the foundation layers frozen, fully fine-tuned, or through LoRA adapters
-    on their attention projections. FIMP's own ``update_proj`` always trains."""
+    on their attention projections. FIMP's own ``update_proj`` and ``root_proj`` always train."""
     if mode == "full":
         return conv
     conv.layers.requires_grad_(False)
@@ -167,4 +177,6 @@ def apply_finetune(conv: FIMPFoundationConv, mode: FinetuneMode, lora_r: int = 8
         lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
         conv = inject_adapter_in_model(lora, conv)  # this freezes everything but the adapters
         conv.update_proj.requires_grad_(True)
+        if conv.root_proj is not None:
+            conv.root_proj.requires_grad_(True)
     return conv

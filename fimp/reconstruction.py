@@ -39,10 +39,14 @@ class ReconstructionConfig:
         gnn_hidden: Width of the baselines' GNN and MLP layers.
         gnn_layers: Depth of the baselines.
         dropout: Dropout of the baselines.
-        self_loops: FIMP also takes a message from the node itself (the foundation model's reading of
-            its own tokens, ``node_outputs``), as the GNN baselines see themselves (GCN's and GAT's
-            self-loops, GIN's and SAGE's root terms). Without it a hidden token learns only from
-            neighbours, never from the node's visible tokens.
+        self_message: How FIMP sees the node itself (the foundation model's reading of its own tokens,
+            ``node_outputs``), as the GNN baselines do (GCN's and GAT's self-loops, GIN's and SAGE's
+            root terms): ``root``, through its own projection beside the neighbours' mean (see
+            ``FIMPFoundationConv``'s ``root``); ``mean``, as a self-loop, one message among the neighbours';
+            ``none``, not at all (a hidden token then learns only from neighbours).
+        per_token: The token models embed and decode each token position with its own linear map
+            (genes: a gene's value means something else in every gene) instead of one shared map
+            (fMRI windows, image patches: every token is the same kind of thing).
     """
 
     kind: ModelKind = "fimp"
@@ -53,7 +57,30 @@ class ReconstructionConfig:
     gnn_hidden: int = 256
     gnn_layers: int = 2
     dropout: float = 0.0
-    self_loops: bool = True
+    self_message: Literal["root", "mean", "none"] = "root"
+    per_token: bool = False
+
+
+class TokenLinear(nn.Module):
+    """A linear map of every token (N, f, in) -> (N, f, out): one map for all tokens (``per_token=False``,
+    ``nn.Linear``'s weight layout), or its own map per token position."""
+
+    def __init__(self, n_tokens: int, in_features: int, out_features: int, per_token: bool) -> None:
+        super().__init__()
+        shape = (n_tokens, out_features, in_features) if per_token else (out_features, in_features)
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.empty(shape[:-1]))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = self.weight.shape[-1] ** -0.5  # nn.Linear's default initialisation, per token
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.weight.dim() == 2:
+            return nn.functional.linear(x, self.weight, self.bias)
+        return torch.einsum("nfi,foi->nfo", x, self.weight) + self.bias
 
 
 class TokenModel(nn.Module):
@@ -63,17 +90,18 @@ class TokenModel(nn.Module):
         super().__init__()
         d = config.foundation.hidden
         self.config = config
-        self.embed = nn.Linear(config.token_values, d)
+        self.embed = TokenLinear(config.n_tokens, config.token_values, d, config.per_token)
         self.mask_token = nn.Parameter(torch.zeros(d))
         self.position = nn.Parameter(torch.zeros(config.n_tokens, d))
         nn.init.normal_(self.position, std=0.02)
         n_convs = config.fimp_layers if config.kind == "fimp" else 1
-        self.convs = nn.ModuleList(FIMPFoundationConv(config.foundation) for _ in range(n_convs))
+        root = config.kind == "fimp" and config.self_message == "root"
+        self.convs = nn.ModuleList(FIMPFoundationConv(config.foundation, root) for _ in range(n_convs))
         if config.kind == "foundation":
             # Alone, the model combines no neighbour messages: the update projection never gets a
             # gradient, which DDP refuses for a trained parameter.
             self.convs[0].update_proj.requires_grad_(False)
-        self.decode = nn.Linear(d, config.token_values)
+        self.decode = TokenLinear(config.n_tokens, d, config.token_values, config.per_token)
 
     def tokens(self, x: Tensor, mask: Tensor) -> Tensor:
         embedded = self.embed(x)  # (N, f, D)
@@ -85,7 +113,7 @@ class TokenModel(nn.Module):
         if self.config.kind == "foundation":
             h = self.convs[0].node_outputs(h)  # the foundation model on each node alone
         else:
-            if self.config.self_loops:
+            if self.config.self_message == "mean":
                 edge_index, _ = add_remaining_self_loops(edge_index, num_nodes=h.shape[0])
             for conv in self.convs:
                 h = conv(h, edge_index)

@@ -142,7 +142,7 @@ def check_pretrained(config: FIMPJobConfig, n_tokens: int, token_values: int) ->
         from safetensors import safe_open
 
         with safe_open(str(tokens), "pt") as f:
-            windows, values = f.get_slice("position").get_shape()[0], f.get_slice("embed.weight").get_shape()[1]
+            windows, values = f.get_slice("position").get_shape()[0], f.get_slice("embed.weight").get_shape()[-1]
         if (windows, values) != (n_tokens, token_values):
             wrong.append(f"it was pretrained on {windows} windows of {values} values, this task has {n_tokens} of "
                          f"{token_values} (fmri.n_windows, fmri.window)")

@@ -117,15 +117,17 @@ def test_checkpoint_that_does_not_fit_names_the_key_and_shapes():
 def test_finetune_modes_choose_what_trains(mode):
     from fimp.foundation import apply_finetune
 
-    conv = apply_finetune(FIMPFoundationConv(FoundationConfig(hidden=16, heads=2, layers=2, intermediate=32)), mode)
+    config = FoundationConfig(hidden=16, heads=2, layers=2, intermediate=32)
+    conv = apply_finetune(FIMPFoundationConv(config, root=True), mode)
     trained = {n for n, p in conv.named_parameters() if p.requires_grad}
-    assert {"update_proj.weight", "update_proj.bias"} <= trained
+    own = {f"{proj}.{kind}" for proj in ("update_proj", "root_proj") for kind in ("weight", "bias")}
+    assert own <= trained
     if mode == "full":
         assert trained == {n for n, _ in conv.named_parameters()}
     elif mode == "frozen":
-        assert trained == {"update_proj.weight", "update_proj.bias"}
+        assert trained == own
     else:
-        lora = trained - {"update_proj.weight", "update_proj.bias"}
+        lora = trained - own
         assert lora and all("lora_" in n for n in lora)
         x = torch.randn(3, 4, 16)
         loss = conv(x, torch.tensor([[0, 1, 2], [1, 2, 0]])).sum()
@@ -154,3 +156,15 @@ def test_pretrained_model_saves_as_hugging_face_vit_and_loads_into_fimp(tmp_path
     torch.testing.assert_close(conv.node_outputs(x), pretrained.convs[0].node_outputs(x))
     tokens = load_token_weights(tmp_path / "fm")
     torch.testing.assert_close(tokens["position"], pretrained.position)
+
+
+def test_root_term_adds_the_node_alone_through_its_own_projection():
+    """``root=True``: the neighbours' mean as before, plus the foundation model's reading of the node alone."""
+    torch.manual_seed(0)
+    config = FoundationConfig(hidden=16, heads=2, layers=2, intermediate=32)
+    plain, rooted = FIMPFoundationConv(config).eval(), FIMPFoundationConv(config, root=True).eval()
+    rooted.load_state_dict({**plain.state_dict(), **{k: v for k, v in rooted.state_dict().items() if "root" in k}})
+    x, edges = torch.randn(4, 5, 16), torch.tensor([[1, 2, 3, 0], [0, 0, 1, 2]])
+    expected = plain(x, edges) + rooted.root_proj(plain.node_outputs(x))
+    torch.testing.assert_close(rooted(x, edges), expected, rtol=1e-5, atol=1e-5)
+    assert plain.root_proj is None  # the layer of METHODS.md has no root term
