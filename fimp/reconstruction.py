@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch_geometric import nn as pyg
 from torch_geometric.utils import add_remaining_self_loops
 
-from fimp.foundation import FIMPFoundationConv, FoundationConfig
+from fimp.foundation import FIMPFoundationConv, FinetuneMode, FoundationConfig, apply_finetune
 
 ModelKind = Literal["fimp", "foundation", "mlp", "gcn", "sage", "gat", "gin", "gps"]
 GNN_KINDS = ("gcn", "sage", "gat", "gin", "gps")
@@ -44,6 +44,10 @@ class ReconstructionConfig:
             root terms): ``root``, through its own projection beside the neighbours' mean (see
             ``FIMPFoundationConv``'s ``root``); ``mean``, as a self-loop, one message among the neighbours';
             ``none``, not at all (a hidden token then learns only from neighbours).
+        finetune: Which weights of the foundation layers train when they start from a pretrained model
+            (``fimp_pretrained``): ``full``, ``frozen`` (FIMP's own projections, the token embedding and
+            decoder train), or ``lora`` (low-rank adapters on the attention projections, rank ``lora_r``).
+        lora_r: LoRA rank.
         per_token: The token models embed and decode each token position with its own linear map
             (genes: a gene's value means something else in every gene) instead of one shared map
             (fMRI windows, image patches: every token is the same kind of thing).
@@ -59,6 +63,8 @@ class ReconstructionConfig:
     dropout: float = 0.0
     self_message: Literal["root", "mean", "none"] = "root"
     per_token: bool = False
+    finetune: FinetuneMode = "full"
+    lora_r: int = 8
 
 
 class TokenLinear(nn.Module):
@@ -166,6 +172,15 @@ class NodeModel(nn.Module):
 
 def build_model(config: ReconstructionConfig) -> nn.Module:
     return TokenModel(config) if config.kind in ("fimp", "foundation") else NodeModel(config)
+
+
+def apply_model_finetune(model: nn.Module, config: ReconstructionConfig) -> nn.Module:
+    """``config.finetune`` on every FIMP layer of a token model, after its pretrained weights are loaded
+    (LoRA renames the projections it wraps)."""
+    if isinstance(model, TokenModel) and config.finetune != "full":
+        for index, conv in enumerate(model.convs):
+            model.convs[index] = apply_finetune(conv, config.finetune, lora_r=config.lora_r, lora_alpha=2 * config.lora_r)
+    return model
 
 
 def masked_mse(predicted: Tensor, target: Tensor, mask: Tensor) -> Tensor:

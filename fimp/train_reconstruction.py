@@ -18,7 +18,7 @@ from torch.utils.data import DistributedSampler
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
-from fimp.reconstruction import ReconstructionConfig, build_model, masked_mse
+from fimp.reconstruction import ReconstructionConfig, apply_model_finetune, build_model, masked_mse
 from fimp.tasks.fmri import FMRITaskConfig, load_scans, reconstruction_metrics, window_mask
 from fmgnn.cohort import Cohort
 from fmgnn.engine import BatchLoss, Validation, World, unwrap
@@ -85,7 +85,7 @@ class TokenReconstructionTask:
             result = model.load_state_dict(self.init_state, strict=False)
             if result.unexpected_keys:
                 raise InputError(f"pretrained weights do not fit the model: {result.unexpected_keys[:5]}")
-        return model
+        return apply_model_finetune(model, self.model_config)
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.optim.lr,
@@ -97,7 +97,8 @@ class TokenReconstructionTask:
 
     def test(self, model: torch.nn.Module) -> dict[str, Any]:
         metrics, self.example = self.evaluate(model, "test")
-        return {f"test_{k}": v for k, v in metrics.items()}
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return {**{f"test_{k}": v for k, v in metrics.items()}, "n_parameters": trained}
 
     def export(self, model: torch.nn.Module, directory: Path) -> None:
         torch.save(model.state_dict(), directory / "model.pt")

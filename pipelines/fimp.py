@@ -13,8 +13,8 @@ and the same validation and test masks. ``fimp_pretrained`` starts from a founda
 Hugging Face folder (``pretrained=PATH``, e.g. from ``fmgnn pretrain``), or ``pretrained=foundation``:
 the ``foundation`` baseline of the same seed, trained without the graph on that split's training
 nodes only, whose layers then become FIMP's message operators. The run directory holds ``config.yaml``,
-``versions.json``, ``<model>/seed<s>.json``, ``metrics.json`` (mean and std over seeds, and FIMP's
-relative improvement over the best baseline) and ``plots/`` (learning curves, true vs predicted
+``versions.json``, ``<model>/seed<s>.json``, ``metrics.json`` (mean and std over seeds, trained
+parameters and seconds per model, and FIMP's paired difference to the best baseline) and ``plots/`` (learning curves, true vs predicted
 windows). A rerun skips finished (model, seed) pairs and resumes unfinished ones.
 """
 
@@ -45,7 +45,7 @@ from fmgnn.config import save_config, to_dict
 from fmgnn.engine import TrainTask, read_result
 from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import mean_std
-from fmgnn.evaluation.paired import best_of, from_dict, paired_difference, split_ratio
+from fmgnn.evaluation.paired import best_of, format_relative, from_dict, paired_difference, relative_r2, split_ratio
 from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
@@ -252,8 +252,10 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
             data = tasks_data[seed]
             train, val, test = data.split(seed, config.val_fraction, config.test_fraction)
             kind = "fimp" if model_name.startswith("fimp") else model_name
+            # model.finetune is how pretrained foundation layers train; every other model trains all its weights.
+            finetune = config.model.finetune if model_name == "fimp_pretrained" else "full"
             model_config = ReconstructionConfig(**{**config.model.__dict__, "kind": kind, "n_tokens": data.n_tokens,
-                                                   "token_values": data.token_values})
+                                                   "token_values": data.token_values, "finetune": finetune})
             init = None
             if model_name == "fimp_pretrained":
                 init = (from_foundation_baseline(run_dir / "foundation" / f"seed{seed}" / "model.pt", model_config)
@@ -282,7 +284,8 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
                 train, _, test = tasks_data[seed].split(seed, config.val_fraction, config.test_fraction)
                 result = {"model": name, "seed": seed, "mse": metrics["test_mse"], "r2": metrics["test_r2"],
                           "best_epoch": metrics["best_epoch"], "history": metrics["history"],
-                          "seconds": metrics["seconds"], "n_train": len(train), "n_test": len(test)}
+                          "seconds": metrics["seconds"], "n_parameters": metrics.get("n_parameters"),
+                          "n_train": len(train), "n_test": len(test)}
                 atomic_write_json(run_dir / name / f"seed{seed}.json", result)
                 log.info("%s seed %d: test MSE %.4f, R^2 %.3f", name, seed, result["mse"], result["r2"])
         summary = summarize_runs(run_dir, config)
@@ -305,6 +308,7 @@ def summarize_runs(run_dir: Path, config: FIMPJobConfig) -> dict[str, Any]:
                             "std": float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else None}
                         for k in ("mse", "r2")}
         models[name]["seconds"] = sum(r["seconds"] for r in runs)
+        models[name]["n_parameters"] = runs[0].get("n_parameters")
     summary: dict[str, Any] = {"task": config.task, "seeds": config.seeds, "models": models}
     baselines = [m for m in config.models if m in BASELINES]
     best = best_of({m: models[m]["r2"]["mean"] for m in baselines}, baselines)
@@ -314,17 +318,21 @@ def summarize_runs(run_dir: Path, config: FIMPJobConfig) -> dict[str, Any]:
         ratio = split_ratio([r["n_test"] for r in all_runs[best]], [r["n_train"] for r in all_runs[best]])
         for fimp in [m for m in config.models if m.startswith("fimp")]:
             summary[f"{fimp}_vs_best_baseline"] = {
-                "baseline": best, **{k: paired_difference(fimp, best, k, runs, ratio).to_dict() for k in ("r2", "mse")}}
+                "baseline": best, **{k: paired_difference(fimp, best, k, runs, ratio).to_dict() for k in ("r2", "mse")},
+                "relative_r2": relative_r2(models[fimp]["r2"]["mean"], models[best]["r2"]["mean"])}
     return summary
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    lines = [f"{'model':<18}{'MSE':>20}{'R^2':>20}"]
+    lines = [f"{'model':<18}{'MSE':>20}{'R^2':>20}{'parameters':>12}{'seconds':>10}"]
     for name, m in summary["models"].items():
-        lines.append(f"{name:<18}{mean_std(m['mse'], 4):>20}{mean_std(m['r2']):>20}")
+        lines.append(f"{name:<18}{mean_std(m['mse'], 4):>20}{mean_std(m['r2']):>20}"
+                     f"{m.get('n_parameters') or '':>12}{m['seconds']:>10.0f}")
     for key, value in summary.items():
         if key.endswith("_vs_best_baseline"):  # paired over seeds; for MSE a negative difference is the gain
             lines += [from_dict(value[m]).line() for m in ("r2", "mse")]
+            lines.append(f"{key.removesuffix('_vs_best_baseline')} against {value['baseline']}: "
+                         f"{format_relative(value.get('relative_r2'))}")
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from fmgnn.evaluation.metrics import mean_std
+from fmgnn.evaluation.paired import format_relative
 from fmgnn.io import atomic_write_json, atomic_write_text
 from fmgnn.plots import mean_curves, pooled_predictions
 from fmgnn.report_html import Section, Table, render_html
@@ -181,6 +182,10 @@ def fimp_section(out_dir: Path, figures: Figures) -> Section | None:
     if paired:
         section.tables.append(paired_table("against the best baseline, paired over seeds (for MSE, negative "
                                            "is better)", paired))
+        for key, value in metrics.items():
+            if key.endswith("_vs_best_baseline"):
+                section.notes.append(f"{key.removesuffix('_vs_best_baseline')} against {value['baseline']}: "
+                                     f"{format_relative(value.get('relative_r2'))}.")
     pretrain = _read(out_dir / "foundation.run" / "metrics.json")
     if pretrain:
         section.notes.append(f"Foundation model pretrained on a separate cohort (masked windows, no graph): "

@@ -149,3 +149,13 @@ def test_a_tiny_test_part_is_warned_about(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         cohort_splits(Cohort(tmp_path / "c.parquet"), FoldConfig(n_folds=4, val_fraction=0.4))
     assert "holds 2 scan(s) of 2 subject(s); with fewer than 5" in caplog.text
+
+
+def test_relative_r2_only_over_a_baseline_that_explains_something():
+    from fmgnn.evaluation.paired import format_relative, relative_r2
+
+    assert relative_r2(0.9, 0.8) == pytest.approx(0.125)
+    assert relative_r2(0.007, -0.014) is None  # the "+149.9%" of two models at the mean
+    assert relative_r2(0.2, 0.05) is None
+    assert format_relative(relative_r2(0.7, 0.8)) == "-12.5% of its R^2"
+    assert "below 0.1" in format_relative(None)

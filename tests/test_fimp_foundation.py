@@ -168,3 +168,41 @@ def test_root_term_adds_the_node_alone_through_its_own_projection():
     expected = plain(x, edges) + rooted.root_proj(plain.node_outputs(x))
     torch.testing.assert_close(rooted(x, edges), expected, rtol=1e-5, atol=1e-5)
     assert plain.root_proj is None  # the layer of METHODS.md has no root term
+
+
+@pytest.mark.parametrize("mode", ["frozen", "lora"])
+def test_fimp_job_starts_from_a_brainlm_style_vitmae_folder_and_trains_what_finetune_says(mode, small_synthetic,
+                                                                                         tmp_path):
+    """``pretrained=PATH`` on a ViTMAE pretraining checkpoint saved as BrainLM's is (``vit.`` encoder plus an
+    MAE decoder), through ``fmgnn train fimp`` in this process; ``model.finetune`` decides what moves."""
+    import json
+
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    from fmgnn.config import load_config
+    from pipelines.fimp import FIMPJobConfig, run_fimp
+
+    torch.manual_seed(0)
+    brainlm = ViTMAEForPreTraining(ViTMAEConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                                intermediate_size=64, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+                                                decoder_num_attention_heads=2, decoder_intermediate_size=32,
+                                                image_size=8, patch_size=4, num_channels=1))
+    brainlm.save_pretrained(tmp_path / "brainlm")
+    query = brainlm.state_dict()["vit.layers.0.attention.q_proj.weight"]  # the file holds the hub names
+    run = tmp_path / "run"
+    summary = run_fimp(load_config(FIMPJobConfig, None, [
+        f"cohort={small_synthetic}", f"run_dir={run}", f"pretrained={tmp_path / 'brainlm'}",
+        "models=[fimp_pretrained,mlp]", "seeds=[0]", "fmri.window=10", "fmri.n_windows=4", "fmri.k=4",
+        "model.foundation={hidden: 32, heads: 4, layers: 1, intermediate: 64}", f"model.finetune={mode}",
+        "optim.epochs=2", "ray.num_workers=0"]))
+    assert summary["models"]["fimp_pretrained"]["r2"]["mean"] is not None
+    state = torch.load(run / "fimp_pretrained" / "seed0" / "model.pt", weights_only=True)
+    if mode == "frozen":
+        torch.testing.assert_close(state["convs.0.layers.0.q_proj.weight"], query)  # untouched by training
+    else:
+        torch.testing.assert_close(state["convs.0.layers.0.q_proj.base_layer.weight"], query)
+        assert any("lora_B" in k and v.abs().sum() > 0 for k, v in state.items())  # the adapters trained
+    trained = json.loads((run / "fimp_pretrained" / "seed0.json").read_text())["n_parameters"]
+    every = sum(v.numel() for k, v in state.items())
+    layer = sum(v.numel() for k, v in state.items() if ".layers." in k and "lora_" not in k)
+    assert trained == every - layer - 2 * 32  # the foundation layers and final LayerNorm did not train

@@ -122,3 +122,16 @@ def from_dict(value: Mapping) -> PairedDifference:
 
 def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+MIN_R2_FOR_RELATIVE = 0.1  # below it a percentage of the baseline's R^2 is noise over a near-zero base
+
+
+def relative_r2(model_r2: float, baseline_r2: float) -> float | None:
+    """The model's R^2 gain as a share of the best baseline's; None when that baseline explains too little
+    (an R^2 of 0.007 against -0.014 is not a +150% improvement, it is two models at the mean)."""
+    return (model_r2 - baseline_r2) / baseline_r2 if baseline_r2 >= MIN_R2_FOR_RELATIVE else None
+
+
+def format_relative(value: float | None) -> str:
+    return f"{value:+.1%} of its R^2" if value is not None else f"no relative figure (its R^2 is below {MIN_R2_FOR_RELATIVE})"
