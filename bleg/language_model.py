@@ -9,7 +9,6 @@ transformers dequantises a GGUF file on every load (about 20 s for SmolLM2-135M 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from fmgnn.cohort import CohortError
+from fmgnn.io import package_path
 from fmgnn.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,7 @@ def resolve_source(path: str) -> tuple[str, dict]:
     """``(name_or_folder, from_pretrained kwargs)`` for a model path."""
     if not path:
         raise CohortError("lm.path: give a hub id, a local model folder, a .gguf file or pkg://package/file")
-    if path.startswith("pkg://"):
-        package, _, name = path[len("pkg://"):].partition("/")
-        spec = importlib.util.find_spec(package)  # locates the package without importing it
-        if spec is None or not spec.submodule_search_locations:
-            raise CohortError(f"lm.path: {path}: Python package {package!r} is not installed")
-        path = str(Path(list(spec.submodule_search_locations)[0]) / name)
+    path = package_path(path, "lm.path")
     local = Path(path).expanduser()
     if local.suffix == ".gguf":
         if not local.is_file():

@@ -10,6 +10,12 @@ hidden tokens only.
 - ``foundation``: the same embedding, the foundation model on each node alone (no graph), decoder.
 - ``mlp``: a node's visible values and mask flags -> MLP, no graph.
 - ``gcn``, ``sage``, ``gat``, ``gin``, ``gps``: PyG layers over the same flattened node features.
+- ``node_mean``, ``interpolation`` and ``frame_mean``, the trivial rows (nothing trained): every hidden
+  value is the mean of the node's visible values; or, reading a node's tokens as consecutive windows of
+  one series, the straight line between the last visible time point before the hidden run and the
+  first after it (the nearest visible value at either end); or, when all nodes share one time axis (the
+  regions of one recording), the training nodes' mean at that time point (the global signal). A model
+  that does not beat them has learnt nothing the series' smoothness or the shared signal does not give.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from torch_geometric.utils import add_remaining_self_loops
 
 from fimp.foundation import FIMPFoundationConv, FinetuneMode, FoundationConfig, apply_finetune
 
-ModelKind = Literal["fimp", "foundation", "mlp", "gcn", "sage", "gat", "gin", "gps"]
+ModelKind = Literal["fimp", "foundation", "mlp", "gcn", "sage", "gat", "gin", "gps", "node_mean", "interpolation",
+                    "frame_mean"]
 GNN_KINDS = ("gcn", "sage", "gat", "gin", "gps")
+TRIVIAL_KINDS = ("node_mean", "interpolation", "frame_mean")
 
 
 @dataclass
@@ -170,7 +178,39 @@ class NodeModel(nn.Module):
         return self.output(h).view(n, f, w)
 
 
+class TrivialModel(nn.Module):
+    """The trivial rows: predictions from the node's own visible values, or ``frame_values``, the training
+    nodes' mean per token (set by the job from the training part), no parameters."""
+
+    def __init__(self, config: ReconstructionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("frame_values", torch.zeros(config.n_tokens, config.token_values))
+
+    def forward(self, x: Tensor, mask: Tensor, edge_index: Tensor, batch: Tensor | None = None) -> Tensor:
+        n, f, w = x.shape
+        if self.config.kind == "frame_mean":
+            return self.frame_values.expand(n, f, w)
+        visible = (~mask).unsqueeze(-1).expand(n, f, w).reshape(n, f * w)  # (N, T) time points shown
+        series = x.reshape(n, f * w)
+        if self.config.kind == "node_mean":
+            mean = (series * visible).sum(1, keepdim=True) / visible.sum(1, keepdim=True).clamp(min=1)
+            return mean.expand(n, f * w).reshape(n, f, w)
+        t = torch.arange(f * w, device=x.device).expand(n, f * w)
+        before = torch.where(visible, t, -1).cummax(dim=1).values  # the last visible point at or before t
+        after = torch.where(visible, t, f * w).flip(1).cummin(dim=1).values.flip(1)  # the first at or after
+        has_before, has_after = before >= 0, after < f * w
+        left = series.gather(1, before.clamp(min=0))
+        right = series.gather(1, after.clamp(max=f * w - 1))
+        share = (t - before).float() / (after - before).clamp(min=1).float()
+        line = left + share * (right - left)
+        line = torch.where(has_before & has_after, line, torch.where(has_before, left, right))
+        return line.reshape(n, f, w)
+
+
 def build_model(config: ReconstructionConfig) -> nn.Module:
+    if config.kind in TRIVIAL_KINDS:
+        return TrivialModel(config)
     return TokenModel(config) if config.kind in ("fimp", "foundation") else NodeModel(config)
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
-from fimp.reconstruction import ReconstructionConfig, masked_mse
+from fimp.reconstruction import TRIVIAL_KINDS, ReconstructionConfig, masked_mse
 from fimp.tasks.fmri import reconstruction_metrics, window_mask
 from fimp.tasks.nodes import NodeTask, held_out_masks, neighbourhood, scale_tokens
 from fimp.train_reconstruction import ReconstructionTrainConfig, TokenReconstructionTask
@@ -46,7 +46,7 @@ def message_hops(config: ReconstructionConfig) -> int:
     """
     if config.kind == "fimp":
         return config.fimp_layers
-    if config.kind in ("foundation", "mlp"):
+    if config.kind in ("foundation", "mlp", *TRIVIAL_KINDS):
         return 0
     return config.gnn_layers + 1 if config.kind == "gcn" else config.gnn_layers
 
@@ -81,7 +81,7 @@ class NodeReconstructionTask(TokenReconstructionTask):
         masks = self.fixed.clone()
         if self.spec.task.masks is None:  # fresh held-out tokens for the training nodes
             masks[self.train_nodes] = window_mask(len(self.train_nodes), self.x.shape[1], self.spec.mask_ratio,
-                                                  generator)
+                                                  generator, self.spec.task.span_masks)
         self.sampler.set_epoch(epoch)
         order = self.train_nodes[list(self.sampler)]
         for start in range(0, len(order), self.optim.batch_size):
@@ -103,6 +103,10 @@ class NodeReconstructionTask(TokenReconstructionTask):
         example = {"target": self.x[first].numpy(), "predicted": predicted[0].numpy(),
                    "mask": self.fixed[first].numpy(), **{k: np.asarray(v) for k, v in self.spec.task.shape.items()}}
         return reconstruction_metrics(predicted, self.x[nodes], self.fixed[nodes]), example
+
+    def training_values(self) -> Tensor:
+        """Every token of the training nodes (N_train, f, w), as the loss sees them (scaled)."""
+        return self.x[self.train_nodes]
 
     def task_record(self) -> Any:
         return self.spec.task.name

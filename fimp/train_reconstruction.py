@@ -55,9 +55,9 @@ class ReconstructionSpec:
     seed: int = 0
 
 
-def fixed_masks(graphs: list[Data], ratio: float, seed: int) -> list[torch.Tensor]:
+def fixed_masks(graphs: list[Data], ratio: float, seed: int, span: bool = False) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return [window_mask(g.num_nodes, g.x.shape[1], ratio, generator) for g in graphs]
+    return [window_mask(g.num_nodes, g.x.shape[1], ratio, generator, span) for g in graphs]
 
 
 def run_model(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, edge_index: torch.Tensor,
@@ -127,7 +127,7 @@ class ReconstructionTask(TokenReconstructionTask):
         self.train = load_scans(cohort, self.spec.train, self.spec.task)
         self.parts = {"val": load_scans(cohort, self.spec.val, self.spec.task),
                       "test": load_scans(cohort, self.spec.test, self.spec.task)}
-        self.masks = {part: fixed_masks(graphs, self.spec.task.mask_ratio, offset + self.spec.seed)
+        self.masks = {part: fixed_masks(graphs, self.spec.task.mask_ratio, offset + self.spec.seed, self.spec.task.mask_span)
                       for (part, graphs), offset in zip(self.parts.items(), (10_000, 20_000))}
         # Ray: each worker trains on its own shard of the training scans.
         self.sampler = DistributedSampler(self.train, num_replicas=world.size, rank=world.rank, shuffle=True,
@@ -136,7 +136,8 @@ class ReconstructionTask(TokenReconstructionTask):
     def batches(self, epoch: int, generator: torch.Generator) -> Any:
         self.sampler.set_epoch(epoch)
         for batch in DataLoader(self.train, batch_size=self.optim.batch_size, sampler=self.sampler):
-            yield batch, window_mask(batch.num_nodes, batch.x.shape[1], self.spec.task.mask_ratio, generator)
+            yield batch, window_mask(batch.num_nodes, batch.x.shape[1], self.spec.task.mask_ratio, generator,
+                                     self.spec.task.mask_span)
 
     def loss(self, model: torch.nn.Module, batch: tuple[Data, torch.Tensor]) -> BatchLoss:
         graphs, mask = batch

@@ -7,6 +7,7 @@ directory and ``os.replace`` it into place, which is atomic on POSIX file system
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -19,6 +20,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from fmgnn.errors import InputError
 
 
 def temp_path_beside(path: Path) -> Path:
@@ -143,3 +146,18 @@ def run_folder_lock(folder: Path, job: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+PACKAGE_SCHEME = "pkg://"
+
+
+def package_path(path: str, field: str) -> str:
+    """``pkg://<package>/<file>``: a file shipped inside an installed Python package, located without
+    importing it (data and models that come as PyPI packages); any other path is returned as given."""
+    if not path.startswith(PACKAGE_SCHEME):
+        return path
+    package, _, name = path[len(PACKAGE_SCHEME):].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"{field}: {path}: Python package {package!r} is not installed")
+    return str(Path(list(spec.submodule_search_locations)[0]) / name)

@@ -6,8 +6,9 @@
     fmgnn train fimp --config configs/fimp_images.yaml
     ray job submit --working-dir . -- python -m pipelines.train fimp --config configs/fimp_fmri.yaml
 
-Tasks: ``fmri`` (one graph per scan, fimp/tasks/fmri.py), ``genes`` (one graph of cells,
-fimp/tasks/spatial.py), ``images`` (one graph of images, fimp/tasks/images.py). Per seed the scans
+Tasks: ``fmri`` (one graph per scan, fimp/tasks/fmri.py), ``recording`` (one recording's regions or
+surface vertices, fimp/tasks/recording.py), ``genes`` (one graph of cells, fimp/tasks/spatial.py),
+``images`` (one graph of images, fimp/tasks/images.py). Per seed the scans
 (or nodes) are split into train, validation and test; every model of that seed sees the same split
 and the same validation and test masks. ``fimp_pretrained`` starts from a foundation model: a
 Hugging Face folder (``pretrained=PATH``, e.g. from ``fmgnn pretrain``), or ``pretrained=foundation``:
@@ -32,21 +33,27 @@ import numpy as np
 import torch
 
 from fimp.hf_export import TOKENS_FILE, load_token_weights
-from fimp.reconstruction import ReconstructionConfig, build_model
+from fimp.reconstruction import TRIVIAL_KINDS, ReconstructionConfig, build_model
 from fimp.tasks.fmri import FMRITaskConfig
 from fimp.tasks.images import ImageTaskConfig, load_images
 from fimp.tasks.nodes import NodeTask, split_nodes
+from fimp.tasks.recording import RecordingTaskConfig, load_recording
 from fimp.tasks.spatial import SpatialTaskConfig, load_spatial
 from fimp.train_node_reconstruction import NodeReconstructionSpec, NodeReconstructionTask
-from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTask, ReconstructionTrainConfig
+from fimp.train_reconstruction import (
+    ReconstructionSpec,
+    ReconstructionTask,
+    ReconstructionTrainConfig,
+    TokenReconstructionTask,
+)
 from fimp.weights import load_foundation_weights
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import save_config, to_dict
-from fmgnn.engine import TrainTask, read_result
+from fmgnn.engine import RESULT_FILE, TrainTask, World, is_done, read_result
 from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import mean_std
 from fmgnn.evaluation.paired import best_of, format_relative, from_dict, paired_difference, relative_r2, split_ratio
-from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
+from fmgnn.io import atomic_dir, atomic_write_json, environment_record, run_folder_lock
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.ray_session import RayConfig, start_ray
@@ -55,7 +62,8 @@ from pipelines.trainers import resolve_storage_path, run_stage
 log = logging.getLogger("fmgnn.fimp")
 
 BASELINES = ("foundation", "mlp", "gcn", "sage", "gat", "gin", "gps")
-TASKS = ("fmri", "genes", "images")
+TASKS = ("fmri", "recording", "genes", "images")
+SERIES_TASKS = ("fmri", "recording")  # tokens are consecutive windows of one series: interpolation applies
 FROM_FOUNDATION = "foundation"  # pretrained=foundation: the same seed's foundation baseline
 
 
@@ -66,13 +74,17 @@ class FIMPJobConfig:
         cohort: fmri: cohort with time series; empty: a synthetic cohort written into run_dir (``synthetic``).
         synthetic: The built-in cohort's size when ``cohort`` is empty.
         run_dir: Output directory.
-        models: ``fimp`` (FIMP-base), ``fimp_pretrained`` (needs ``pretrained``) and baselines.
+        models: ``fimp`` (FIMP-base), ``fimp_pretrained`` (needs ``pretrained``), baselines, and the
+            trivial rows ``node_mean``, ``interpolation`` (fmri, recording) and ``frame_mean``
+            (recording), scored without training. Empty: FIMP-base, every baseline and the trivial
+            rows that fit the task.
         pretrained: A foundation model folder (Hugging Face ViT/ViTMAE format, e.g. from ``fmgnn pretrain``),
             or ``foundation``: the same seed's ``foundation`` baseline (trained first).
         seeds: One split of the scans per seed.
         val_fraction: Share of scans for validation.
         test_fraction: Share of scans for testing.
         fmri: Windows, graph and masking of the fmri task.
+        recording: Source, windows, graph and masking of the recording task.
         genes: Data, graph and masking of the genes task.
         images: Data, graph and masking of the images task.
         model: Model shapes (the kind is set per entry of ``models``).
@@ -84,12 +96,13 @@ class FIMPJobConfig:
     cohort: str = ""
     synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(n_subjects=60, n_timepoints=200))
     run_dir: str = "runs/fimp_fmri"
-    models: list[str] = field(default_factory=lambda: ["fimp", *BASELINES])
+    models: list[str] = field(default_factory=list)
     pretrained: str | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     fmri: FMRITaskConfig = field(default_factory=FMRITaskConfig)
+    recording: RecordingTaskConfig = field(default_factory=RecordingTaskConfig)
     genes: SpatialTaskConfig = field(default_factory=SpatialTaskConfig)
     images: ImageTaskConfig = field(default_factory=ImageTaskConfig)
     model: ReconstructionConfig = field(default_factory=ReconstructionConfig)
@@ -101,9 +114,18 @@ class FIMPJobConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise InputError(f"task: {self.task!r} is not one of {list(TASKS)}")
-        unknown = sorted(set(self.models) - {"fimp", "fimp_pretrained", *BASELINES})
+        if not self.models:
+            self.models = ["fimp", *BASELINES, "node_mean", *(["interpolation"] if self.task in SERIES_TASKS else []),
+                           *(["frame_mean"] if self.task == "recording" else [])]
+        unknown = sorted(set(self.models) - {"fimp", "fimp_pretrained", *BASELINES, *TRIVIAL_KINDS})
         if unknown:
             raise InputError(f"models: unknown {unknown}")
+        if "interpolation" in self.models and self.task not in SERIES_TASKS:
+            raise InputError(f"models: interpolation reads a node's tokens as consecutive windows of one series; "
+                             f"task={self.task} has no such order (it applies to {list(SERIES_TASKS)})")
+        if "frame_mean" in self.models and self.task != "recording":
+            raise InputError(f"models: frame_mean averages the training nodes at each time point, which needs "
+                             f"nodes on one time axis (task=recording); task={self.task} has none")
         if "fimp_pretrained" in self.models and not self.pretrained:
             raise InputError("models: fimp_pretrained needs pretrained=<foundation model folder> or "
                              "pretrained=foundation")
@@ -217,6 +239,8 @@ def check_series_length(cohort: Cohort, fmri: FMRITaskConfig) -> None:
 def load_task(config: FIMPJobConfig, run_dir: Path, seed: int) -> TaskData:
     if config.task == "genes":
         task = load_spatial(config.genes)
+    elif config.task == "recording":
+        task = load_recording(config.recording)
     elif config.task == "images":
         task = load_images(config.images, seed)  # the graph depends on the seed's hidden patches
     else:
@@ -232,6 +256,23 @@ def load_task(config: FIMPJobConfig, run_dir: Path, seed: int) -> TaskData:
     return TaskData(None, task.num_nodes, task, task.x.shape[1], task.x.shape[2])
 
 
+def score_without_training(task: TokenReconstructionTask) -> None:
+    """A trivial row: nothing to fit, so the model is scored on the test part and exported as a trained
+    one would be, through the same task (the same split, scaling and fixed masks)."""
+    if is_done(task):
+        return
+    started = time.monotonic()
+    task.setup(World())
+    model = task.build_model()
+    if model.config.kind == "frame_mean":
+        model.frame_values = task.training_values().mean(0)
+    final = {"task": task.name, "best_epoch": -1, "history": [], "done": True, **task.test(model),
+             "seconds": round(time.monotonic() - started, 2)}
+    with atomic_dir(Path(task.output)) as directory:
+        task.export(model, directory)
+        (directory / RESULT_FILE).write_text(json.dumps(final))
+
+
 def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
     with run_folder_lock(run_dir, "train fimp"):
@@ -245,8 +286,8 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
             start_ray(config.ray)
         storage_path = resolve_storage_path(config.storage_path, run_dir)
         started = time.monotonic()
-        mask_ratio = {"fmri": config.fmri.mask_ratio, "genes": config.genes.mask_ratio,
-                      "images": config.images.mask_ratio}[config.task]
+        mask_ratio = {"fmri": config.fmri.mask_ratio, "recording": config.recording.mask_ratio,
+                      "genes": config.genes.mask_ratio, "images": config.images.mask_ratio}[config.task]
 
         def task(model_name: str, seed: int) -> TrainTask:
             data = tasks_data[seed]
@@ -270,8 +311,12 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
         tracked: list[TrainTask] = []
         # With pretrained=foundation, FIMP-pretrained starts from its seed's foundation baseline: a second stage.
         later = ["fimp_pretrained"] if config.pretrained == FROM_FOUNDATION else []
-        for stage, names in (("fimp", [m for m in config.models if m not in later]),
-                             ("fimp_from_foundation", [m for m in config.models if m in later])):
+        for name in [m for m in config.models if m in TRIVIAL_KINDS]:
+            for seed in config.seeds:
+                score_without_training(task(name, seed))
+        trained = [m for m in config.models if m not in TRIVIAL_KINDS]
+        for stage, names in (("fimp", [m for m in trained if m not in later]),
+                             ("fimp_from_foundation", [m for m in trained if m in later])):
             stage_tasks = [task(name, seed) for seed in config.seeds for name in names]
             if stage_tasks:
                 run_stage(stage_tasks, stage, config.ray, storage_path)
@@ -310,7 +355,7 @@ def summarize_runs(run_dir: Path, config: FIMPJobConfig) -> dict[str, Any]:
         models[name]["seconds"] = sum(r["seconds"] for r in runs)
         models[name]["n_parameters"] = runs[0].get("n_parameters")
     summary: dict[str, Any] = {"task": config.task, "seeds": config.seeds, "models": models}
-    baselines = [m for m in config.models if m in BASELINES]
+    baselines = [m for m in config.models if m in BASELINES or m in TRIVIAL_KINDS]
     best = best_of({m: models[m]["r2"]["mean"] for m in baselines}, baselines)
     if best is not None:
         # Every model of a seed ran on the same node split and masks: the seeds are paired splits.

