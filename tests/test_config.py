@@ -62,7 +62,8 @@ def test_shipped_configs_load():
     configs = Path(__file__).resolve().parents[1] / "configs"
     classes = {"main": MainJobConfig, "baseline": BaselineJobConfig, "augment": AugmentConfig, "bleg": BLEGJobConfig,
                "tune_bleg": TuneJobConfig, "pretrain": PretrainConfig, "fimp_fmri": FIMPJobConfig,
-               "fimp_genes": FIMPJobConfig, "fimp_images": FIMPJobConfig}
+               "fimp_genes": FIMPJobConfig, "fimp_images": FIMPJobConfig,
+               "fimp_recording": FIMPJobConfig}
     assert sorted(p.stem for p in configs.glob("*.yaml")) == sorted(classes)
     loaded = {name: load_config(cls, configs / f"{name}.yaml") for name, cls in classes.items()}
     assert loaded["main"].bleg.folds.n_folds == 3 and loaded["main"].augment.engine.kind == "auto"
