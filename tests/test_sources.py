@@ -10,7 +10,7 @@ from fmgnn.sources.bids import BidsConfig, ingest_bids
 from fmgnn.sources.braingb import BrainGBConfig, ingest_braingb
 from fmgnn.sources.corrpops import CorrpopsConfig, ingest_corrpops
 from fmgnn.sources.nilearn_abide import AbideConfig, ingest_abide
-from fmgnn.sources.synthetic import SyntheticCohort, SyntheticConfig, ingest_synthetic
+from fmgnn.sources.synthetic import SyntheticCohort, SyntheticConfig, ingest_synthetic, reconstruction_ceiling
 
 
 def test_corrpops_real_file(nmda_cohort):
@@ -253,6 +253,17 @@ def test_synthetic_is_deterministic_per_subject_and_has_the_effect(tmp_path):
     assert abs(within(occipital)[labels == 1].mean() - within(occipital)[labels == 0].mean()) < 0.02
     with pytest.raises(ValueError, match="effect_networks \\['visual'\\] not in atlas AAL-90"):
         SyntheticCohort(SyntheticConfig(effect_networks=["visual"]))
+
+
+def test_synthetic_series_split_into_signal_and_noise_and_the_ceiling_follows_the_noise():
+    cohort = SyntheticCohort(SyntheticConfig(n_subjects=3, n_timepoints=80))
+    signal, noise = cohort.signal_and_noise(1)
+    np.testing.assert_allclose(signal + noise, cohort.subject(1).timeseries, rtol=1e-5, atol=1e-5)
+    ceilings = [reconstruction_ceiling(SyntheticConfig(n_subjects=5, n_timepoints=100, noise_scale=s), 5)
+                for s in (0.0, 0.5, 1.0)]
+    assert ceilings[0] == pytest.approx(1.0) and ceilings[0] > ceilings[1] > ceilings[2] > 0.1
+    # Default noise: about a quarter of a region's variance is signal (0.277 over 20 subjects of 200 points).
+    assert 0.2 < ceilings[2] < 0.35
 
 
 PEAK_RSS = """

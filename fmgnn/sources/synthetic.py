@@ -6,7 +6,11 @@ Each subject's ROI time series follow a latent-network model on a real atlas (AA
     x_r(t) = a_{n(r)} \\, f_{n(r)}(t) + b \\, g(t) + \\varepsilon_r(t)
 
 with one AR(1) factor :math:`f_n` per network, a global signal :math:`g`, white noise
-:math:`\\varepsilon_r` and subject-level jitter on the loadings. For subjects with label 1 the
+:math:`\\varepsilon_r` (standard deviation ``noise_scale``, times a per-site factor) and subject-level
+jitter on the loadings. A region's signal part is shared with every region of its network at the
+same time point, which is what a graph model can use to predict a hidden window; the noise part no
+model can predict, so ``reconstruction_ceiling`` (the R^2 of the signal part itself) bounds every
+model's R^2 on hidden windows. For subjects with label 1 the
 loading of the chosen ``effect_networks`` is scaled by ``1 + effect_size``, which raises
 (or, when negative, lowers) their within-network connectivity: the group effect a classifier
 should find. Every subject is drawn from its own generator seeded by ``(seed, index)``, so a
@@ -48,6 +52,7 @@ class SyntheticConfig:
         global_coupling: Loading b of the global signal.
         loading_jitter: Subject-to-subject standard deviation of the loadings.
         ar_coefficient: AR(1) coefficient of the latent signals (temporal smoothness).
+        noise_scale: Standard deviation of the regions' own white noise (site 0).
         n_sites: Number of acquisition sites; each adds its own noise level.
         store: What each row holds: the time series, their FC, or both.
         seed: Base seed; subject i uses ``default_rng([seed, i])``.
@@ -64,6 +69,7 @@ class SyntheticConfig:
     global_coupling: float = 0.3
     loading_jitter: float = 0.15
     ar_coefficient: float = 0.6
+    noise_scale: float = 1.0
     n_sites: int = 3
     store: Literal["timeseries", "fc", "both"] = "timeseries"
     seed: int = 0
@@ -103,6 +109,13 @@ class SyntheticCohort:
             self.effect_rois[self.atlas.networks[name]] = True
 
     def subject(self, index: int) -> Scan:
+        return self._draw(index)[0]
+
+    def signal_and_noise(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Subject ``index``'s (T, R) series split into its signal part and its noise part."""
+        return self._draw(index)[1:]
+
+    def _draw(self, index: int) -> tuple[Scan, np.ndarray, np.ndarray]:
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, index])
         label = int(rng.random() < cfg.patient_fraction)
@@ -113,17 +126,19 @@ class SyntheticCohort:
         if label == 1:
             loading = np.where(self.effect_rois, loading * (1.0 + cfg.effect_size), loading)
         site = int(rng.integers(cfg.n_sites))
-        noise_scale = 1.0 + 0.15 * site
+        noise_scale = cfg.noise_scale * (1.0 + 0.15 * site)
         signal = latent[:, self.network_of_roi] * loading + cfg.global_coupling * latent[:, [k]]  # (T, R)
-        timeseries = (signal + noise_scale * rng.standard_normal((t, r))).astype(np.float32)
+        noise = noise_scale * rng.standard_normal((t, r))
+        timeseries = (signal + noise).astype(np.float32)
         age = float(rng.uniform(18, 65))
         sex = "F" if rng.random() < 0.5 else "M"
-        return Scan(
+        scan = Scan(
             subject_id=f"sub-{index:06d}", label=label,
             timeseries=timeseries if cfg.store in ("timeseries", "both") else None,
             fc=pearson_fc(timeseries) if cfg.store in ("fc", "both") else None,
             age=round(age, 1), sex=sex, site=f"site{site}",
         )
+        return scan, signal, noise
 
     def __iter__(self) -> Iterator[Scan]:
         for index in range(self.config.n_subjects):
@@ -137,6 +152,21 @@ class SyntheticCohort:
             task=f"control vs patient (synthetic: {', '.join(cfg.effect_networks)} coupling x{1 + cfg.effect_size:g})",
             networks=self.atlas.networks,
         )
+
+
+def reconstruction_ceiling(config: SyntheticConfig, n_subjects: int = 20) -> float:
+    """R^2 of the best possible reconstruction: each region's series predicted by its own signal part
+    (the latent factors it loads on, known exactly), scored as the reconstruction task scores, per region
+    z-scored; the rest is noise no model can predict."""
+    cohort = SyntheticCohort(config)
+    residual = total = 0.0
+    for index in range(min(n_subjects, config.n_subjects)):
+        signal, noise = cohort.signal_and_noise(index)
+        x = signal + noise
+        scale = x.std(axis=0)
+        residual += float(((noise - noise.mean(axis=0)) ** 2 / scale**2).sum())
+        total += float((((x - x.mean(axis=0)) / scale) ** 2).sum())
+    return 1.0 - residual / total
 
 
 def ingest_synthetic(output: str | Path, config: SyntheticConfig | None = None,
