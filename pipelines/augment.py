@@ -27,6 +27,7 @@ import ray
 from bleg.augment.describe import DescribeConfig
 from bleg.augment.engines import EngineConfig, preflight, resolve_auto
 from bleg.augment.prompt import PROMPT_VERSION
+from bleg.augment.quality import QualityConfig
 from bleg.augment.stages import INPUT_COLUMNS, GenerateStage, describe_stage, parse_stage
 from bleg.augment.store import PartWriter, drop_replaced_rows, read_keys
 from fmgnn.cohort import Cohort
@@ -51,6 +52,8 @@ class AugmentConfig:
             ``rows_per_part``: a slow model on CPU takes minutes per batch, and a kill loses only
             what was not written.
         describe_batch_size: Subjects per graph-measure batch.
+        quality: Answer checks beyond the JSON shape (bleg/augment/quality.py); a rejected answer is
+            retried like an invalid one and kept as an error row, with its reason, if it stays bad.
     """
 
     cohort: str = ""
@@ -61,6 +64,7 @@ class AugmentConfig:
     flush_interval_s: float = 60.0
     describe_batch_size: int = 64
     describe: DescribeConfig = field(default_factory=DescribeConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -100,10 +104,11 @@ def build_dataset(config: AugmentConfig, cohort: Cohort, todo: set[str], seed: i
             ds = ds.repartition(target_num_rows_per_block=engine.batch_size)
         # Resources are set here, where the stage is placed: one engine per actor replica.
         ds = ds.map_batches(GenerateStage, batch_size=engine.batch_size, batch_format="numpy",
-                            fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata},
+                            fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata,
+                                                   "quality": config.quality},
                             concurrency=engine.concurrency, num_gpus=engine.num_gpus or None,
                             num_cpus=engine.num_cpus)
-    return ds.map_batches(parse_stage, batch_format="numpy")
+    return ds.map_batches(parse_stage, batch_format="numpy", fn_kwargs={"quality": config.quality})
 
 
 @dataclass

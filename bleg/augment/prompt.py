@@ -31,6 +31,9 @@ mean clustering {clustering:.3f}, characteristic path length {characteristic_pat
 {hubs}{connections}{networks}Describe the key features of this brain network and conclude what they suggest about \
 its organisation. Reply with JSON only."""
 
+# The prompt's instructions (not its facts): an answer that repeats them is rejected (bleg.augment.quality).
+INSTRUCTIONS = [SYSTEM, TEMPLATE.rsplit("}", 1)[1]]
+
 PROMPT_VERSION = "v1-" + hashlib.sha256((SYSTEM + TEMPLATE).encode()).hexdigest()[:10]
 
 # What is dropped, in order, when a prompt does not fit: (field, kept items at that step).

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from bleg.augment.answer import parse_answer
+from bleg.augment.answer import Answer, parse_answer
 from bleg.augment.describe import DescribeConfig, describe_batch
 from bleg.augment.engines import EngineConfig, Request, build_engine
-from bleg.augment.prompt import PROMPT_VERSION, SYSTEM, fit_prompt
+from bleg.augment.prompt import INSTRUCTIONS, PROMPT_VERSION, SYSTEM, fit_prompt
+from bleg.augment.quality import QualityConfig, check_quality
 from bleg.augment.store import OUTPUT_SCHEMA
 from fmgnn.cohort import CohortMetadata, scan_fc
 
@@ -61,12 +62,19 @@ def fit_batch_prompts(batch: Batch, metadata: CohortMetadata, count_tokens: Call
     return [f[0] for f in fitted], [f[1] for f in fitted], [f[2] for f in fitted]
 
 
-class GenerateStage:
-    """Prompt, generate, and retry invalid answers (bounded); one engine per replica."""
+def judge(text: str, description: str, quality: QualityConfig) -> tuple[Answer, str | None]:
+    """The parsed answer and why it is rejected (its shape, then its quality), or None."""
+    answer = parse_answer(text)
+    return answer, answer.error or check_quality(answer, json.loads(description), INSTRUCTIONS, quality)
 
-    def __init__(self, engine: EngineConfig, metadata: CohortMetadata) -> None:
+
+class GenerateStage:
+    """Prompt, generate, and retry rejected answers (bounded); one engine per replica."""
+
+    def __init__(self, engine: EngineConfig, metadata: CohortMetadata, quality: QualityConfig | None = None) -> None:
         self.config = engine
         self.metadata = metadata
+        self.quality = quality or QualityConfig()
         self.engine = build_engine(engine)
         self.max_prompt_tokens = engine.max_model_len - engine.sampling.max_tokens
 
@@ -79,7 +87,8 @@ class GenerateStage:
         generations = self.engine.generate(requests)
         attempts = np.ones(n, dtype=np.int64)
         for attempt in range(1, self.config.max_attempts):
-            retry = [i for i, g in enumerate(generations) if g.error or parse_answer(g.text).error]
+            retry = [i for i, g in enumerate(generations)
+                     if g.error or judge(g.text, batch["description"][i], self.quality)[1]]
             if not retry:
                 break
             for i in retry:
@@ -101,21 +110,25 @@ class GenerateStage:
             "attempts": attempts,
             "engine_error": [g.error for g in generations],
             "warning": warnings,
+            "description": batch["description"],
         })
 
 
-def parse_stage(batch: Batch) -> pa.Table:
-    answers = [parse_answer(text) for text in batch["raw_output"]]
-    errors = [engine_error or answer.error for engine_error, answer in zip(batch["engine_error"], answers)]
+def parse_stage(batch: Batch, quality: QualityConfig | None = None) -> pa.Table:
+    judged = [judge(text, description, quality or QualityConfig())
+              for text, description in zip(batch["raw_output"], batch["description"])]
+    answers = [answer for answer, _ in judged]
+    errors = [engine_error or problem for engine_error, (_, problem) in zip(batch["engine_error"], judged)]
     # Keep the output columns only (the vLLM processor adds its own, e.g. __inference_error__).
-    columns: dict[str, Any] = {k: v for k, v in batch.items() if k in STAGE_TYPES and k != "engine_error"}
+    columns: dict[str, Any] = {k: v for k, v in batch.items() if k in STAGE_TYPES and k not in TRANSIENT}
     columns["key_features"] = [a.key_features if e is None else None for a, e in zip(answers, errors)]
     columns["conclusion"] = [a.conclusion if e is None else None for a, e in zip(answers, errors)]
     columns["error"] = errors
     return typed_table(columns)
 
 
-STAGE_TYPES = {field.name: field.type for field in OUTPUT_SCHEMA} | {"engine_error": pa.string()}
+TRANSIENT = {"engine_error": pa.string(), "description": pa.string()}  # between stages, not stored
+STAGE_TYPES = {field.name: field.type for field in OUTPUT_SCHEMA} | TRANSIENT
 
 
 def typed_table(columns: dict[str, Any]) -> pa.Table:

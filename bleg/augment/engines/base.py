@@ -82,6 +82,15 @@ class EngineConfig:
         return f"{self.model}/{self.gguf_file}" if self.gguf_file else self.model
 
 
+RETRY_TEMPERATURE = 0.7
+
+
+def attempt_temperature(sampling: SamplingConfig, seed: int) -> float:
+    """The temperature of one attempt: a retry (a seed other than the first) samples at least at
+    ``RETRY_TEMPERATURE``, because greedy decoding would repeat the rejected answer."""
+    return sampling.temperature if seed == sampling.seed else max(sampling.temperature, RETRY_TEMPERATURE)
+
+
 @dataclass
 class Request:
     """One subject's generation request: the chat messages, and the description for the rules engine."""

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
-from bleg.augment.engines.base import EngineConfig, Generation, Request
+from bleg.augment.engines.base import EngineConfig, Generation, Request, attempt_temperature
 from bleg.language_model import resolve_source
 from fmgnn.cohort import CohortError
 
-RETRY_TEMPERATURE = 0.7
 FEATURES_PREFIX = '{"key_features": ["'
 CONCLUSION_PREFIX = '"], "conclusion": "'
 ITEM_SEPARATOR = re.compile(r'"\s*,\s*"')
@@ -113,8 +112,8 @@ class TransformersEngine:
     @torch.no_grad()
     def generate(self, requests: list[Request]) -> list[Generation]:
         sampling = self.config.sampling
-        retry = any(r.seed != sampling.seed for r in requests)
-        temperature = max(sampling.temperature, RETRY_TEMPERATURE) if retry else sampling.temperature
+        # A batch is all first attempts or all retries (the stage retries the rejected ones together).
+        temperature = max(attempt_temperature(sampling, r.seed) for r in requests)
         texts = [self.render(r) for r in requests]
         torch.manual_seed(requests[0].seed)
         start = time.perf_counter()

@@ -15,7 +15,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from bleg.augment.answer import ANSWER_SCHEMA
-from bleg.augment.engines.base import EngineConfig, Generation, Request
+from bleg.augment.engines.base import EngineConfig, Generation, Request, attempt_temperature
 from fmgnn.cohort import CohortError
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -52,7 +52,8 @@ class HttpEngine:
         body = {
             "model": self.config.model,
             "messages": [{"role": "system", "content": request.system}, {"role": "user", "content": request.prompt}],
-            "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
+            "temperature": attempt_temperature(sampling, request.seed), "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
             "seed": request.seed,
         }
         if self.config.guided_json:

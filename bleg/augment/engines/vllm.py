@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from bleg.augment.answer import ANSWER_SCHEMA
-from bleg.augment.engines.base import EngineConfig
+from bleg.augment.engines.base import EngineConfig, attempt_temperature
 from bleg.augment.prompt import PROMPT_VERSION, SYSTEM
 from fmgnn.cohort import CohortMetadata
 
@@ -53,7 +53,8 @@ class PromptStage:
         n = len(prompts)
         return {"scan_id": batch["scan_id"], "prompt": np.array(prompts, dtype=object),
                 "warning": np.array([w or "" for w in warnings], dtype=object),
-                "seed": np.full(n, self.seed, dtype=np.int64)}
+                "seed": np.full(n, self.seed, dtype=np.int64),
+                "description": batch["description"]}  # for the quality checks after generation
 
 
 def vllm_processor(engine: EngineConfig) -> Any:
@@ -86,13 +87,16 @@ def vllm_processor(engine: EngineConfig) -> Any:
         sampling_params["structured_outputs"] = {"json": ANSWER_SCHEMA}
     model_id, sampling_json = engine.model_id, json.dumps(asdict(sampling))
 
+    def attempt(seed: int) -> dict[str, Any]:  # a later pass retries: another seed, and sampling
+        return {"seed": seed, "temperature": attempt_temperature(sampling, seed)}
+
     def preprocess(row: dict[str, Any]) -> dict[str, Any]:
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": row["prompt"]}]
         if not engine.chat_template:  # a plain LM reads the two messages as one text
             return {**row, "prompt": f"{SYSTEM}\n\n{row['prompt']}\n\n", "user_prompt": row["prompt"],
-                    "sampling_params": {**sampling_params, "seed": int(row["seed"])}}
+                    "sampling_params": {**sampling_params, **attempt(int(row["seed"]))}}
         return {**row, "messages": messages, "user_prompt": row["prompt"],
-                "sampling_params": {**sampling_params, "seed": int(row["seed"])}}
+                "sampling_params": {**sampling_params, **attempt(int(row["seed"]))}}
 
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
         error = row.get("__inference_error__") or None
@@ -103,6 +107,7 @@ def vllm_processor(engine: EngineConfig) -> Any:
             "output_tokens": int(row.get("num_generated_tokens") or 0),
             "latency_s": float(row.get("time_taken_llm") or 0.0) / max(engine.batch_size, 1),
             "attempts": 1, "engine_error": str(error) if error else None, "warning": row["warning"] or None,
+            "description": row["description"],
         }
 
     return build_processor(config, preprocess=preprocess, postprocess=postprocess)

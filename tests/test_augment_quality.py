@@ -1,0 +1,93 @@
+"""Answer quality checks on hand-written good and bad answers, and on the rules engine's answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bleg.augment.answer import Answer, parse_answer
+from bleg.augment.describe import DescribeConfig, describe_batch
+from bleg.augment.engines import EngineConfig, Request
+from bleg.augment.engines.base import SamplingConfig, attempt_temperature
+from bleg.augment.engines.rules import RulesEngine
+from bleg.augment.prompt import INSTRUCTIONS
+from bleg.augment.quality import QualityConfig, check_quality, reason_of
+from bleg.augment.stages import parse_stage
+from fmgnn.cohort import Cohort
+
+DESCRIPTION = {
+    "global_efficiency": 0.433, "local_efficiency": 0.61, "clustering": 0.497, "characteristic_path_length": 2.87,
+    "modularity": 0.449, "hubs": [{"region": "Cingulum_Mid_R", "degree": 20, "strength": 9.1},
+                                  {"region": "Insula_R", "degree": 18, "strength": 8.0}],
+    "strongest_connections": [{"a": "Precuneus_L", "b": "Precuneus_R", "r": 0.9}],
+    "networks": {"default": 0.41, "limbic": 0.2},
+}
+
+
+def verdict(features: list[str], conclusion: str, **settings) -> str | None:
+    reason = check_quality(Answer(features, conclusion, None), DESCRIPTION, INSTRUCTIONS, QualityConfig(**settings))
+    return reason_of(reason)
+
+
+@pytest.mark.parametrize("features, conclusion", [
+    (["hubs in the right mid cingulum and insula", "modularity Q 0.45"],
+     "A modular network organised around cingulate and insular hubs."),
+    (["strong precuneus coupling across hemispheres"], "Default-network coupling dominates."),
+    (["global efficiency of 0.43"], "Integration is moderate, with limbic coupling low."),
+])
+def test_good_answers_pass(features, conclusion):
+    assert verdict(features, conclusion) is None
+
+
+@pytest.mark.parametrize("features, conclusion, reason", [
+    (["short strings"], "One or two sentences", "copies_prompt"),  # the instructions, as written
+    (["insula hub"], "Describe the key features of this brain network", "copies_prompt"),
+    (["insula"], " ".join(["bidirectional"] * 40), "repetition"),
+    (["insula", "insula cortex"], "hub to hub, hub to hub, hub to hub, hub to hub, hub to hub, hub to hub",
+     "repetition"),
+    (["functional connectivity", "brain regions"], "This network is highly interconnected.", "generic"),
+    (["precentral", "fasciculitis"], "It regulates behaviour through the prefrontal cortex.", "generic"),
+    (["global efficiency 0.91"], "Integration around the insula.", "wrong_measure"),
+    (["insula hub"], "The modularity of 0.12 says the network is not modular.", "wrong_measure"),
+])
+def test_bad_answers_are_rejected_with_their_reason(features, conclusion, reason):
+    assert verdict(features, conclusion) == reason
+
+
+def test_thresholds_are_settings():
+    looping = (["insula"], "insula insula insula insula")
+    assert verdict(*looping) is None
+    assert verdict(*looping, max_word_repeats=3) == "repetition"
+    assert verdict(["functional connectivity"], "Interconnected.", check=False) is None
+    assert verdict(["global efficiency 0.47"], "Insula hub.") is None  # within 10% of 0.433
+    assert verdict(["global efficiency 0.47"], "Insula hub.", measure_tolerance=0.05) == "wrong_measure"
+
+
+def test_rules_engine_answers_pass_every_check(nmda_cohort):
+    """The reference: the rules engine states only the subject's own facts, for every NMDA subject."""
+    cohort = Cohort(nmda_cohort)
+    descriptions = describe_batch(cohort.fc(list(range(len(cohort)))), cohort.metadata, DescribeConfig())
+    answers = RulesEngine(EngineConfig()).generate([Request("s", "p", d) for d in descriptions])
+    rejected = [check_quality(parse_answer(a.text), d, INSTRUCTIONS, QualityConfig())
+                for a, d in zip(answers, descriptions)]
+    assert rejected == [None] * len(cohort)
+
+
+def test_parse_stage_keeps_a_rejected_answer_as_an_error_row_with_its_reason():
+    good = json.dumps({"key_features": ["insula hub"], "conclusion": "Modular, around the insula."})
+    copied = json.dumps({"key_features": ["short strings"], "conclusion": "One or two sentences"})
+    batch = {"scan_id": np.array(["a", "b"], dtype=object), "raw_output": np.array([good, copied], dtype=object),
+             "engine_error": np.array([None, None], dtype=object),
+             "description": np.array([json.dumps(DESCRIPTION)] * 2, dtype=object)}
+    rows = parse_stage(batch).to_pylist()
+    assert rows[0]["error"] is None and rows[0]["conclusion"] == "Modular, around the insula."
+    assert rows[1]["error"].startswith("copies_prompt:") and rows[1]["conclusion"] is None
+    assert "description" not in rows[0]  # between stages only
+
+
+def test_a_retry_samples_instead_of_repeating_the_greedy_answer():
+    sampling = SamplingConfig(temperature=0.0, seed=5)
+    assert attempt_temperature(sampling, 5) == 0.0 and attempt_temperature(sampling, 6) == 0.7
+    assert attempt_temperature(SamplingConfig(temperature=0.9, seed=5), 6) == 0.9
