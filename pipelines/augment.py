@@ -29,7 +29,8 @@ from bleg.augment.engines import EngineConfig, preflight, resolve_auto
 from bleg.augment.prompt import PROMPT_VERSION
 from bleg.augment.quality import QualityConfig
 from bleg.augment.stages import INPUT_COLUMNS, GenerateStage, describe_stage, parse_stage
-from bleg.augment.store import PartWriter, drop_replaced_rows, read_keys
+from bleg.augment.cohort_quality import cohort_quality
+from bleg.augment.store import PartWriter, drop_replaced_rows, read_augmentations, read_keys
 from fmgnn.cohort import Cohort
 from fmgnn.config import save_config
 from fmgnn.errors import InputError
@@ -199,6 +200,11 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
             "seconds": round(seconds, 1), "subjects_per_s": round(total.written / seconds, 2) if total.written else 0.0,
             "output_tokens_per_s": round(total.output_tokens / seconds, 1) if total.written else 0.0,
         }
+        if parts.is_dir() and any(parts.glob("part-*.parquet")):
+            rows = read_augmentations(output)
+            rows = rows.filter(pc.and_(pc.equal(rows["prompt_version"], PROMPT_VERSION), pc.equal(rows["model"], model)))
+            # Over every answer of this prompt and model in the folder, this run's and earlier runs'.
+            summary["quality"] = cohort_quality(rows, cohort, config.describe)
         atomic_write_json(output / f"summary-{run_id}.json", summary)
         log.info("augment done: %s", summary)
         return summary

@@ -70,6 +70,23 @@ def augment_section(out_dir: Path) -> Section | None:
     section.tables.append(Table("augmentation runs (a rerun skips answered subjects)",
                                 ["run", "engine", "model", "written", "errors", "skipped", "seconds", "subjects/s",
                                  "output tokens/s"], rows))
+    quality = _read(summaries[-1]).get("quality")
+    if quality:
+        shares = quality["rejected_share"]
+        section.tables.append(Table(
+            f"answer quality over {quality['answers']} answers of this prompt and model (share rejected per reason)",
+            list(shares), [[f"{v:.1%}" for v in shares.values()]]))
+        if quality.get("valid"):
+            section.tables.append(Table("how subject-specific the valid texts are (rules engine: the subject's own "
+                                        "measures in words)",
+                                        ["distinct conclusions", "distinct key-feature lists",
+                                         "mean pairwise similarity (MiniLM)", "rules engine: distinct texts",
+                                         "rules engine: similarity"],
+                                        [[f"{quality['distinct_conclusions_share']:.0%}",
+                                          f"{quality['distinct_key_features_share']:.0%}",
+                                          quality.get("mean_pairwise_similarity"),
+                                          f"{quality.get('rules_engine_distinct_share', 0):.0%}",
+                                          quality.get("rules_engine_similarity")]]))
     from bleg.augment.store import read_augmentations
 
     table = read_augmentations(out_dir / "augment").to_pylist()

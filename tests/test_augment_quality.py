@@ -91,3 +91,22 @@ def test_a_retry_samples_instead_of_repeating_the_greedy_answer():
     sampling = SamplingConfig(temperature=0.0, seed=5)
     assert attempt_temperature(sampling, 5) == 0.0 and attempt_temperature(sampling, 6) == 0.7
     assert attempt_temperature(SamplingConfig(temperature=0.9, seed=5), 6) == 0.9
+
+
+def test_cohort_figures_count_reasons_and_see_identical_texts(nmda_cohort):
+    import pyarrow as pa
+
+    from bleg.augment.cohort_quality import cohort_quality
+
+    cohort = Cohort(nmda_cohort)
+    ids = cohort.scan_ids().tolist()[:6]
+    same = (["insula hub"], "A modular network around the insula.")
+    rows = pa.table({
+        "scan_id": ids, "key_features": [same[0]] * 4 + [None, None], "conclusion": [same[1]] * 4 + [None, None],
+        "error": [None] * 4 + ["generic: names nothing", "invalid or truncated JSON"]})
+    figures = cohort_quality(rows, cohort, DescribeConfig())
+    assert figures["rejected_share"]["generic"] == pytest.approx(1 / 6, abs=1e-4)
+    assert figures["rejected_share"]["invalid_answer"] == pytest.approx(1 / 6, abs=1e-4)
+    assert figures["distinct_conclusions_share"] == 0.25 and figures["distinct_key_features_share"] == 0.25
+    assert figures["mean_pairwise_similarity"] == pytest.approx(1.0, abs=1e-4)  # four copies of one text
+    assert figures["rules_engine_distinct_share"] == 1.0 and figures["rules_engine_similarity"] < 0.99
