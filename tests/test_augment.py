@@ -125,6 +125,7 @@ class OpenAIHandler(BaseHTTPRequestHandler):
     """An OpenAI-compatible server: per prompt, a 503, then invalid JSON, then a valid answer."""
 
     calls: dict = {}
+    temperatures: dict = {}
 
     def log_message(self, *args):
         pass
@@ -144,6 +145,7 @@ class OpenAIHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][1]["content"]
         n = self.calls[prompt] = self.calls.get(prompt, 0) + 1
+        self.temperatures.setdefault(prompt, []).append(body["temperature"])
         if n == 1:
             return self._send(503, {"error": "busy"})
         content = "{not json" if n == 2 else json.dumps({"key_features": [f"len {len(prompt)}"],
@@ -154,7 +156,7 @@ class OpenAIHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def openai_server():
-    OpenAIHandler.calls = {}
+    OpenAIHandler.calls, OpenAIHandler.temperatures = {}, {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), OpenAIHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
@@ -165,12 +167,13 @@ def test_http_engine_retries_server_errors_and_invalid_answers(openai_server, nm
     cohort = Cohort(nmda_cohort)
     config = EngineConfig(kind="http", model="tiny", url=openai_server, max_attempts=3)
     stage = GenerateStage(config, cohort.metadata)
-    stage.engine.backoff_s = 0.01
     generated = stage(describe_stage(cohort_batch(cohort, [0, 1]), cohort.metadata, DescribeConfig()))
     rows = parse_stage(generated.to_pydict()).to_pylist()
     assert [r["attempts"] for r in rows] == [2, 2]  # the 503 is retried inside a request; "{not json" by a new one
     assert all(r["error"] is None and r["key_features"][0].startswith("len ") for r in rows)
     assert rows[0]["prompt_tokens"] == 7 and rows[0]["output_tokens"] == 5
+    # The client resends the 503'd request as it was; the stage's retry samples instead of repeating greedy.
+    assert list(OpenAIHandler.temperatures.values()) == [[0.0, 0.0, 0.7]] * 2
 
 
 def test_unreachable_endpoint_and_missing_model_are_one_clear_error(tmp_path):
