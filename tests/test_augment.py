@@ -112,6 +112,25 @@ def test_guided_transformers_answers_always_parse(tiny_llama, small_synthetic):
         assert 0 < row["output_tokens"] <= 24 + 16
 
 
+@pytest.mark.parametrize("guided", [True, False])
+def test_prefix_cache_reads_the_same_tokens_and_answers_the_same(tiny_llama, small_synthetic, guided):
+    """One KV cache per answer from a copy of the shared prompt beginning, against batched generate calls
+    that prefill every prompt (twice when guided): the same greedy answers and token counts."""
+    from bleg.augment.engines.hf import TransformersEngine
+
+    cohort = Cohort(small_synthetic)
+    described = describe_stage(cohort_batch(cohort, [0, 1, 2]), cohort.metadata, DescribeConfig())
+    answers = {}
+    for cache in (False, True):
+        engine = TransformersEngine(EngineConfig(kind="transformers", model=str(tiny_llama), guided_json=guided,
+                                                 prefix_cache=cache, sampling=SamplingConfig(max_tokens=24)))
+        requests = [Request("system", f"prompt {d}", {}) for d in described["description"]]
+        answers[cache] = [(g.text, g.prompt_tokens, g.output_tokens) for g in engine.generate(requests)]
+        if cache:  # the prompts share "system ... prompt {": that much is cached, and no more
+            assert 0 < len(engine.prefix.ids) < answers[cache][0][1]
+    assert answers[True] == answers[False]
+
+
 def test_guided_parsing_of_the_models_strings():
     from bleg.augment.engines.hf import split_features, until_quote
 
