@@ -54,7 +54,9 @@ def main() -> None:
     from bleg.augment.describe import DescribeConfig, describe_batch
     from bleg.augment.engines import EngineConfig, Request, SamplingConfig
     from bleg.augment.engines.hf import TransformersEngine
-    from bleg.augment.prompt import SYSTEM, render_prompt
+    from bleg.augment.prompt import PROMPTS, render_prompt
+
+    SYSTEM = PROMPTS["v1"].system  # the prompt these figures were recorded with
     from fmgnn.sources.synthetic import SyntheticCohort, SyntheticConfig
 
     import numpy as np
@@ -67,7 +69,7 @@ def main() -> None:
     cohort = SyntheticCohort(SyntheticConfig(n_subjects=args.prompts, store="fc"))
     scans = [cohort.subject(i) for i in range(args.prompts)]
     descriptions = describe_batch(np.stack([s.fc for s in scans]), cohort.metadata(), DescribeConfig())
-    prompts = [render_prompt(d, cohort.metadata(), {}) for d in descriptions]
+    prompts = [render_prompt(d, cohort.metadata(), {}, prompt=PROMPTS["v1"]) for d in descriptions]
     sampling = SamplingConfig(max_tokens=args.max_tokens, repetition_penalty=1.0)
 
     hf = TransformersEngine(EngineConfig(kind="transformers", model=model, device="cpu", sampling=sampling))

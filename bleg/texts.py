@@ -36,11 +36,14 @@ class TextsConfig:
     """Args:
         output: Augmentation output folder (``fmgnn augment``'s ``output``).
         model: Use the rows of this model only; None: the folder must hold one model's rows.
+        prompt_version: Use the rows of this prompt version only (e.g. ``v2-0332ebf43b``, as the rows and the
+            augmentation summary name it); None: the folder must hold one version's rows.
         drop_missing: Leave out subjects without a valid description instead of failing.
     """
 
     output: str = ""
     model: str | None = None
+    prompt_version: str | None = None
     drop_missing: bool = False
 
 
@@ -53,12 +56,13 @@ def load_descriptions(config: TextsConfig) -> dict[str, Description]:
     if not config.output:
         raise CohortError("texts.output: give the augmentation output folder (fmgnn augment ... output=...)")
     table = read_augmentations(config.output)
-    if config.model is not None:
-        table = table.filter(pc.equal(table["model"], config.model))
-    models = sorted(set(table.column("model").to_pylist()))
-    if len(models) != 1:
-        raise CohortError(f"texts.output: {config.output} holds rows of {len(models)} models {models}; "
-                          "choose one with texts.model=...")
+    for column, chosen in (("model", config.model), ("prompt_version", config.prompt_version)):
+        if chosen is not None:
+            table = table.filter(pc.equal(table[column], chosen))
+        values = sorted(set(table.column(column).to_pylist()))
+        if len(values) != 1:
+            raise CohortError(f"texts.output: {config.output} holds rows of {len(values)} {column}s {values}; "
+                              f"choose one with texts.{column}=...")
     table = table.filter(pc.is_null(table["error"]))
     return {row["scan_id"]: Description(row["key_features"], row["conclusion"])
             for row in table.select(["scan_id", "key_features", "conclusion"]).to_pylist()}

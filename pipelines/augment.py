@@ -26,7 +26,7 @@ import ray
 
 from bleg.augment.describe import DescribeConfig
 from bleg.augment.engines import EngineConfig, preflight, resolve_auto
-from bleg.augment.prompt import PROMPT_VERSION
+from bleg.augment.prompt import DEFAULT_PROMPT, get_prompt
 from bleg.augment.quality import QualityConfig
 from bleg.augment.stages import INPUT_COLUMNS, GenerateStage, describe_stage, parse_stage
 from bleg.augment.cohort_quality import cohort_quality
@@ -53,6 +53,7 @@ class AugmentConfig:
             ``rows_per_part``: a slow model on CPU takes minutes per batch, and a kill loses only
             what was not written.
         describe_batch_size: Subjects per graph-measure batch.
+        prompt: The prompt version (bleg/augment/prompt.py: ``v1``, ``v2``); rows record its hash.
         quality: Answer checks beyond the JSON shape (bleg/augment/quality.py); a rejected answer is
             retried like an invalid one and kept as an error row, with its reason, if it stays bad.
     """
@@ -65,6 +66,7 @@ class AugmentConfig:
     flush_interval_s: float = 60.0
     describe_batch_size: int = 64
     describe: DescribeConfig = field(default_factory=DescribeConfig)
+    prompt: str = DEFAULT_PROMPT
     quality: QualityConfig = field(default_factory=QualityConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -96,8 +98,9 @@ def build_dataset(config: AugmentConfig, cohort: Cohort, todo: set[str], seed: i
         from bleg.augment.engines.vllm import PromptStage, vllm_processor
 
         ds = ds.map_batches(PromptStage, batch_size=engine.batch_size, batch_format="numpy", concurrency=1,
-                            fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata, "seed": seed})
-        ds = vllm_processor(engine)(ds)
+                            fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata, "seed": seed,
+                                                   "prompt": config.prompt})
+        ds = vllm_processor(engine, config.prompt)(ds)
     else:
         if engine.kind != "rules":
             # One block per engine batch: a block leaves its task only when done, so a whole-file block
@@ -106,10 +109,11 @@ def build_dataset(config: AugmentConfig, cohort: Cohort, todo: set[str], seed: i
         # Resources are set here, where the stage is placed: one engine per actor replica.
         ds = ds.map_batches(GenerateStage, batch_size=engine.batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata,
-                                                   "quality": config.quality},
+                                                   "quality": config.quality, "prompt": config.prompt},
                             concurrency=engine.concurrency, num_gpus=engine.num_gpus or None,
                             num_cpus=engine.num_cpus)
-    return ds.map_batches(parse_stage, batch_format="numpy", fn_kwargs={"quality": config.quality})
+    return ds.map_batches(parse_stage, batch_format="numpy", fn_kwargs={"quality": config.quality,
+                                                                        "prompt": config.prompt})
 
 
 @dataclass
@@ -158,11 +162,12 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
     if not config.cohort:
         raise InputError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
     config.engine = resolve_auto(config.engine)
+    version = get_prompt(config.prompt).version
     cohort = Cohort(config.cohort)
     output = Path(config.output)
     parts = output / "parts"
     model = config.engine.model_id
-    done, failed = read_keys(parts, PROMPT_VERSION, model)
+    done, failed = read_keys(parts, version, model)
     skip = done if config.retry_failed else done | failed
     todo = subjects_to_do(cohort, skip, config.limit)
     n_todo = len(todo)
@@ -171,7 +176,7 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
         save_config(config, output / f"config-{run_id}.yaml")
         atomic_write_json(output / f"versions-{run_id}.json", environment_record())
         log.info("augment %s with %s (%s), prompt %s: %d to do, %d already answered, %d failed before%s",
-                 cohort.metadata.name, config.engine.kind, model, PROMPT_VERSION, n_todo, len(done), len(failed),
+                 cohort.metadata.name, config.engine.kind, model, version, n_todo, len(done), len(failed),
                  " (retrying them)" if config.retry_failed else " (kept; retry_failed=true redoes them)")
         start = time.monotonic()
         total, removed = PassResult(), 0
@@ -187,14 +192,14 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
             writer = PartWriter(parts, f"{run_id}{attempt}")
             dataset = build_dataset(config, cohort, todo, config.engine.sampling.seed + attempt)
             result = write_pass(dataset, writer, config, len(todo), start)
-            removed += drop_replaced_rows(parts, redo, PROMPT_VERSION, model, writer.run_id)
+            removed += drop_replaced_rows(parts, redo, version, model, writer.run_id)
             total.written += result.written if attempt == 0 else 0  # later passes replace rows, not add
             total.output_tokens += result.output_tokens
             total.errors = result.errors  # each pass redoes exactly the previous pass's failures
             todo = redo = result.failed
         seconds = time.monotonic() - start
         summary = {
-            "run_id": run_id, "cohort": str(cohort.path), "prompt_version": PROMPT_VERSION, "model": model,
+            "run_id": run_id, "cohort": str(cohort.path), "prompt_version": version, "model": model,
             "engine": config.engine.kind, "subjects_to_do": n_todo, "rows_written": total.written,
             "error_rows": total.errors, "skipped_already_answered": len(done), "replaced_rows_removed": removed,
             "seconds": round(seconds, 1), "subjects_per_s": round(total.written / seconds, 2) if total.written else 0.0,
@@ -202,7 +207,7 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
         }
         if parts.is_dir() and any(parts.glob("part-*.parquet")):
             rows = read_augmentations(output)
-            rows = rows.filter(pc.and_(pc.equal(rows["prompt_version"], PROMPT_VERSION), pc.equal(rows["model"], model)))
+            rows = rows.filter(pc.and_(pc.equal(rows["prompt_version"], version), pc.equal(rows["model"], model)))
             # Over every answer of this prompt and model in the folder, this run's and earlier runs'.
             summary["quality"] = cohort_quality(rows, cohort, config.describe)
         atomic_write_json(output / f"summary-{run_id}.json", summary)

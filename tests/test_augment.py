@@ -13,7 +13,7 @@ from bleg.augment.describe import DescribeConfig, describe_batch
 from bleg.augment.engines import EngineConfig, Request, SamplingConfig, preflight
 from bleg.augment.engines.http import EndpointError, HttpEngine
 from bleg.augment.engines.rules import RulesEngine
-from bleg.augment.prompt import PROMPT_VERSION, fit_prompt, render_prompt
+from bleg.augment.prompt import DEFAULT_PROMPT, PROMPTS, fit_prompt, render_prompt
 from bleg.augment.quality import QualityConfig
 from bleg.augment.stages import GenerateStage, describe_stage, parse_stage
 from bleg.augment.store import KEY, read_augmentations
@@ -43,28 +43,38 @@ def test_parse_answer(text, error):
         assert error in answer.error and answer.key_features is None
 
 
-def test_prompt_never_sees_the_label_and_names_what_it_should(nmda_cohort):
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_prompt_never_sees_the_label_and_names_what_it_should(nmda_cohort, version):
     cohort = Cohort(nmda_cohort)
     batch = cohort_batch(cohort, [0, 50])  # a control and a patient
     assert "label" not in batch
     out = describe_stage(batch, cohort.metadata, DescribeConfig())
     description = json.loads(out["description"][0])
-    prompt = render_prompt(description, cohort.metadata, {"age": 34.0, "sex": "F"})
+    prompt = render_prompt(description, cohort.metadata, {"age": 34.0, "sex": "F"}, prompt=PROMPTS[version])
     assert cohort.metadata.name in prompt and cohort.metadata.atlas in prompt and "Cingulum_Ant_L" in prompt
     assert description["hubs"][0]["region"] in prompt and "age 34.0" in prompt
     # The same graph gives the same prompt whatever the subject's label is: only the graph goes in.
-    assert render_prompt(description, cohort.metadata, {}) == render_prompt(
-        json.loads(describe_stage(batch, cohort.metadata, DescribeConfig())["description"][0]), cohort.metadata, {})
+    assert render_prompt(description, cohort.metadata, {}, prompt=PROMPTS[version]) == render_prompt(
+        json.loads(describe_stage(batch, cohort.metadata, DescribeConfig())["description"][0]), cohort.metadata, {},
+        prompt=PROMPTS[version])
+    assert f"global efficiency {description['global_efficiency']:.3f}" in prompt
 
 
-def test_long_prompt_is_shortened_with_a_warning(nmda_cohort):
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_long_prompt_is_shortened_with_a_warning(nmda_cohort, version):
     cohort = Cohort(nmda_cohort)
     description = describe_batch(cohort.fc([0]), cohort.metadata, DescribeConfig())[0]
-    full, full_tokens, warning = fit_prompt(description, cohort.metadata, {}, lambda s: len(s.split()), 10_000)
+    words = lambda s: len(s.split())  # noqa: E731
+    full, full_tokens, warning = fit_prompt(description, cohort.metadata, {}, words, 10_000, PROMPTS[version])
     assert warning is None and "Precentral_L, Precentral_R" in full
-    short, tokens, warning = fit_prompt(description, cohort.metadata, {}, lambda s: len(s.split()), 200)
+    short, tokens, warning = fit_prompt(description, cohort.metadata, {}, words, 200, PROMPTS[version])
     assert tokens <= 200 < full_tokens and "region_list->0" in warning
-    assert "Precentral_L, Precentral_R" not in short and "Whole-graph measures" in short
+    assert "Precentral_L, Precentral_R" not in short and f"{description['modularity']:.3f}" in short
+
+
+def test_prompt_versions_are_hashed_and_v1_is_unchanged():
+    assert PROMPTS["v1"].version == "v1-e5a1a328d3"  # the hash the session-3 NMDA texts carry
+    assert PROMPTS["v2"].version.startswith("v2-") and DEFAULT_PROMPT == "v2"
 
 
 def test_rules_engine_answers_are_valid_and_label_free(nmda_cohort):
@@ -213,7 +223,7 @@ def test_pipeline_rules_engine_resume_and_no_duplicates(nmda_cohort, ray_session
     assert third["rows_written"] == 0
     table = read_augmentations(tmp_path / "aug")
     assert table.num_rows == 86 and len(set(table["scan_id"].to_pylist())) == 86
-    assert set(table["prompt_version"].to_pylist()) == {PROMPT_VERSION} and "label" not in table.column_names
+    assert set(table["prompt_version"].to_pylist()) == {PROMPTS[DEFAULT_PROMPT].version} and "label" not in table.column_names
     assert pc.all(pc.is_null(table["error"])).as_py()
     row = table.slice(0, 1).to_pylist()[0]
     assert row["engine"] == "rules" and row["key_features"] and row["conclusion"] and row["prompt"]

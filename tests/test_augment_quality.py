@@ -12,10 +12,13 @@ from bleg.augment.describe import DescribeConfig, describe_batch
 from bleg.augment.engines import EngineConfig, Request
 from bleg.augment.engines.base import SamplingConfig, attempt_temperature
 from bleg.augment.engines.rules import RulesEngine
-from bleg.augment.prompt import INSTRUCTIONS
+from bleg.augment.prompt import PROMPTS
 from bleg.augment.quality import QualityConfig, check_quality, reason_of
 from bleg.augment.stages import parse_stage
 from fmgnn.cohort import Cohort
+
+INSTRUCTIONS = list(PROMPTS["v1"].instructions)
+EXAMPLE_PROMPT = list(PROMPTS["v2"].instructions)
 
 DESCRIPTION = {
     "global_efficiency": 0.433, "local_efficiency": 0.61, "clustering": 0.497, "characteristic_path_length": 2.87,
@@ -56,6 +59,15 @@ def test_bad_answers_are_rejected_with_their_reason(features, conclusion, reason
     assert verdict(features, conclusion) == reason
 
 
+def test_an_answer_that_copies_the_worked_example_is_rejected():
+    example = json.loads(PROMPTS["v2"].instructions[2])
+    reason = check_quality(Answer(example["key_features"], example["conclusion"], None), DESCRIPTION,
+                           EXAMPLE_PROMPT, QualityConfig())
+    assert reason_of(reason) == "copies_prompt"
+    own = Answer(["hubs in Cingulum_Mid_R and Insula_R"], "Organised around cingulate hubs.", None)
+    assert check_quality(own, DESCRIPTION, EXAMPLE_PROMPT, QualityConfig()) is None
+
+
 def test_thresholds_are_settings():
     looping = (["insula"], "insula insula insula insula")
     assert verdict(*looping) is None
@@ -81,7 +93,7 @@ def test_parse_stage_keeps_a_rejected_answer_as_an_error_row_with_its_reason():
     batch = {"scan_id": np.array(["a", "b"], dtype=object), "raw_output": np.array([good, copied], dtype=object),
              "engine_error": np.array([None, None], dtype=object),
              "description": np.array([json.dumps(DESCRIPTION)] * 2, dtype=object)}
-    rows = parse_stage(batch).to_pylist()
+    rows = parse_stage(batch, prompt="v1").to_pylist()  # "short strings" is v1's instruction text
     assert rows[0]["error"] is None and rows[0]["conclusion"] == "Modular, around the insula."
     assert rows[1]["error"].startswith("copies_prompt:") and rows[1]["conclusion"] is None
     assert "description" not in rows[0]  # between stages only

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bleg.augment.prompt import PROMPT_VERSION
+from bleg.augment.prompt import DEFAULT_PROMPT, PROMPTS
 from bleg.augment.store import OUTPUT_SCHEMA, PartWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def earlier_run(tmp_path) -> Path:
 
 def write_parts(folder: Path, subjects: list[str], run_id: str) -> Path:
     rows = {name: [None] * len(subjects) for name in OUTPUT_SCHEMA.names if name != "run_id"}
-    rows.update(scan_id=subjects, prompt_version=[PROMPT_VERSION] * len(subjects), model=["rules"] * len(subjects),
+    rows.update(scan_id=subjects, prompt_version=[PROMPTS[DEFAULT_PROMPT].version] * len(subjects), model=["rules"] * len(subjects),
                 engine=["rules"] * len(subjects), key_features=[["a feature"]] * len(subjects),
                 conclusion=["a conclusion"] * len(subjects), attempts=[1] * len(subjects))
     return PartWriter(folder, run_id).write(pa.table(rows))

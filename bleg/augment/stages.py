@@ -18,7 +18,7 @@ import pyarrow as pa
 from bleg.augment.answer import Answer, parse_answer
 from bleg.augment.describe import DescribeConfig, describe_batch
 from bleg.augment.engines import EngineConfig, Request, build_engine
-from bleg.augment.prompt import INSTRUCTIONS, PROMPT_VERSION, SYSTEM, fit_prompt
+from bleg.augment.prompt import DEFAULT_PROMPT, PromptTemplate, fit_prompt, get_prompt
 from bleg.augment.quality import QualityConfig, check_quality
 from bleg.augment.store import OUTPUT_SCHEMA
 from fmgnn.cohort import CohortMetadata, scan_fc
@@ -55,40 +55,43 @@ def describe_stage(batch: Batch, metadata: CohortMetadata, config: DescribeConfi
 
 
 def fit_batch_prompts(batch: Batch, metadata: CohortMetadata, count_tokens: Callable[[str], int],
-                      max_prompt_tokens: int) -> tuple[list[str], list[int], list[str | None]]:
+                      max_prompt_tokens: int, prompt: PromptTemplate) -> tuple[list[str], list[int], list[str | None]]:
     """Prompts of a described batch, each fitted to the context: (prompts, token counts, warnings)."""
-    fitted = [fit_prompt(json.loads(description), metadata, json.loads(demographics), count_tokens, max_prompt_tokens)
+    fitted = [fit_prompt(json.loads(description), metadata, json.loads(demographics), count_tokens, max_prompt_tokens,
+                         prompt)
               for description, demographics in zip(batch["description"], batch["demographics"])]
     return [f[0] for f in fitted], [f[1] for f in fitted], [f[2] for f in fitted]
 
 
-def judge(text: str, description: str, quality: QualityConfig) -> tuple[Answer, str | None]:
+def judge(text: str, description: str, quality: QualityConfig, prompt: PromptTemplate) -> tuple[Answer, str | None]:
     """The parsed answer and why it is rejected (its shape, then its quality), or None."""
     answer = parse_answer(text)
-    return answer, answer.error or check_quality(answer, json.loads(description), INSTRUCTIONS, quality)
+    return answer, answer.error or check_quality(answer, json.loads(description), list(prompt.instructions), quality)
 
 
 class GenerateStage:
     """Prompt, generate, and retry rejected answers (bounded); one engine per replica."""
 
-    def __init__(self, engine: EngineConfig, metadata: CohortMetadata, quality: QualityConfig | None = None) -> None:
+    def __init__(self, engine: EngineConfig, metadata: CohortMetadata, quality: QualityConfig | None = None,
+                 prompt: str = DEFAULT_PROMPT) -> None:
         self.config = engine
         self.metadata = metadata
         self.quality = quality or QualityConfig()
+        self.prompt = get_prompt(prompt)
         self.engine = build_engine(engine)
         self.max_prompt_tokens = engine.max_model_len - engine.sampling.max_tokens
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["scan_id"])
         prompts, tokens, warnings = fit_batch_prompts(batch, self.metadata, self.engine.count_tokens,
-                                                      self.max_prompt_tokens)
-        requests = [Request(SYSTEM, p, json.loads(d), self.config.sampling.seed)
+                                                      self.max_prompt_tokens, self.prompt)
+        requests = [Request(self.prompt.system, p, json.loads(d), self.config.sampling.seed)
                     for p, d in zip(prompts, batch["description"])]
         generations = self.engine.generate(requests)
         attempts = np.ones(n, dtype=np.int64)
         for attempt in range(1, self.config.max_attempts):
             retry = [i for i, g in enumerate(generations)
-                     if g.error or judge(g.text, batch["description"][i], self.quality)[1]]
+                     if g.error or judge(g.text, batch["description"][i], self.quality, self.prompt)[1]]
             if not retry:
                 break
             for i in retry:
@@ -99,7 +102,7 @@ class GenerateStage:
         return typed_table({
             "scan_id": batch["scan_id"],
             "prompt": prompts,
-            "prompt_version": [PROMPT_VERSION] * n,
+            "prompt_version": [self.prompt.version] * n,
             "engine": [self.config.kind] * n,
             "model": [self.config.model_id] * n,
             "sampling": [json.dumps(asdict(self.config.sampling))] * n,
@@ -114,8 +117,9 @@ class GenerateStage:
         })
 
 
-def parse_stage(batch: Batch, quality: QualityConfig | None = None) -> pa.Table:
-    judged = [judge(text, description, quality or QualityConfig())
+def parse_stage(batch: Batch, quality: QualityConfig | None = None, prompt: str = DEFAULT_PROMPT) -> pa.Table:
+    template = get_prompt(prompt)
+    judged = [judge(text, description, quality or QualityConfig(), template)
               for text, description in zip(batch["raw_output"], batch["description"])]
     answers = [answer for answer, _ in judged]
     errors = [engine_error or problem for engine_error, (_, problem) in zip(batch["engine_error"], judged)]

@@ -22,7 +22,7 @@ import numpy as np
 
 from bleg.augment.answer import ANSWER_SCHEMA
 from bleg.augment.engines.base import EngineConfig, attempt_temperature
-from bleg.augment.prompt import PROMPT_VERSION, SYSTEM
+from bleg.augment.prompt import DEFAULT_PROMPT, get_prompt
 from fmgnn.cohort import CohortMetadata
 
 CPU_ENV = {"OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
@@ -32,7 +32,7 @@ CPU_ENV = {"OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V
 class PromptStage:
     """Prompts fitted to the context with the model's own tokenizer; the vLLM processor's input rows."""
 
-    def __init__(self, engine: EngineConfig, metadata: CohortMetadata, seed: int) -> None:
+    def __init__(self, engine: EngineConfig, metadata: CohortMetadata, seed: int, prompt: str = DEFAULT_PROMPT) -> None:
         from transformers import AutoTokenizer
 
         from bleg.augment.engines.hf import model_source
@@ -41,6 +41,7 @@ class PromptStage:
         self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         self.metadata = metadata
         self.seed = seed
+        self.prompt = get_prompt(prompt)
         self.max_prompt_tokens = engine.max_model_len - engine.sampling.max_tokens
 
     def count_tokens(self, text: str) -> int:
@@ -49,7 +50,8 @@ class PromptStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from bleg.augment.stages import fit_batch_prompts
 
-        prompts, _, warnings = fit_batch_prompts(batch, self.metadata, self.count_tokens, self.max_prompt_tokens)
+        prompts, _, warnings = fit_batch_prompts(batch, self.metadata, self.count_tokens, self.max_prompt_tokens,
+                                                 self.prompt)
         n = len(prompts)
         return {"scan_id": batch["scan_id"], "prompt": np.array(prompts, dtype=object),
                 "warning": np.array([w or "" for w in warnings], dtype=object),
@@ -57,11 +59,11 @@ class PromptStage:
                 "description": batch["description"]}  # for the quality checks after generation
 
 
-def vllm_processor(engine: EngineConfig) -> Any:
+def vllm_processor(engine: EngineConfig, prompt: str = DEFAULT_PROMPT) -> Any:
     """A ``ray.data.llm`` processor: rows with ``prompt`` in, the GenerateStage output columns out."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    sampling = engine.sampling
+    sampling, template = engine.sampling, get_prompt(prompt)
     engine_kwargs: dict[str, Any] = {"max_model_len": engine.max_model_len,
                                      "tensor_parallel_size": engine.tensor_parallel_size, **engine.vllm_engine_kwargs}
     if engine.guided_json:
@@ -91,9 +93,9 @@ def vllm_processor(engine: EngineConfig) -> Any:
         return {"seed": seed, "temperature": attempt_temperature(sampling, seed)}
 
     def preprocess(row: dict[str, Any]) -> dict[str, Any]:
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": row["prompt"]}]
+        messages = [{"role": "system", "content": template.system}, {"role": "user", "content": row["prompt"]}]
         if not engine.chat_template:  # a plain LM reads the two messages as one text
-            return {**row, "prompt": f"{SYSTEM}\n\n{row['prompt']}\n\n", "user_prompt": row["prompt"],
+            return {**row, "prompt": f"{template.system}\n\n{row['prompt']}\n\n", "user_prompt": row["prompt"],
                     "sampling_params": {**sampling_params, **attempt(int(row["seed"]))}}
         return {**row, "messages": messages, "user_prompt": row["prompt"],
                 "sampling_params": {**sampling_params, **attempt(int(row["seed"]))}}
@@ -101,7 +103,7 @@ def vllm_processor(engine: EngineConfig) -> Any:
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
         error = row.get("__inference_error__") or None
         return {
-            "scan_id": row["scan_id"], "prompt": row["user_prompt"], "prompt_version": PROMPT_VERSION,
+            "scan_id": row["scan_id"], "prompt": row["user_prompt"], "prompt_version": template.version,
             "engine": "vllm", "model": model_id, "sampling": sampling_json,
             "raw_output": row.get("generated_text") or "", "prompt_tokens": int(row.get("num_input_tokens") or 0),
             "output_tokens": int(row.get("num_generated_tokens") or 0),
