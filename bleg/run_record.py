@@ -53,6 +53,13 @@ class BLEGRun:
     def metrics(self) -> dict[str, Any]:
         return json.loads((self.path / "metrics.json").read_text())
 
+    def finished(self) -> bool:
+        return (self.path / "metrics.json").is_file()
+
+    def fold_results(self, variant: str) -> list[dict[str, Any]]:
+        """Every fold's test result of ``variant`` (predictions included), in split order."""
+        return [json.loads(p.read_text()) for p in sorted((self.path / variant).glob("seed*_fold*.json"))]
+
     # Teacher targets: one Parquet file per fold and reading (tuned LM with graph tokens, or base LM on text).
     @staticmethod
     def teacher_name(tuned: bool) -> str:

@@ -34,6 +34,7 @@ import torch
 
 from fimp.hf_export import TOKENS_FILE, load_token_weights
 from fimp.reconstruction import TRIVIAL_KINDS, ReconstructionConfig, build_model
+from fimp.run_record import FIMPRun
 from fimp.tasks.fmri import FMRITaskConfig
 from fimp.tasks.images import ImageTaskConfig, load_images
 from fimp.tasks.nodes import NodeTask, split_nodes
@@ -278,6 +279,7 @@ def score_without_training(task: TokenReconstructionTask) -> None:
 
 def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
+    record = FIMPRun(run_dir)
     with run_folder_lock(run_dir, "train fimp"):
         # Bad input fails before any write.
         tasks_data = {seed: load_task(config, run_dir, seed) for seed in config.seeds}
@@ -302,9 +304,9 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
                                                    "token_values": data.token_values, "finetune": finetune})
             init = None
             if model_name == "fimp_pretrained":
-                init = (from_foundation_baseline(run_dir / "foundation" / f"seed{seed}" / "model.pt", model_config)
+                init = (from_foundation_baseline(record.model_dir("foundation", seed) / "model.pt", model_config)
                         if config.pretrained == FROM_FOUNDATION else pretrained_state(config, model_config))
-            name, output = f"{model_name}-seed{seed}", run_dir / model_name / f"seed{seed}"
+            name, output = f"{model_name}-seed{seed}", record.model_dir(model_name, seed)
             if data.nodes is not None:
                 return NodeReconstructionTask(name, NodeReconstructionSpec(
                     data.nodes, train, val, test, mask_ratio, model_config, config.optim, init, seed), output)
@@ -326,21 +328,21 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
                 tracked.extend(stage_tasks)
         for name in config.models:
             for seed in config.seeds:
-                if (run_dir / name / f"seed{seed}.json").is_file():  # recorded by an earlier run
+                if record.seed_result_path(name, seed).is_file():  # recorded by an earlier run
                     continue
-                metrics = read_result(run_dir / name / f"seed{seed}")
+                metrics = read_result(record.model_dir(name, seed))
                 train, _, test = tasks_data[seed].split(seed, config.val_fraction, config.test_fraction)
                 result = {"model": name, "seed": seed, "mse": metrics["test_mse"], "r2": metrics["test_r2"],
                           "best_epoch": metrics["best_epoch"], "history": metrics["history"],
                           "seconds": metrics["seconds"], "n_parameters": metrics.get("n_parameters"),
                           "n_train": len(train), "n_test": len(test)}
-                atomic_write_json(run_dir / name / f"seed{seed}.json", result)
+                atomic_write_json(record.seed_result_path(name, seed), result)
                 log.info("%s seed %d: test MSE %.4f, R^2 %.3f", name, seed, result["mse"], result["r2"])
         summary = summarize_runs(run_dir, config)
         summary["wall_time_s"] = round(time.monotonic() - started, 1)
         if config.task == "fmri" and not config.cohort:
             summary["r2_ceiling"] = round(reconstruction_ceiling(config.synthetic), 4)
-        atomic_write_json(run_dir / "metrics.json", summary)
+        atomic_write_json(record.metrics_path(), summary)
         plot_reconstructions(run_dir, config)
         with JobRun(config.tracking, run_dir, "fimp", to_dict(config)) as tracking:
             tracking.log_tasks(tracked)
@@ -353,7 +355,7 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
 def summarize_runs(run_dir: Path, config: FIMPJobConfig) -> dict[str, Any]:
     models, all_runs = {}, {}
     for name in config.models:
-        runs = all_runs[name] = [json.loads((run_dir / name / f"seed{s}.json").read_text()) for s in config.seeds]
+        runs = all_runs[name] = [FIMPRun(run_dir).seed_result(name, s) for s in config.seeds]
         models[name] = {k: {"mean": float(np.mean([r[k] for r in runs])),
                             "std": float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else None}
                         for k in ("mse", "r2")}
@@ -395,10 +397,11 @@ def plot_reconstructions(run_dir: Path, config: FIMPJobConfig) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plots = run_dir / "plots"
+    record = FIMPRun(run_dir)
+    plots = record.plots_dir()
     plots.mkdir(exist_ok=True)
     seed = config.seeds[0]
-    examples = {name: np.load(run_dir / name / f"seed{seed}" / "example.npz") for name in config.models}
+    examples = {name: record.example(name, seed) for name in config.models}
     if config.task == "images":
         fig, axes = plt.subplots(len(examples), 3, figsize=(4.5, 1.6 * len(examples)), squeeze=False)
         for row, (name, example) in zip(axes, examples.items()):

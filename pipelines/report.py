@@ -18,11 +18,14 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from bleg.run_record import BLEGRun
+from fimp.run_record import FIMPRun
 from fmgnn.evaluation.metrics import mean_std
 from fmgnn.evaluation.paired import format_relative
 from fmgnn.io import atomic_write_json, atomic_write_text
 from fmgnn.plots import mean_curves, pooled_predictions
 from fmgnn.report_html import Section, Table, render_html
+from tune.run_record import SweepRun
 
 log = logging.getLogger("fmgnn.report")
 
@@ -98,9 +101,10 @@ def augment_section(out_dir: Path) -> Section | None:
 
 
 def bleg_section(out_dir: Path, figures: Figures) -> Section | None:
-    metrics = _read(out_dir / "bleg" / "metrics.json")
-    if metrics is None:
+    run = BLEGRun(out_dir / "bleg")
+    if not run.finished():
         return None
+    metrics = run.metrics()
     section = Section("BLEG: stages 2 and 3, with its ablations (test folds)")
     section.notes.append(f"LM {metrics['lm']}; every model on the same stratified folds; mean ± std over test folds.")
     if metrics.get("chance"):
@@ -120,8 +124,7 @@ def bleg_section(out_dir: Path, figures: Figures) -> Section | None:
                                     "whole pipeline rerun", ["model", "accuracy", "shuffled (mean)", "p"], [
             [name, round(m["score"], 3), round(m["permuted_mean"], 3), round(m["p_value"], 4)]
             for name, m in permutation["models"].items()]))
-    folds = {name: [_read(p) for p in sorted((out_dir / "bleg" / name).glob("seed*_fold*.json"))]
-             for name in metrics["models"]}
+    folds = {name: run.fold_results(name) for name in metrics["models"]}
     roc = {}
     for name, runs in folds.items():
         labels, probabilities = pooled_predictions(runs)
@@ -142,7 +145,8 @@ def bleg_section(out_dir: Path, figures: Figures) -> Section | None:
 
 
 def tune_section(out_dir: Path, figures: Figures) -> Section | None:
-    summary = _read(out_dir / "tune" / "summary.json")
+    sweep = SweepRun(out_dir / "tune")
+    summary = sweep.summary()
     if summary is None:
         return None
     section = Section("Ray Tune: stage 3 sweep (validation folds only)")
@@ -150,7 +154,7 @@ def tune_section(out_dir: Path, figures: Figures) -> Section | None:
                          f"validation cross-entropy over the folds; best {summary['best_val_loss']:.4f}.")
     section.tables.append(Table("best configuration", ["parameter", "value"],
                                 [[k, v] for k, v in summary["best_params"].items()]))
-    trials = _read(out_dir / "tune" / "trials.json") or {}
+    trials = sweep.trials()
     if trials:
         keys = sorted({k for t in trials.values() for k in t["params"]})
         section.tables.append(Table("trials", ["trial", *keys, "epochs", "best validation loss"], [
@@ -161,7 +165,7 @@ def tune_section(out_dir: Path, figures: Figures) -> Section | None:
                                    "series": {k: {"epoch": t["epoch"], "val_loss": t["val_loss"]}
                                               for k, t in trials.items()}}
         section.figures.append("sweep_trials")
-    importance = _read(out_dir / "tune" / "plots" / "importance.json")
+    importance = sweep.importance()
     if importance:
         figures["sweep_importance"] = {"kind": "bars", "title": "parameter importance (fANOVA)",
                                        "xlabel": "importance", "values": importance}
@@ -189,7 +193,8 @@ def paired_table(caption: str, differences: list[dict[str, Any]]) -> Table:
 
 
 def fimp_section(out_dir: Path, figures: Figures) -> Section | None:
-    metrics = _read(out_dir / "fimp" / "metrics.json")
+    run = FIMPRun(out_dir / "fimp")
+    metrics = run.metrics()
     if metrics is None:
         return None
     section = Section("FIMP: masked fMRI window reconstruction (test scans)")
@@ -213,7 +218,7 @@ def fimp_section(out_dir: Path, figures: Figures) -> Section | None:
                                      "series": {"foundation": mean_curves([pretrain], ("train_loss", "val_loss"))}}
         section.figures.append("pretrain_curve")
     seed = metrics["seeds"][0]
-    runs = {name: _read(out_dir / "fimp" / name / f"seed{seed}.json") for name in metrics["models"]}
+    runs = {name: run.seed_result(name, seed) for name in metrics["models"]}
     figures["fimp_learning_curves"] = {"kind": "curves", "title": f"reconstruction learning curves (seed {seed})",
                                        "x": "epoch", "y": ["train_loss", "val_loss"],
                                        "series": {n: mean_curves([r], ("train_loss", "val_loss"))
@@ -221,7 +226,7 @@ def fimp_section(out_dir: Path, figures: Figures) -> Section | None:
     section.figures.append("fimp_learning_curves")
     examples = {}
     for name in metrics["models"]:
-        example = np.load(out_dir / "fimp" / name / f"seed{seed}" / "example.npz")
+        example = run.example(name, seed)
         window = int(example["target"].shape[1])
         examples[name] = {"true": example["target"].reshape(-1).round(4).tolist(),
                           "predicted": example["predicted"].reshape(-1).round(4).tolist(),

@@ -38,6 +38,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from bleg.run_record import BLEGRun
+from tune.run_record import SweepRun
 from bleg.train_student import AlignmentConfig, FoldInput, StudentFoldsTask, StudentTask
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config, save_config, to_dict, with_values
@@ -192,6 +193,7 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
     cohort = Cohort(base.cohort)
     folds = fold_inputs(base, cohort, config.seeds)  # a bad base run fails before the sweep's records change
     sweep_dir = Path(config.sweep_dir).resolve()
+    sweep = SweepRun(sweep_dir)
     with run_folder_lock(sweep_dir, "tune"):
         save_config(config, sweep_dir / "config.yaml")
         atomic_write_json(sweep_dir / "versions.json", environment_record())
@@ -203,23 +205,24 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
             start = time.monotonic()
             grid = run_trials(config, base, cohort_path, folds, encoder_config, config.name, storage_path, tracking)
             results = grid.get_dataframe()
-            results.to_parquet(sweep_dir / "results.parquet")
-            results.to_csv(sweep_dir / "results.csv", index=False)
+            parquet, csv = sweep.results_paths()
+            results.to_parquet(parquet)
+            results.to_csv(csv, index=False)
             best = grid.get_best_result(metric="best_score", mode=MODE, scope="last")
             best_params = {k: best.config[k] for k in config.space}
-            best_config = with_values(base, {**best_params, "run_dir": str(sweep_dir / "tuned"), "variants": ["bleg"]})
-            save_config(best_config, sweep_dir / "best.yaml")
+            best_config = with_values(base, {**best_params, "run_dir": str(sweep.tuned_run_dir()), "variants": ["bleg"]})
+            save_config(best_config, sweep.best_config_path())
             summary = {"trials": len(results), "failed_trials": sum(r.error is not None for r in grid),
                        "best_params": best_params, "best_val_loss": best.metrics["best_score"],
                        "trial_epochs": int(results["training_iteration"].sum()),
                        "sweep_seconds": round(time.monotonic() - start, 1)}
             log.info("sweep: %d trials, %d trial-epochs, best %s (validation loss %.4f)", summary["trials"],
                      summary["trial_epochs"], best_params, summary["best_val_loss"])
-            atomic_write_json(sweep_dir / "trials.json", trial_curves(grid, list(config.space)))
-            plot_sweep(results, grid, config, sweep_dir / "plots")
+            atomic_write_json(sweep.trials_path(), trial_curves(grid, list(config.space)))
+            plot_sweep(results, grid, config, sweep.plots_dir())
             if config.retrain:
                 summary["nested"] = nested_estimate(config, base, cohort, folds, encoder_config, storage_path, tracking)
-            atomic_write_json(sweep_dir / "summary.json", summary)
+            atomic_write_json(sweep.summary_path(), summary)
             tracking.log_metrics({k: v for k, v in summary.items() if k not in ("best_params", "nested")})
             tracking.log_artifacts(sweep_dir, recursive=False)
         return summary
@@ -229,7 +232,7 @@ def nested_estimate(config: TuneJobConfig, base: BLEGJobConfig, cohort: Cohort, 
                     encoder_config: Any, storage_path: str, tracking: JobRun) -> dict[str, Any]:
     """Each outer fold tuned on its own validation scans, trained with its winner and tested once; paired
     with the base run's default configuration on the same folds."""
-    sweep_dir = Path(config.sweep_dir).resolve()
+    sweep = SweepRun(Path(config.sweep_dir).resolve())
     cohort_path = str(cohort.path.resolve())
     chosen, tasks = {}, []
     for fold in folds:
@@ -243,14 +246,14 @@ def nested_estimate(config: TuneJobConfig, base: BLEGJobConfig, cohort: Cohort, 
         tasks.append(StudentTask(f"nested-{fold.split.name}", cohort_path, fold.split, base.graph,
                                  trial_stage3(base.stage3, chosen[fold.split.name]["params"]), encoder_config,
                                  fold.encoder_state, fold.targets, fold_seed(fold.split),
-                                 output=sweep_dir / "nested" / fold.split.name))
+                                 output=sweep.nested_dir(fold.split.name)))
     run_stage(tasks, "nested", config.ray, storage_path)
     record = BLEGRun(base.run_dir)
     runs: dict[str, list[dict[str, Any]]] = {"nested": [], "default": []}
     for fold in folds:
-        result = fold_result(fold.split, read_result(sweep_dir / "nested" / fold.split.name),
+        result = fold_result(fold.split, read_result(sweep.nested_dir(fold.split.name)),
                              chosen=chosen[fold.split.name]["params"])
-        atomic_write_json(sweep_dir / "nested" / f"{fold.split.name}.json", result)
+        atomic_write_json(sweep.nested_result_path(fold.split.name), result)
         runs["nested"].append(result)
         runs["default"].append(json.loads(record.fold_result_path("bleg", fold.split.name).read_text()))
     return {"chosen": chosen,
