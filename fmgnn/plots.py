@@ -1,7 +1,7 @@
-"""Figures of a classification run: ROC curves, learning curves, confusion matrices.
-
-Each function takes per-fold results as the jobs write them (``test_labels``,
-``test_probabilities``, ``history``) keyed by model name, and writes one PNG.
+"""Every PNG figure the jobs write: a classification run's ROC curves, learning curves and confusion
+matrices (from per-fold results as the jobs write them: ``test_labels``, ``test_probabilities``,
+``history``, keyed by model name), FIMP's reconstruction examples, a sweep's trial curves and parameter
+importance. The HTML report's figures are drawn by ``fmgnn.report_html``.
 """
 
 from __future__ import annotations
@@ -86,3 +86,64 @@ def plot_confusion(results: FoldResults, label_names: list[str], path: Path) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_reconstruction_examples(examples: dict[str, dict[str, np.ndarray]], images: bool, xlabel: str,
+                                 path: Path) -> None:
+    """One row per model of a test item (``target``, ``predicted``, ``mask`` of its tokens): images as
+    true / input / predicted pictures (``grid`` and ``patch`` give the layout), else the series with its
+    hidden tokens shaded."""
+    names = list(examples)
+    if images:
+        fig, axes = plt.subplots(len(examples), 3, figsize=(4.5, 1.6 * len(examples)), squeeze=False)
+        for row, (name, example) in zip(axes, examples.items()):
+            grid, patch = int(example["grid"]), int(example["patch"])
+            hidden = example["mask"][:, None].repeat(patch * patch, axis=1)
+            shown = np.where(hidden, 0.5, example["target"])
+            filled = np.where(hidden, example["predicted"], example["target"])
+            for ax, tokens, title in zip(row, (example["target"], shown, filled), ("true", "input", "predicted")):
+                ax.imshow(tokens_to_image(tokens, grid, patch), cmap="gray", vmin=0, vmax=1)
+                ax.set_xticks([]), ax.set_yticks([])
+                ax.set_title(title if name == names[0] else "", fontsize=8)
+            row[0].set_ylabel(name, rotation=0, ha="right")
+    else:
+        fig, axes = plt.subplots(len(examples), 1, figsize=(9, 1.6 * len(examples)), squeeze=False)
+        for ax, (name, example) in zip(axes[:, 0], examples.items()):
+            f, w = example["target"].shape
+            t = np.arange(f * w)
+            ax.plot(t, example["target"].reshape(-1), "k", lw=1, label="true")
+            ax.plot(t, example["predicted"].reshape(-1), "C1", lw=1, label="predicted")
+            for window in np.flatnonzero(example["mask"]):
+                ax.axvspan(window * w, (window + 1) * w, color="0.85", zorder=0)
+            ax.set_ylabel(name, rotation=0, ha="right")
+        axes[0, 0].legend(loc="upper right", fontsize=7)
+        axes[-1, 0].set_xlabel(xlabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_trial_curves(curves: list[tuple[list[float], list[float]]], path: Path) -> None:
+    """Validation loss per epoch of every sweep trial (ASHA's early stops show as short lines)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for epochs, losses in curves:
+        ax.plot(epochs, losses, lw=1)
+    ax.set(xlabel="epoch", ylabel="mean validation CE over folds", title="trials (ASHA stops the poor ones)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_importance(importance: dict[str, float], path: Path) -> None:
+    """Parameter importance as horizontal bars."""
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(importance)))
+    ax.barh(list(importance), list(importance.values()))
+    ax.set(xlabel="importance (fANOVA on best validation loss)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def tokens_to_image(tokens: np.ndarray, grid: int, patch: int) -> np.ndarray:
+    """(grid^2, patch^2) raster-order patches -> (grid * patch, grid * patch) image."""
+    return tokens.reshape(grid, grid, patch, patch).transpose(0, 2, 1, 3).reshape(grid * patch, grid * patch)

@@ -55,6 +55,7 @@ from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import mean_std
 from fmgnn.evaluation.paired import best_of, format_relative, from_dict, paired_difference, relative_r2, split_ratio
 from fmgnn.io import atomic_dir, atomic_write_json, environment_record, run_folder_lock
+from fmgnn.plots import plot_reconstruction_examples
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic, reconstruction_ceiling
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.ray_session import RayConfig, start_ray
@@ -392,46 +393,8 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def plot_reconstructions(run_dir: Path, config: FIMPJobConfig) -> None:
     """One test item per model (first seed): images as pictures, otherwise true vs predicted tokens."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     record = FIMPRun(run_dir)
-    plots = record.plots_dir()
-    plots.mkdir(exist_ok=True)
-    seed = config.seeds[0]
-    examples = {name: record.example(name, seed) for name in config.models}
-    if config.task == "images":
-        fig, axes = plt.subplots(len(examples), 3, figsize=(4.5, 1.6 * len(examples)), squeeze=False)
-        for row, (name, example) in zip(axes, examples.items()):
-            grid, patch = int(example["grid"]), int(example["patch"])
-            hidden = example["mask"][:, None].repeat(patch * patch, axis=1)
-            shown = np.where(hidden, 0.5, example["target"])
-            filled = np.where(hidden, example["predicted"], example["target"])
-            for ax, tokens, title in zip(row, (example["target"], shown, filled), ("true", "input", "predicted")):
-                ax.imshow(tokens_to_image(tokens, grid, patch), cmap="gray", vmin=0, vmax=1)
-                ax.set_xticks([]), ax.set_yticks([])
-                ax.set_title(title if name == config.models[0] else "", fontsize=8)
-            row[0].set_ylabel(name, rotation=0, ha="right")
-    else:
-        fig, axes = plt.subplots(len(examples), 1, figsize=(9, 1.6 * len(examples)), squeeze=False)
-        for ax, (name, example) in zip(axes[:, 0], examples.items()):
-            f, w = example["target"].shape
-            t = np.arange(f * w)
-            ax.plot(t, example["target"].reshape(-1), "k", lw=1, label="true")
-            ax.plot(t, example["predicted"].reshape(-1), "C1", lw=1, label="predicted")
-            for window in np.flatnonzero(example["mask"]):
-                ax.axvspan(window * w, (window + 1) * w, color="0.85", zorder=0)
-            ax.set_ylabel(name, rotation=0, ha="right")
-        axes[0, 0].legend(loc="upper right", fontsize=7)
-        axes[-1, 0].set_xlabel("gene (held-out genes shaded)" if config.task == "genes"
-                               else "time point (hidden windows shaded)")
-    fig.tight_layout()
-    fig.savefig(plots / "reconstruction.png", dpi=110)
-    plt.close(fig)
-
-
-def tokens_to_image(tokens: np.ndarray, grid: int, patch: int) -> np.ndarray:
-    """(grid^2, patch^2) raster-order patches -> (grid * patch, grid * patch) image."""
-    return tokens.reshape(grid, grid, patch, patch).transpose(0, 2, 1, 3).reshape(grid * patch, grid * patch)
+    record.plots_dir().mkdir(exist_ok=True)
+    examples = {name: record.example(name, config.seeds[0]) for name in config.models}
+    xlabel = "gene (held-out genes shaded)" if config.task == "genes" else "time point (hidden windows shaded)"
+    plot_reconstruction_examples(examples, config.task == "images", xlabel, record.plots_dir() / "reconstruction.png")

@@ -47,6 +47,7 @@ from fmgnn.evaluation.metrics import summarize
 from fmgnn.errors import InputError
 from fmgnn.evaluation.splits import cohort_splits
 from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
+from fmgnn.plots import plot_importance, plot_trial_curves
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.bleg import BLEGJobConfig, fold_result, fold_seed
 from pipelines.classification import paired_comparison
@@ -315,30 +316,13 @@ def trial_curves(grid: Any, keys: list[str]) -> dict[str, dict[str, Any]]:
 
 def plot_sweep(results: Any, grid: Any, config: TuneJobConfig, folder: Path) -> None:
     """Validation loss per trial over epochs, and a parameter importance bar chart (Optuna's fANOVA)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     folder.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for result in grid:
-        if result.metrics_dataframe is not None and METRIC in result.metrics_dataframe:
-            frame = result.metrics_dataframe
-            ax.plot(frame["training_iteration"], frame[METRIC], lw=1)
-    ax.set(xlabel="epoch", ylabel="mean validation CE over folds", title="trials (ASHA stops the poor ones)")
-    fig.tight_layout()
-    fig.savefig(folder / "trials.png", dpi=120)
-    plt.close(fig)
-
+    plot_trial_curves([(r.metrics_dataframe["training_iteration"].tolist(), r.metrics_dataframe[METRIC].tolist())
+                       for r in grid if r.metrics_dataframe is not None and METRIC in r.metrics_dataframe],
+                      folder / "trials.png")
     importance = parameter_importance(results, list(config.space))
     if importance:
-        fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(importance)))
-        ax.barh(list(importance), list(importance.values()))
-        ax.set(xlabel="importance (fANOVA on best validation loss)")
-        fig.tight_layout()
-        fig.savefig(folder / "importance.png", dpi=120)
-        plt.close(fig)
+        plot_importance(importance, folder / "importance.png")
         atomic_write_json(folder / "importance.json", importance)
 
 

@@ -17,7 +17,7 @@ from fimp.tasks.nodes import held_out_masks, neighbourhood, scale_tokens, split_
 from fimp.tasks.spatial import SpatialTaskConfig, load_spatial
 from fimp.train_node_reconstruction import message_hops, run_on
 from fmgnn.cohort import CohortError
-from pipelines.fimp import tokens_to_image
+from fmgnn.plots import tokens_to_image
 from tests.conftest import SHARED_DATA
 
 BDTNP = SHARED_DATA / "bdtnp"
