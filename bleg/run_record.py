@@ -23,6 +23,7 @@ import numpy as np
 from bleg.graph_encoder import GraphTokenEncoder
 from bleg.teacher import Pooling, read_targets
 from fmgnn.errors import InputError
+from fmgnn.io import read_manifest
 
 
 class BLEGRun:
@@ -89,3 +90,7 @@ class BLEGRun:
         if not folders:
             raise InputError(f"run_dir: {self.path} has no trained {variant!r} models (folds/*/{variant}/model)")
         return folders
+
+    def manifest(self) -> dict[str, Any] | None:
+        """What made the folder, from what inputs, with which config hash (``fmgnn.io.write_manifest``)."""
+        return read_manifest(self.path)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from fmgnn.io import read_manifest
+
 
 class FIMPRun:
     """One FIMP run folder."""
@@ -46,3 +48,7 @@ class FIMPRun:
 
     def plots_dir(self) -> Path:
         return self.path / "plots"
+
+    def manifest(self) -> dict[str, Any] | None:
+        """What made the folder, from what inputs, with which config hash (``fmgnn.io.write_manifest``)."""
+        return read_manifest(self.path)

@@ -161,3 +161,30 @@ def package_path(path: str, field: str) -> str:
     if spec is None or not spec.submodule_search_locations:
         raise InputError(f"{field}: {path}: Python package {package!r} is not installed")
     return str(Path(list(spec.submodule_search_locations)[0]) / name)
+
+
+MANIFEST_FILE = "manifest.json"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short hash of a run's resolved settings: two runs with the same hash ran the same config."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def write_manifest(folder: Path, job: str, config: dict[str, Any], inputs: dict[str, Any],
+                   outputs: list[str], metrics: str | None) -> None:
+    """``folder/manifest.json``: which job made the folder, its config hash, what it read (other runs and
+    files, by setting name), what it wrote (paths relative to the folder) and where its metrics are. The
+    typed records (``BLEGRun``, ``FIMPRun``, ``SweepRun``...) read it; another job never has to know the
+    layout to tell what a folder is or where it came from."""
+    atomic_write_json(folder / MANIFEST_FILE, {
+        "job": job, "config_hash": config_hash(config), "finished": datetime.now(timezone.utc).isoformat(),
+        "inputs": {k: str(v) for k, v in inputs.items() if v not in (None, "")}, "outputs": sorted(outputs),
+        "metrics": metrics})
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / MANIFEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -32,9 +32,9 @@ from bleg.augment.stages import INPUT_COLUMNS, GenerateStage, describe_stage, pa
 from bleg.augment.cohort_quality import cohort_quality
 from bleg.augment.store import PartWriter, drop_replaced_rows, read_augmentations, read_keys
 from fmgnn.cohort import Cohort
-from fmgnn.config import save_config
+from fmgnn.config import save_config, to_dict
 from fmgnn.errors import InputError
-from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
+from fmgnn.io import atomic_write_json, environment_record, run_folder_lock, write_manifest
 from pipelines.command import job_main
 from pipelines.ray_session import RayConfig, start_ray
 
@@ -211,6 +211,8 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
             # Over every answer of this prompt and model in the folder, this run's and earlier runs'.
             summary["quality"] = cohort_quality(rows, cohort, config.describe)
         atomic_write_json(output / f"summary-{run_id}.json", summary)
+        write_manifest(output, "augment", to_dict(config), {"cohort": config.cohort},
+                       ["parts", f"summary-{run_id}.json"], f"summary-{run_id}.json")
         log.info("augment done: %s", summary)
         return summary
 

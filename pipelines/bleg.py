@@ -48,7 +48,7 @@ from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import majority_rate, summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, cohort_splits, save_splits
 from fmgnn.graphs import GraphConfig
-from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
+from fmgnn.io import atomic_write_json, environment_record, run_folder_lock, write_manifest
 from fmgnn.plots import plot_confusion, plot_learning_curves, plot_roc
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.classification import format_table, paired_comparison, run_logistic, run_permutations
@@ -333,6 +333,9 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
                 summary["permutation"] = run_permutations(config, run_bleg, cohort, run_dir, summary,
                                                           config.permutations, tracking.for_child())
             atomic_write_json(run_dir / "metrics.json", summary)
+            write_manifest(run_dir, "train bleg", to_dict(config),
+                           {"cohort": config.cohort, "texts.output": config.texts.output, "lm.path": config.lm.path},
+                           ["metrics.json", "splits.json", "config.yaml", *config.variants, "folds"], "metrics.json")
             plots = run_dir / "plots"
             plots.mkdir(exist_ok=True)
             plot_roc(results, plots / "roc.png")

@@ -54,7 +54,7 @@ from fmgnn.engine import RESULT_FILE, TrainTask, World, is_done, read_result
 from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import mean_std
 from fmgnn.evaluation.paired import best_of, format_relative, from_dict, paired_difference, relative_r2, split_ratio
-from fmgnn.io import atomic_dir, atomic_write_json, environment_record, run_folder_lock
+from fmgnn.io import atomic_dir, atomic_write_json, environment_record, run_folder_lock, write_manifest
 from fmgnn.plots import plot_reconstruction_examples
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic, reconstruction_ceiling
 from fmgnn.tracking import JobRun, TrackingConfig
@@ -344,6 +344,11 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
         if config.task == "fmri" and not config.cohort:
             summary["r2_ceiling"] = round(reconstruction_ceiling(config.synthetic), 4)
         atomic_write_json(record.metrics_path(), summary)
+        write_manifest(run_dir, "train fimp", to_dict(config),
+                       {"cohort": str(first.cohort_path) if first.cohort_path else None, "pretrained": config.pretrained,
+                        "genes.path": config.genes.path if config.task == "genes" else None,
+                        "recording.path": config.recording.path if config.task == "recording" else None},
+                       ["metrics.json", "config.yaml", "plots", *config.models], "metrics.json")
         plot_reconstructions(run_dir, config)
         with JobRun(config.tracking, run_dir, "fimp", to_dict(config)) as tracking:
             tracking.log_tasks(tracked)

@@ -37,7 +37,7 @@ from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import save_config, to_dict
 from fmgnn.errors import InputError
 from fmgnn.graphs import GraphConfig, edge_mask
-from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
+from fmgnn.io import atomic_write_json, environment_record, run_folder_lock, write_manifest
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.augment import AugmentConfig, run_augment
@@ -234,6 +234,9 @@ def run_main(config: MainJobConfig) -> dict[str, Any]:
             stage("report", lambda: write_report(out_dir))
             summary["total_s"] = round(sum(timings.values()), 1)
             atomic_write_json(out_dir / "summary.json", summary)
+            write_manifest(out_dir, "run", to_dict(config), {"cohort": str(cohort.path)},
+                           ["summary.json", "report.html", "augment", "bleg", "tune", "foundation", "fimp"],
+                           "summary.json")
             tracking.log_metrics(timings)
             tracking.log_artifacts(out_dir, recursive=False)
         log.info("main job done in %.0f s; report: %s", summary["total_s"], out_dir / "report.html")

@@ -31,7 +31,7 @@ from fimp.weights import load_foundation_weights
 from fmgnn.cohort import Cohort
 from fmgnn.config import load_config, save_config, to_dict
 from fmgnn.engine import read_result
-from fmgnn.io import atomic_dir, atomic_write_json, environment_record, run_folder_lock
+from fmgnn.io import atomic_dir, atomic_write_json, environment_record, run_folder_lock, write_manifest
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.command import job_main
@@ -137,6 +137,8 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
         summary = {"output": str(output), "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
                    "epochs": len(metrics["history"]), "history": metrics["history"]}
         atomic_write_json(work / "metrics.json", summary)
+        write_manifest(work, "pretrain", to_dict(config), {"cohort": cohort_path, "init": config.init},
+                       ["metrics.json", str(output)], "metrics.json")
         with JobRun(config.tracking, work, "pretrain", to_dict(config)) as tracking:
             tracking.log_tasks([task])
             tracking.log_artifacts(work, recursive=False)

@@ -30,7 +30,7 @@ from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import majority_rate, mean_std, summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, cohort_splits, save_splits
 from fmgnn.graphs import GraphConfig
-from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
+from fmgnn.io import atomic_write_json, environment_record, run_folder_lock, write_manifest
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.classification import fold_result, format_table, paired_comparison, run_logistic, run_permutations
 from pipelines.command import Job, job_main
@@ -150,6 +150,8 @@ def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
                 results["permutation"] = run_permutations(config, run_baselines, cohort, run_dir, results,
                                                           config.permutations, tracking.for_child())
             atomic_write_json(run_dir / "metrics.json", results)
+            write_manifest(run_dir, "train baseline", to_dict(config), {"cohort": config.cohort},
+                           ["metrics.json", "splits.json", "config.yaml", *config.models], "metrics.json")
             tracking.log_metrics({m: r["summary"] for m, r in results["models"].items()})
             tracking.log_artifacts(run_dir, recursive=False)
         print(format_table({m: r["summary"] for m, r in results["models"].items()}, results["paired"],

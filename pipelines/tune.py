@@ -46,7 +46,7 @@ from fmgnn.engine import fit, read_result
 from fmgnn.evaluation.metrics import summarize
 from fmgnn.errors import InputError
 from fmgnn.evaluation.splits import cohort_splits
-from fmgnn.io import atomic_write_json, environment_record, run_folder_lock
+from fmgnn.io import atomic_write_json, environment_record, run_folder_lock, write_manifest
 from fmgnn.plots import plot_importance, plot_trial_curves
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.bleg import BLEGJobConfig, fold_result, fold_seed
@@ -224,6 +224,9 @@ def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
             if config.retrain:
                 summary["nested"] = nested_estimate(config, base, cohort, folds, encoder_config, storage_path, tracking)
             atomic_write_json(sweep.summary_path(), summary)
+            write_manifest(sweep_dir, "tune bleg", to_dict(config), {"base_run": config.base_run},
+                           ["summary.json", "trials.json", "best.yaml", "results.parquet", "plots",
+                            *(["nested"] if config.retrain else [])], "summary.json")
             tracking.log_metrics({k: v for k, v in summary.items() if k not in ("best_params", "nested")})
             tracking.log_artifacts(sweep_dir, recursive=False)
         return summary

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fimp.reconstruction import ReconstructionConfig, build_model
+from fimp.run_record import FIMPRun
 from fimp.tasks.fmri import reconstruction_metrics, window_mask
 from fimp.tasks.nodes import held_out_masks, split_nodes
 from fimp.tasks.recording import BRAINSPACE_FSA5, RecordingTaskConfig, load_recording
@@ -80,6 +81,9 @@ def test_recording_job_scores_the_trivial_rows_on_the_models_split_and_masks(tmp
     assert summary["models"]["frame_mean"]["r2"]["mean"] == pytest.approx(expected["r2"], abs=1e-6)
     result = json.loads((run / "interpolation" / "seed0.json").read_text())
     assert result["history"] == [] and result["n_parameters"] == 0 and result["n_test"] == len(test)
+    manifest = FIMPRun(run).manifest()
+    assert manifest["job"] == "train fimp" and manifest["inputs"]["recording.path"] == "pkg://brainfc/data/rest01"
+    assert "metrics.json" in manifest["outputs"] and manifest["metrics"] == "metrics.json"
 
 
 def test_orderless_tokens_refuse_interpolation_and_frame_mean():

@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from fmgnn.cohort import Cohort
-from fmgnn.config import load_config
+from fmgnn.config import load_config, to_dict
+from fmgnn.io import config_hash, read_manifest
+from pipelines.bleg import BLEGJobConfig
 from pipelines.main import MainJobConfig, run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,14 +30,24 @@ def test_every_stage_runs_and_a_rerun_resumes(main_run):
     assert summary["augment"]["rows_written"] == 24 and summary["augment"]["error_rows"] == 0
     assert set(summary["bleg"]["models"]) == {"logistic", "gcn_alone", "bleg"}
     assert summary["tune"]["trials"] == 2 and (out / "tune" / "trials.json").is_file()
-    assert set(summary["fimp"]["models"]) == {"fimp", "fimp_pretrained", "gcn"}
+    assert set(summary["fimp"]["models"]) == {"fimp", "fimp_pretrained", "gcn", "node_mean", "interpolation"}
     assert yaml.safe_load((out / "fimp" / "config.yaml").read_text())["pretrained"] == str(out / "foundation")
     # The foundation model is pretrained on other subjects than the ones FIMP is tested on.
     main_cohort, pretrain_cohort = Cohort(out / "cohort.parquet"), Cohort(out / "foundation.run" / "synthetic.parquet")
     assert not np.allclose(main_cohort.timeseries(0)[:50], pretrain_cohort.timeseries(0)[:50])
 
     finished = sorted(p for p in out.rglob("seed*.json") if not {"ray_results", "logistic"} & set(p.parts))
-    assert len(finished) == 2 * 2 + 3  # gcn_alone and bleg per fold (logistic is refitted: seconds), FIMP runs
+    assert len(finished) == 2 * 2 + 5  # gcn_alone and bleg per fold (logistic is refitted: seconds), FIMP runs
+    # Every stage's folder says what made it and what it read: the chain of the main job, through manifests.
+    manifests = {name: read_manifest(out / name) for name in ("augment", "bleg", "tune", "foundation.run", "fimp", ".")}
+    assert {name: m["job"] for name, m in manifests.items()} == {
+        "augment": "augment", "bleg": "train bleg", "tune": "tune bleg", "foundation.run": "pretrain",
+        "fimp": "train fimp", ".": "run"}
+    assert manifests["bleg"]["inputs"]["texts.output"] == str(out / "augment")
+    assert manifests["tune"]["inputs"]["base_run"] == str(out / "bleg")
+    assert manifests["fimp"]["inputs"]["pretrained"] == str(out / "foundation")
+    bleg_config = to_dict(load_config(BLEGJobConfig, out / "bleg" / "config.yaml"))
+    assert manifests["bleg"]["config_hash"] == config_hash(bleg_config)
     stamps = {p: p.stat().st_mtime_ns for p in finished}
     again = run_main(load_config(MainJobConfig, out / "config.yaml"))
     assert {p: p.stat().st_mtime_ns for p in finished} == stamps  # nothing trained twice

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fmgnn.io import read_manifest
+
 
 class SweepRun:
     """One sweep folder."""
@@ -59,3 +61,7 @@ class SweepRun:
 
     def results_paths(self) -> tuple[Path, Path]:
         return self.path / "results.parquet", self.path / "results.csv"
+
+    def manifest(self) -> dict[str, Any] | None:
+        """What made the folder, from what inputs, with which config hash (``fmgnn.io.write_manifest``)."""
+        return read_manifest(self.path)
