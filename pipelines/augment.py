@@ -53,7 +53,7 @@ class AugmentConfig:
             ``rows_per_part``: a slow model on CPU takes minutes per batch, and a kill loses only
             what was not written.
         describe_batch_size: Subjects per graph-measure batch.
-        prompt: The prompt version (bleg/augment/prompt.py: ``v1``, ``v2``); rows record its hash.
+        prompt: The prompt version (bleg/augment/prompt.py: ``v1``, ``v2``, ``v3``); rows record its hash.
         quality: Answer checks beyond the JSON shape (bleg/augment/quality.py); a rejected answer is
             retried like an invalid one and kept as an error row, with its reason, if it stays bad.
     """

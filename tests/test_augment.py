@@ -43,7 +43,7 @@ def test_parse_answer(text, error):
         assert error in answer.error and answer.key_features is None
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
 def test_prompt_never_sees_the_label_and_names_what_it_should(nmda_cohort, version):
     cohort = Cohort(nmda_cohort)
     batch = cohort_batch(cohort, [0, 50])  # a control and a patient
@@ -60,7 +60,7 @@ def test_prompt_never_sees_the_label_and_names_what_it_should(nmda_cohort, versi
     assert f"global efficiency {description['global_efficiency']:.3f}" in prompt
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
 def test_long_prompt_is_shortened_with_a_warning(nmda_cohort, version):
     cohort = Cohort(nmda_cohort)
     description = describe_batch(cohort.fc([0]), cohort.metadata, DescribeConfig())[0]
@@ -74,7 +74,7 @@ def test_long_prompt_is_shortened_with_a_warning(nmda_cohort, version):
 
 def test_prompt_versions_are_hashed_and_v1_is_unchanged():
     assert PROMPTS["v1"].version == "v1-e5a1a328d3"  # the hash the session-3 NMDA texts carry
-    assert PROMPTS["v2"].version.startswith("v2-") and DEFAULT_PROMPT == "v2"
+    assert PROMPTS["v2"].version.startswith("v2-") and DEFAULT_PROMPT == "v3"
 
 
 def test_rules_engine_answers_are_valid_and_label_free(nmda_cohort):

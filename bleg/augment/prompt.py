@@ -6,10 +6,12 @@ is longer than the model's context allows, details are dropped in a fixed order 
 connections, hubs and networks) with a warning, never a crash.
 
 - ``v1``: the facts as sentences, the answer's shape in the system message.
-- ``v2`` (the default): the facts as short lines and a worked example answer for another subject, for
-  models too small to follow a described format (SmolLM2-135M answered v1 with the same two generic
-  features for most subjects). An answer that copies the example is rejected like one that copies the
-  instructions (bleg.augment.quality).
+- ``v2``: the facts as short lines and a worked example answer for another subject. SmolLM2-135M
+  copies the example: 31 of 32 NMDA answers were rejected as ``copies_prompt`` (bench/RESULTS.md).
+- ``v3`` (the default): the facts as short lines, no example, the answer's shape and "name this
+  subject's own hubs, connections and measures" in the system message. On the same 32 NMDA subjects
+  SmolLM2-135M had 9% of answers rejected (v1: 31%) and 79% distinct key-feature lists (v1: 36%).
+An answer that copies the instructions or the example is rejected (bleg.augment.quality).
 """
 
 from __future__ import annotations
@@ -94,8 +96,25 @@ This subject:
     networks_prefix="- mean within-network correlation: ", list_end="\n",
 )
 
-PROMPTS = {template.name: template for template in (V1, V2)}
-DEFAULT_PROMPT = "v2"
+V3_SYSTEM = ("You describe one subject's functional brain network from its measured facts. Answer with JSON "
+             'only: {"key_features": [...], "conclusion": "..."}, naming this subject\'s own hubs, connections '
+             "and measures.")
+V3 = PromptTemplate(
+    name="v3", system=V3_SYSTEM,
+    template="""Dataset: {dataset}. Task: {task}. Atlas: {atlas}, {n_regions} regions{region_list}.
+Facts of this subject:
+{demographics}- {n_edges} edges (the strongest {density:.0%} of correlations)
+- global efficiency {global_efficiency:.3f}; mean local efficiency {local_efficiency:.3f}; clustering \
+{clustering:.3f}; path length {characteristic_path_length:.2f} hops
+- modularity Q {modularity:.3f}, {n_communities} communities of sizes {community_sizes}
+{hubs}{connections}{networks}""" + V2_INSTRUCTION,
+    instructions=(V3_SYSTEM, V2_INSTRUCTION), demographics_prefix="- demographics: ",
+    hubs_prefix="- hubs (degree, strength): ", connections_prefix="- strongest connections: ",
+    networks_prefix="- mean within-network correlation: ", list_end="\n",
+)
+
+PROMPTS = {template.name: template for template in (V1, V2, V3)}
+DEFAULT_PROMPT = "v3"
 
 # What is dropped, in order, when a prompt does not fit: (field, kept items at that step).
 SHORTENING_STEPS = [("region_list", 0), ("connections", 3), ("hubs", 3), ("networks", 0), ("connections", 0),
