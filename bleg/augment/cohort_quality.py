@@ -12,6 +12,7 @@ shares are the sharper figure of the three.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import Counter
@@ -37,22 +38,29 @@ def answer_texts(key_features: list[list[str]], conclusions: list[str]) -> list[
     return [f"{'; '.join(f)}. {c}" for f, c in zip(key_features, conclusions)]
 
 
-@torch.no_grad()
-def mean_pairwise_similarity(texts: list[str], encoder: str = ENCODER) -> float | None:
-    """Mean cosine similarity over all pairs of texts (mean-pooled sentence embeddings); None without
-    the encoder or with fewer than two texts."""
-    if len(texts) < 2:
-        return None
+@functools.lru_cache(maxsize=1)
+def load_encoder(encoder: str = ENCODER) -> tuple[Any, Any] | None:
+    """The sentence encoder's tokenizer and model, loaded once per process; None when not installed."""
     from transformers import AutoModel, AutoTokenizer
 
     from fmgnn.io import package_path
 
     try:
         path = package_path(encoder, "encoder")
-        tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+        return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     except (OSError, ValueError) as error:  # the encoder's package is not installed
         log.warning("augment: no text similarity figure (%s)", error)
         return None
+
+
+@torch.no_grad()
+def mean_pairwise_similarity(texts: list[str], encoder: str = ENCODER) -> float | None:
+    """Mean cosine similarity over all pairs of texts (mean-pooled sentence embeddings); None without
+    the encoder or with fewer than two texts."""
+    loaded = load_encoder(encoder) if len(texts) >= 2 else None
+    if loaded is None:
+        return None
+    tokenizer, model = loaded
     vectors = []
     for start in range(0, len(texts), 32):
         encoded = tokenizer(texts[start:start + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
@@ -74,7 +82,7 @@ def rules_texts(cohort: Cohort, scan_ids: list[str], describe: DescribeConfig) -
     return answer_texts([a.key_features for a in answers], [a.conclusion for a in answers])
 
 
-def cohort_quality(rows: pa.Table, cohort: Cohort, describe: DescribeConfig, sample: int = 200,
+def cohort_quality(rows: pa.Table, cohort: Cohort, describe: DescribeConfig, sample: int = 64,
                    seed: int = 0) -> dict[str, Any]:
     """Rejection shares per reason over ``rows`` (one output's rows), and specificity of its valid texts
     (on at most ``sample`` of them, drawn with ``seed``) against the rules engine's."""
