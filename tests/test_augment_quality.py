@@ -122,3 +122,12 @@ def test_cohort_figures_count_reasons_and_see_identical_texts(nmda_cohort):
     assert figures["distinct_conclusions_share"] == 0.25 and figures["distinct_key_features_share"] == 0.25
     assert figures["mean_pairwise_similarity"] == pytest.approx(1.0, abs=1e-4)  # four copies of one text
     assert figures["rules_engine_distinct_share"] == 1.0 and figures["rules_engine_similarity"] < 0.99
+
+
+def test_a_nan_engine_error_from_ray_data_is_no_error():
+    """Ray Data types an all-None column as float; the row must keep its answer and stay valid."""
+    good = json.dumps({"key_features": ["insula hub"], "conclusion": "Modular, around the insula."})
+    batch = {"scan_id": np.array(["a"], dtype=object), "raw_output": np.array([good], dtype=object),
+             "engine_error": np.array([np.float32("nan")]), "description": np.array([json.dumps(DESCRIPTION)], dtype=object)}
+    row = parse_stage(batch).to_pylist()[0]
+    assert row["error"] is None and row["key_features"] == ["insula hub"]

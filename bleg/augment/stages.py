@@ -122,7 +122,10 @@ def parse_stage(batch: Batch, quality: QualityConfig | None = None, prompt: str 
     judged = [judge(text, description, quality or QualityConfig(), template)
               for text, description in zip(batch["raw_output"], batch["description"])]
     answers = [answer for answer, _ in judged]
-    errors = [engine_error or problem for engine_error, (_, problem) in zip(batch["engine_error"], judged)]
+    # Ray Data types an all-None column as float: a NaN engine error is no error (it is truthy, so the row
+    # would lose its answer and then, its error typed back to null, look valid).
+    engine_errors = [None if isinstance(e, (float, np.floating)) and np.isnan(e) else e for e in batch["engine_error"]]
+    errors = [engine_error or problem for engine_error, (_, problem) in zip(engine_errors, judged)]
     # Keep the output columns only (the vLLM processor adds its own, e.g. __inference_error__).
     columns: dict[str, Any] = {k: v for k, v in batch.items() if k in STAGE_TYPES and k not in TRANSIENT}
     columns["key_features"] = [a.key_features if e is None else None for a, e in zip(answers, errors)]
