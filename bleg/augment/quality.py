@@ -92,7 +92,8 @@ def repetition(answer: Answer, config: QualityConfig) -> str | None:
 
 def region_word(name: str) -> str:
     """The word an answer would name an atlas region by: ``Frontal_Sup_Orb_L`` -> ``frontal``."""
-    return words(name.replace("_", " "))[0] if words(name.replace("_", " ")) else name.lower()
+    parts = words(name.replace("_", " "))
+    return parts[0] if parts else name.lower()
 
 
 def subject_terms(description: dict[str, Any]) -> set[str]:
