@@ -81,6 +81,10 @@ def keep_subjects(batch: pa.Table, subjects: list[str]) -> pa.Table:
     return batch.filter(pc.is_in(batch["scan_id"], pa.array(subjects, pa.string())))
 
 
+def generate_with_rules(batch: dict[str, Any], **stage: Any) -> pa.Table:
+    return GenerateStage(**stage)(batch)
+
+
 def build_dataset(config: AugmentConfig, cohort: Cohort, todo: set[str], seed: int) -> ray.data.Dataset:
     """The lazy pipeline over the subjects in ``todo``. The label column is never read."""
     # Version-1 cohorts have no scan_id: their subject_id is the unique row id.
@@ -101,11 +105,15 @@ def build_dataset(config: AugmentConfig, cohort: Cohort, todo: set[str], seed: i
                             fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata, "seed": seed,
                                                    "prompt": config.prompt})
         ds = vllm_processor(engine, config.prompt)(ds)
+    elif engine.kind == "rules":
+        # No model to load: tasks on Ray's warm workers, not an actor pool that starts a process per run.
+        ds = ds.map_batches(generate_with_rules, batch_size=engine.batch_size, batch_format="numpy",
+                            fn_kwargs={"engine": engine, "metadata": cohort.metadata, "quality": config.quality,
+                                       "prompt": config.prompt}, num_cpus=engine.num_cpus)
     else:
-        if engine.kind != "rules":
-            # One block per engine batch: a block leaves its task only when done, so a whole-file block
-            # would show no progress (and trip Ray Data's no-progress timeout) until every subject is answered.
-            ds = ds.repartition(target_num_rows_per_block=engine.batch_size)
+        # One block per engine batch: a block leaves its task only when done, so a whole-file block
+        # would show no progress (and trip Ray Data's no-progress timeout) until every subject is answered.
+        ds = ds.repartition(target_num_rows_per_block=engine.batch_size)
         # Resources are set here, where the stage is placed: one engine per actor replica.
         ds = ds.map_batches(GenerateStage, batch_size=engine.batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata,

@@ -266,7 +266,7 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(tmp_path):
     from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 
     cohort = tmp_path / "c.parquet"
-    ingest_synthetic(cohort, SyntheticConfig(n_subjects=800, n_timepoints=40, store="fc", seed=9))
+    ingest_synthetic(cohort, SyntheticConfig(n_subjects=300, n_timepoints=40, store="fc", seed=9))
     output = tmp_path / "aug"
     args = [f"cohort={cohort}", f"output={output}", "rows_per_part=8", "describe_batch_size=8",
             "engine.batch_size=8", "ray.num_cpus=4"]
@@ -278,12 +278,12 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(tmp_path):
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     written_before = len(read_augmentations(output))
-    assert 0 < written_before < 800
+    assert 0 < written_before < 300
     rerun = subprocess.run([sys.executable, "-c", KILL_SCRIPT, *args], capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     table = read_augmentations(output)
     ids = table["scan_id"].to_pylist()
-    assert len(ids) == len(set(ids)) == 800
+    assert len(ids) == len(set(ids)) == 300
     assert not list((output / "parts").glob(".*.tmp"))  # no half-written part left visible or hidden
 
 

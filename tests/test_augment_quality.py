@@ -77,9 +77,15 @@ def test_thresholds_are_settings():
     assert verdict(["global efficiency 0.47"], "Insula hub.", measure_tolerance=0.05) == "wrong_measure"
 
 
-def test_rules_engine_answers_pass_every_check(nmda_cohort):
-    """The reference: the rules engine states only the subject's own facts, for every NMDA subject."""
-    cohort = Cohort(nmda_cohort)
+@pytest.mark.parametrize("source", ["nmda", "synthetic"])
+def test_rules_engine_answers_pass_every_check(nmda_cohort, tmp_path, source):
+    """The reference: the rules engine states only the subject's own facts, for every NMDA subject and
+    for a synthetic cohort in which one subject's three hubs include both Frontal_Mid_Orb regions."""
+    if source == "synthetic":
+        from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
+
+        ingest_synthetic(tmp_path / "c.parquet", SyntheticConfig(n_subjects=30, n_timepoints=40, store="fc", seed=9))
+    cohort = Cohort(nmda_cohort if source == "nmda" else tmp_path / "c.parquet")
     descriptions = describe_batch(cohort.fc(list(range(len(cohort)))), cohort.metadata, DescribeConfig())
     answers = RulesEngine(EngineConfig()).generate([Request("s", "p", d) for d in descriptions])
     rejected = [check_quality(parse_answer(a.text), d, INSTRUCTIONS, QualityConfig())
@@ -122,6 +128,25 @@ def test_cohort_figures_count_reasons_and_see_identical_texts(nmda_cohort):
     assert figures["distinct_conclusions_share"] == 0.25 and figures["distinct_key_features_share"] == 0.25
     assert figures["mean_pairwise_similarity"] == pytest.approx(1.0, abs=1e-4)  # four copies of one text
     assert figures["rules_engine_distinct_share"] == 1.0 and figures["rules_engine_similarity"] < 0.99
+
+
+def test_rules_engine_rows_are_their_own_reference(nmda_cohort):
+    """For the rules engine's own output the reference texts are the texts themselves: encoded once, the
+    same figures as the general path, which describes and answers them again."""
+    import pyarrow as pa
+
+    from bleg.augment.cohort_quality import cohort_quality
+
+    cohort = Cohort(nmda_cohort)
+    ids = cohort.scan_ids().tolist()[:5]
+    descriptions = describe_batch(cohort.fc(list(range(5))), cohort.metadata, DescribeConfig())
+    answers = [parse_answer(g.text) for g in RulesEngine(EngineConfig()).generate(
+        [Request("", "", d) for d in descriptions])]
+    rows = {"scan_id": ids, "key_features": [a.key_features for a in answers],
+            "conclusion": [a.conclusion for a in answers], "error": [None] * 5}
+    general = cohort_quality(pa.table(rows), cohort, DescribeConfig())
+    shortcut = cohort_quality(pa.table(rows | {"engine": ["rules"] * 5}), cohort, DescribeConfig())
+    assert shortcut == general and general["rules_engine_similarity"] == general["mean_pairwise_similarity"]
 
 
 def test_a_nan_engine_error_from_ray_data_is_no_error():

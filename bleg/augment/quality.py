@@ -52,7 +52,9 @@ class QualityConfig:
 
 
 def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+(?:\.[0-9]+)?", text.lower())
+    """Lower-case words and numbers; an atlas name such as ``Frontal_Mid_Orb_R`` is one word (a subject's
+    hubs are named in several fields, and split they repeat as n-grams)."""
+    return re.findall(r"[a-z0-9]+(?:_[a-z0-9]+)*(?:\.[0-9]+)?", text.lower())
 
 
 def answer_text(answer: Answer) -> str:

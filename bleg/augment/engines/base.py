@@ -35,9 +35,10 @@ class EngineConfig:
         api_key: Bearer token for ``http``, if the server wants one.
         max_model_len: Context length; prompts are shortened to fit it with ``max_tokens``.
         batch_size: Prompts per generation call (and per Ray Data batch).
-        concurrency: Engine replicas (Ray Data actors; GPUs for vllm).
+        concurrency: Engine replicas (Ray Data actors; GPUs for vllm). The rules engine loads no model
+            and runs as Ray Data tasks instead, as many at once as there are CPUs.
         num_gpus: GPUs per replica for ``transformers``.
-        num_cpus: CPUs per replica for ``transformers`` and ``rules``; Ray sets the replica's torch
+        num_cpus: CPUs per replica for ``transformers`` (per task for ``rules``); Ray sets the replica's torch
             threads to it (a CPU-only model with 1 CPU runs on 1 thread).
         tensor_parallel_size: vLLM tensor parallelism per replica.
         accelerator_type: Ray accelerator type for vLLM replicas (``A10G``, ``H100``...).
