@@ -263,7 +263,7 @@ def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
     load_model_state(model, state.best_model)
     final = {"task": task.name, **state.history[-1], "best_score": state.best_score, "best_epoch": state.best_epoch,
              "history": state.history, "resumed_at": state.resumed_at, "seconds": round(state.seconds, 2), "done": True,
-             **task.test(unwrap(model))}
+             "world_size": world.size, **task.test(unwrap(model))}
     if task.output is not None and world.rank == 0:
         with atomic_dir(Path(task.output)) as directory:
             task.export(unwrap(model), directory)

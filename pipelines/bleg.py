@@ -279,7 +279,7 @@ def fold_result(split: Split, metrics: dict[str, Any], **extra: Any) -> dict[str
             "metrics": {k: metrics[f"test_{k}"] for k in keys}, "test_indices": split.test,
             "test_labels": metrics["test_labels"], "test_probabilities": metrics["test_probabilities"],
             "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epoch"] + 1, "history": metrics["history"],
-            "resumed_at": metrics.get("resumed_at", []), **extra}
+            "resumed_at": metrics.get("resumed_at", []), "world_size": metrics.get("world_size", 1), **extra}
 
 
 def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:

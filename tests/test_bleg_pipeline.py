@@ -1,4 +1,5 @@
-"""``fmgnn train bleg`` end to end under Ray Train with 2 workers, then ``fmgnn predict``."""
+"""``fmgnn train bleg`` end to end under Ray Train with 2 workers, then ``fmgnn predict``; its leakage
+canary; ``fmgnn tune`` over the session's main-job BLEG run."""
 
 from __future__ import annotations
 
@@ -33,16 +34,12 @@ def bleg_overrides(cohort, texts, run_dir) -> list[str]:
             "ray.cpus_per_worker=0.5", "ray.max_concurrent_runs=1", "lm.max_length=160"]
 
 
-@pytest.fixture(scope="module")
-def bleg_run(small_synthetic, rules_texts, ray_session, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("bleg") / "run"
-    summary = run_bleg(load_config(BLEGJobConfig, None, bleg_overrides(small_synthetic, rules_texts, run_dir)))
-    return run_dir, summary
-
-
-def test_bleg_two_workers_end_to_end_then_predict(small_synthetic, rules_texts, bleg_run, tmp_path):
-    run_dir, summary = bleg_run
-    assert set(summary["models"]) == {"logistic", "gcn_alone", "align_only", "bleg"}
+def test_bleg_two_workers_end_to_end_then_predict(main_run, tmp_path):
+    """The session's main-job run trains BLEG with 2 DDP workers per fold (tests/conftest.py); its rerun,
+    which trains nothing, is tested in test_main_job.py."""
+    out, main_summary = main_run
+    run_dir, summary = out / "bleg", main_summary["bleg"]
+    assert set(summary["models"]) == {"logistic", "gcn_alone", "bleg"}
     for variant, model in summary["models"].items():  # the table is the mean of the fold records
         records = sorted((run_dir / variant).glob("seed*.json"))
         folds = [json.loads(p.read_text())["metrics"]["accuracy"] for p in records]
@@ -61,23 +58,24 @@ def test_bleg_two_workers_end_to_end_then_predict(small_synthetic, rules_texts, 
                  "plots/roc.png", "plots/learning_curves.png", "plots/confusion.png"):
         assert (run_dir / name).is_file(), name
 
-    cohort = Cohort(small_synthetic)
+    cohort = Cohort(out / "cohort.parquet")
     ids = cohort.scan_ids()
     splits = json.loads((run_dir / "splits.json").read_text())
+    epochs = load_config(BLEGJobConfig, run_dir / "config.yaml").stage3.epochs
     for split in splits:
         split["name"] = f"seed{split['seed']}_fold{split['fold']}"
         fold_dir = run_dir / "folds" / split["name"]
         train = {str(ids[i]) for i in split["train"]}
-        # Leakage: stage 2 and the teachers see this fold's training subjects only.
-        for teacher in ("teacher-bleg.parquet", "teacher-align_only.parquet"):
-            assert set(pq.read_table(fold_dir / teacher).column("scan_id").to_pylist()) == train
+        # Leakage: stage 2 and the teacher see this fold's training subjects only.
+        assert set(pq.read_table(fold_dir / "teacher-bleg.parquet").column("scan_id").to_pylist()) == train
         stage2 = json.loads((fold_dir / "stage2" / "stage2.json").read_text())
         assert stage2["split"] == split["name"] and stage2["kind"] == "masked"
         result = json.loads((run_dir / "bleg" / f"{split['name']}.json").read_text())
-        assert sorted(result["test_indices"]) == sorted(split["test"]) and result["epochs_run"] == 3
-        assert len(result["history"]) == 3 and result["history"][0]["train_align"] > 0
+        assert sorted(result["test_indices"]) == sorted(split["test"]) and result["epochs_run"] == epochs
+        assert len(result["history"]) == epochs and result["history"][0]["train_align"] > 0
+        assert result["world_size"] == 2  # trained by two DDP workers
         gcn_alone = json.loads((run_dir / "gcn_alone" / f"{split['name']}.json").read_text())
-        assert gcn_alone["history"][0]["train_align"] == 0
+        assert gcn_alone["history"][0]["train_align"] == 0 and gcn_alone["world_size"] == 2
 
     # Stage 2's outputs are Hugging Face folders that load on their own.
     from transformers import AutoModelForMaskedLM, AutoTokenizer
@@ -88,15 +86,8 @@ def test_bleg_two_workers_end_to_end_then_predict(small_synthetic, rules_texts, 
     encoder = GraphTokenEncoder.from_pretrained(stage2_dir / "encoder")
     assert encoder.config.out_channels == lm.config.hidden_size == 384
 
-    # A rerun finds every trained output and trains nothing (logistic regression simply refits).
-    trained = [p for p in run_dir.glob("*/seed*.json") if p.parent.name != "logistic"]
-    before = {p: p.stat().st_mtime for p in trained}
-    again = run_bleg(load_config(BLEGJobConfig, None, bleg_overrides(small_synthetic, rules_texts, run_dir)))
-    assert {p: p.stat().st_mtime for p in trained} == before
-    assert again["models"]["bleg"]["summary"] == summary["models"]["bleg"]["summary"]
-
     # fmgnn predict: the fold models' mean probabilities, from graphs alone.
-    record = run_predict(PredictConfig(cohort=str(small_synthetic), run_dir=str(run_dir), variant="bleg",
+    record = run_predict(PredictConfig(cohort=str(out / "cohort.parquet"), run_dir=str(run_dir), variant="bleg",
                                        output=str(tmp_path / "pred.parquet")))
     predictions = pq.read_table(tmp_path / "pred.parquet").to_pandas()
     assert len(record["models"]) == 2 and len(predictions) == len(cohort)
