@@ -13,7 +13,6 @@ from bleg.graph_encoder import GraphTokenEncoder
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config
 from bleg.augment.store import OUTPUT_SCHEMA, read_augmentations
-from pipelines.augment import AugmentConfig, run_augment
 from pipelines.bleg import BLEGJobConfig, run_bleg
 from pipelines.predict import PredictConfig, run_predict
 
@@ -21,10 +20,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def rules_texts(small_synthetic, ray_session, tmp_path_factory):
-    output = tmp_path_factory.mktemp("augment") / "rules"
-    run_augment(load_config(AugmentConfig, None, [f"cohort={small_synthetic}", f"output={output}"]))
-    return output
+def main_texts(main_run):
+    """The session's main-job cohort and its rules-engine texts (read, never changed)."""
+    return main_run[0] / "cohort.parquet", main_run[0] / "augment"
 
 
 def bleg_overrides(cohort, texts, run_dir) -> list[str]:
@@ -122,16 +120,17 @@ def poison_test_scans(cohort_path, texts, test: list[int], out):
     return out / "cohort.parquet", out / "texts"
 
 
-def test_no_fit_of_a_fold_reaches_its_test_scans(small_synthetic, rules_texts, tmp_path):
+def test_no_fit_of_a_fold_reaches_its_test_scans(main_texts, tmp_path):
     """Leakage canary: the test scans of fold 0 get other time series and other descriptions. Everything
     fitted for fold 0 (logistic regression's C, stage 2, the teacher targets, stage 3's curves, the
     nested sweep of fold 0 and its winner's training) must come out bit for bit the same; only fold 0's
     test predictions may change."""
-    overrides = [*bleg_overrides(small_synthetic, rules_texts, tmp_path / "real"), "ray.num_workers=0",
+    cohort, texts = main_texts
+    overrides = [*bleg_overrides(cohort, texts, tmp_path / "real"), "ray.num_workers=0",
                  "variants=[logistic,gcn_alone,bleg]"]
     run_bleg(load_config(BLEGJobConfig, None, overrides))
     fold0 = json.loads((tmp_path / "real" / "splits.json").read_text())[0]
-    cohort, texts = poison_test_scans(small_synthetic, rules_texts, fold0["test"], tmp_path / "poisoned")
+    cohort, texts = poison_test_scans(cohort, texts, fold0["test"], tmp_path / "poisoned")
     run_bleg(load_config(BLEGJobConfig, None, [*overrides, f"cohort={cohort}", f"texts.output={texts}",
                                                f"run_dir={tmp_path / 'canary'}"]))
 
@@ -170,10 +169,15 @@ def test_no_fit_of_a_fold_reaches_its_test_scans(small_synthetic, rules_texts, t
     assert real_records["bleg"]["test_probabilities"] != canary_records["bleg"]["test_probabilities"]
 
 
-def test_missing_descriptions_fail_before_training(small_synthetic, ray_session, tmp_path):
-    partial = tmp_path / "partial"
-    run_augment(load_config(AugmentConfig, None, [f"cohort={small_synthetic}", f"output={partial}", "limit=50"]))
-    overrides = bleg_overrides(small_synthetic, partial, tmp_path / "run")
+def test_missing_descriptions_fail_before_training(main_texts, tmp_path):
+    import pyarrow as pa
+
+    cohort, texts = main_texts
+    rows = read_augmentations(texts).to_pylist()
+    (tmp_path / "partial" / "parts").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows[:-10], schema=OUTPUT_SCHEMA),
+                   tmp_path / "partial" / "parts" / "part-c-00000.parquet")
+    overrides = bleg_overrides(cohort, tmp_path / "partial", tmp_path / "run")
     with pytest.raises(CohortError, match=r"no valid description for 10 subject\(s\)"):
         run_bleg(load_config(BLEGJobConfig, None, overrides))
     assert not (tmp_path / "run" / "folds").exists()  # nothing trained
