@@ -2,6 +2,8 @@
 
     .venv-vllm/bin/python bench/augment_engines.py --prompts 64 --max-tokens 32            # tiny local Llama
     .venv-vllm/bin/python bench/augment_engines.py --model /models/Qwen2.5-0.5B-Instruct    # a real model
+    .venv/bin/python bench/smollm2_folder.py /tmp/smollm2 && \
+        .venv-vllm/bin/python bench/augment_engines.py --model /tmp/smollm2 --prompts 16 --max-tokens 128 --prompt v3
 
 Runs in the vLLM environment (both libraries there). Prompts are the pipeline's own prompts for
 synthetic subjects. vLLM runs in a child process that imports nothing else, as in the pipeline, where
@@ -37,7 +39,10 @@ def run_vllm(request_path: str) -> None:
               max_model_len=4096, distributed_executor_backend="uni")
     load_s = time.perf_counter() - start
     start = time.perf_counter()
-    outputs = llm.generate(request["texts"], SamplingParams(temperature=0.0, max_tokens=request["max_tokens"]))
+    # The transformers engine's own token ids (chat template applied, no special tokens added): both
+    # engines read exactly the same input.
+    prompts = [{"prompt_token_ids": ids} for ids in request["token_ids"]]
+    outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=request["max_tokens"]))
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "load_seconds": load_s, "texts": [o.outputs[0].text for o in outputs],
                       "tokens": sum(len(o.outputs[0].token_ids) for o in outputs)}))
@@ -50,13 +55,14 @@ def main() -> None:
     parser.add_argument("--model", help="model folder (default: build the tiny test Llama)")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--prompt", default="v1", help="prompt version (v1: the 2026-11-21 figures)")
     args = parser.parse_args()
     from bleg.augment.describe import DescribeConfig, describe_batch
     from bleg.augment.engines import EngineConfig, Request, SamplingConfig
     from bleg.augment.engines.hf import TransformersEngine
     from bleg.augment.prompt import PROMPTS, render_prompt
 
-    SYSTEM = PROMPTS["v1"].system  # the prompt these figures were recorded with
+    template = PROMPTS[args.prompt]
     from fmgnn.sources.synthetic import SyntheticCohort, SyntheticConfig
 
     import numpy as np
@@ -69,21 +75,25 @@ def main() -> None:
     cohort = SyntheticCohort(SyntheticConfig(n_subjects=args.prompts, store="fc"))
     scans = [cohort.subject(i) for i in range(args.prompts)]
     descriptions = describe_batch(np.stack([s.fc for s in scans]), cohort.metadata(), DescribeConfig())
-    prompts = [render_prompt(d, cohort.metadata(), {}, prompt=PROMPTS["v1"]) for d in descriptions]
+    prompts = [render_prompt(d, cohort.metadata(), {}, prompt=template) for d in descriptions]
     sampling = SamplingConfig(max_tokens=args.max_tokens, repetition_penalty=1.0)
 
-    hf = TransformersEngine(EngineConfig(kind="transformers", model=model, device="cpu", sampling=sampling))
+    # Free text, greedy, batches of 16: the same decoding as vLLM's (guided JSON differs by construction).
+    hf = TransformersEngine(EngineConfig(kind="transformers", model=model, device="cpu", sampling=sampling,
+                                         guided_json=False, prefix_cache=False))
+    requests = [Request(template.system, p, {}) for p in prompts]
     start = time.perf_counter()
     hf_out = []
-    for i in range(0, len(prompts), 16):
-        hf_out += hf.generate([Request(SYSTEM, p, {}) for p in prompts[i:i + 16]])
+    for i in range(0, len(requests), 16):
+        hf_out += hf.generate(requests[i:i + 16])
     hf_s = time.perf_counter() - start
     hf_tokens = sum(g.output_tokens for g in hf_out)
 
     with tempfile.TemporaryDirectory() as folder:
         request = Path(folder) / "request.json"
         request.write_text(json.dumps({"model": model, "max_tokens": args.max_tokens,
-                                       "texts": [f"{SYSTEM}\n\n{p}\n\n" for p in prompts]}))
+                                       "token_ids": [hf.tokenizer(hf.render(r), add_special_tokens=False)["input_ids"]
+                                                     for r in requests]}))
         child = subprocess.run([sys.executable, __file__, "--vllm-request", str(request)],
                                capture_output=True, text=True, check=True)
         result = json.loads(child.stdout.strip().splitlines()[-1])

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bleg.augment.engines import SMOLLM2  # noqa: E402
+from bleg.augment.prompt import DEFAULT_PROMPT  # noqa: E402
 from bleg.augment.store import read_augmentations  # noqa: E402
 from fmgnn.config import load_config  # noqa: E402
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic  # noqa: E402
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=2048, help="prompts are shortened to fit")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cpus", type=float, default=float(os.cpu_count() or 1), help="threads of the engine")
-    parser.add_argument("--prompt", default="v2", help="prompt version (bleg/augment/prompt.py)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt version (bleg/augment/prompt.py)")
     parser.add_argument("--prefix-cache", choices=["on", "off", "both"], default="on")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fmgnn-bench-augment-"))

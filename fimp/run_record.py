@@ -52,3 +52,33 @@ class FIMPRun:
     def manifest(self) -> dict[str, Any] | None:
         """What made the folder, from what inputs, with which config hash (``fmgnn.io.write_manifest``)."""
         return read_manifest(self.path)
+
+
+class PretrainRun:
+    """One ``fmgnn pretrain`` run: the model folder FIMP loads (``output``, Hugging Face layout) and the
+    run's records beside it, so that the model folder holds the model only:
+
+        <output>/        config.json, model.safetensors, fmgnn_pretrain.json
+        <output>.run/    config.yaml  versions.json  metrics.json  manifest.json  synthetic.parquet  trained/
+    """
+
+    def __init__(self, output: str | Path) -> None:
+        self.model_dir = Path(output)
+        self.path = self.model_dir.with_name(self.model_dir.name + ".run")
+
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    def metrics(self) -> dict[str, Any] | None:
+        """Held-out MSE and R^2 and the curves, or None before the run has finished."""
+        path = self.metrics_path()
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def finished(self) -> bool:
+        return self.metrics_path().is_file() and (self.model_dir / "config.json").is_file()
+
+    def manifest(self) -> dict[str, Any] | None:
+        return read_manifest(self.path)

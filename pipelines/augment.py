@@ -17,7 +17,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -30,7 +29,8 @@ from bleg.augment.prompt import DEFAULT_PROMPT, get_prompt
 from bleg.augment.quality import QualityConfig
 from bleg.augment.stages import INPUT_COLUMNS, GenerateStage, describe_stage, parse_stage
 from bleg.augment.cohort_quality import cohort_quality
-from bleg.augment.store import PartWriter, drop_replaced_rows, read_augmentations, read_keys
+from bleg.augment.run_record import AugmentOutput
+from bleg.augment.store import PartWriter, drop_replaced_rows, read_keys
 from fmgnn.cohort import Cohort
 from fmgnn.config import save_config, to_dict
 from fmgnn.errors import InputError
@@ -172,17 +172,17 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
     config.engine = resolve_auto(config.engine)
     version = get_prompt(config.prompt).version
     cohort = Cohort(config.cohort)
-    output = Path(config.output)
-    parts = output / "parts"
+    output = AugmentOutput(config.output)
+    parts = output.parts_dir
     model = config.engine.model_id
     done, failed = read_keys(parts, version, model)
     skip = done if config.retry_failed else done | failed
     todo = subjects_to_do(cohort, skip, config.limit)
     n_todo = len(todo)
     run_id = uuid.uuid4().hex[:10]
-    with run_folder_lock(output, "augment"):
-        save_config(config, output / f"config-{run_id}.yaml")
-        atomic_write_json(output / f"versions-{run_id}.json", environment_record())
+    with run_folder_lock(output.path, "augment"):
+        save_config(config, output.config_path(run_id))
+        atomic_write_json(output.versions_path(run_id), environment_record())
         log.info("augment %s with %s (%s), prompt %s: %d to do, %d already answered, %d failed before%s",
                  cohort.metadata.name, config.engine.kind, model, version, n_todo, len(done), len(failed),
                  " (retrying them)" if config.retry_failed else " (kept; retry_failed=true redoes them)")
@@ -213,14 +213,15 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
             "seconds": round(seconds, 1), "subjects_per_s": round(total.written / seconds, 2) if total.written else 0.0,
             "output_tokens_per_s": round(total.output_tokens / seconds, 1) if total.written else 0.0,
         }
-        if parts.is_dir() and any(parts.glob("part-*.parquet")):
-            rows = read_augmentations(output)
+        if output.has_rows():
+            rows = output.rows()
             rows = rows.filter(pc.and_(pc.equal(rows["prompt_version"], version), pc.equal(rows["model"], model)))
             # Over every answer of this prompt and model in the folder, this run's and earlier runs'.
             summary["quality"] = cohort_quality(rows, cohort, config.describe)
-        atomic_write_json(output / f"summary-{run_id}.json", summary)
-        write_manifest(output, "augment", to_dict(config), {"cohort": config.cohort},
-                       ["parts", f"summary-{run_id}.json"], f"summary-{run_id}.json")
+        summary_path = output.summary_path(run_id)
+        atomic_write_json(summary_path, summary)
+        write_manifest(output.path, "augment", to_dict(config), {"cohort": config.cohort},
+                       [output.parts_dir.name, summary_path.name], summary_path.name)
         log.info("augment done: %s", summary)
         return summary
 

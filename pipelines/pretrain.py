@@ -25,6 +25,7 @@ import torch
 from fimp.foundation import FoundationConfig
 from fimp.hf_export import load_token_weights, save_foundation
 from fimp.reconstruction import ReconstructionConfig, TokenModel
+from fimp.run_record import PretrainRun
 from fimp.tasks.fmri import FMRITaskConfig
 from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTask, ReconstructionTrainConfig
 from fimp.weights import load_foundation_weights
@@ -96,22 +97,21 @@ def same_model(a: PretrainConfig, b: PretrainConfig) -> bool:
 
 
 def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
-    output = Path(config.output)
-    work = output.with_name(output.name + ".run")
-    if (work / "metrics.json").is_file() and (output / "config.json").is_file() \
-            and same_model(load_config(PretrainConfig, work / "config.yaml"), config):
+    run = PretrainRun(config.output)
+    output, work = run.model_dir, run.path
+    if run.finished() and same_model(load_config(PretrainConfig, run.config_path()), config):
         log.info("%s: already pretrained with this config", output)
-        return json.loads((work / "metrics.json").read_text())
+        return run.metrics()
     with run_folder_lock(work, "pretrain"):
         cohort_path = Path(config.cohort) if config.cohort else work / "synthetic.parquet"
         if not config.cohort and not cohort_path.is_file():
             ingest_synthetic(cohort_path, config.synthetic)
         cohort = Cohort(cohort_path)  # a bad cohort fails before the run's records are rewritten
         check_series_length(cohort, config.fmri)
-        earlier = work / "config.yaml"
+        earlier = run.config_path()
         if earlier.is_file() and not same_model(load_config(PretrainConfig, earlier), config):
             shutil.rmtree(work / "trained", ignore_errors=True)  # another config: its model is not this one
-        save_config(config, work / "config.yaml")
+        save_config(config, run.config_path())
         atomic_write_json(work / "versions.json", environment_record())
         train, val, _ = split_scans(cohort.subject_ids(), config.seed, config.val_fraction, 0.0)
         model_config = ReconstructionConfig(kind="foundation", n_tokens=config.fmri.n_windows,
@@ -136,9 +136,9 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
                 "best_epoch": metrics["best_epoch"]}, indent=2))
         summary = {"output": str(output), "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
                    "epochs": len(metrics["history"]), "history": metrics["history"]}
-        atomic_write_json(work / "metrics.json", summary)
+        atomic_write_json(run.metrics_path(), summary)
         write_manifest(work, "pretrain", to_dict(config), {"cohort": cohort_path, "init": config.init},
-                       ["metrics.json", str(output)], "metrics.json")
+                       [run.metrics_path().name, str(output)], run.metrics_path().name)
         with JobRun(config.tracking, work, "pretrain", to_dict(config)) as tracking:
             tracking.log_tasks([task])
             tracking.log_artifacts(work, recursive=False)

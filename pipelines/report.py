@@ -2,8 +2,9 @@
 
     fmgnn report runs/main
 
-Reads what the stages wrote under ``OUT_DIR`` (``summary.json``, ``augment/``, ``bleg/``, ``tune/``,
-``foundation.run/``, ``fimp/``) and skips the stages that did not run. The HTML file is
+Reads what the stages wrote under ``OUT_DIR`` (``augment/``, ``bleg/``, ``tune/``, ``foundation/``,
+``fimp/``) through their run records (``AugmentOutput``, ``BLEGRun``, ``SweepRun``, ``PretrainRun``,
+``FIMPRun``), never by their file names, and skips the stages that did not run. The HTML file is
 self-contained (figures embedded, no external resources); ``figures.json`` holds each figure's data.
 """
 
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from bleg.augment.run_record import AugmentOutput
 from bleg.run_record import BLEGRun
-from fimp.run_record import FIMPRun
+from fimp.run_record import FIMPRun, PretrainRun
 from fmgnn.evaluation.metrics import mean_std
 from fmgnn.evaluation.paired import format_relative
 from fmgnn.io import atomic_write_json, atomic_write_text
@@ -61,19 +63,19 @@ def overview_section(out_dir: Path, summary: dict[str, Any]) -> Section:
 
 
 def augment_section(out_dir: Path) -> Section | None:
-    summaries = sorted((out_dir / "augment").glob("summary-*.json"), key=lambda p: p.stat().st_mtime)
+    output = AugmentOutput(out_dir / "augment")
+    summaries = output.summaries()
     if not summaries:
         return None
     section = Section("Stage 1: LLM descriptions (augment)")
     rows = []
-    for path in summaries:
-        s = _read(path)
+    for s in summaries:
         rows.append([s["run_id"], s["engine"], s["model"], s["rows_written"], s["error_rows"],
                      s["skipped_already_answered"], s["seconds"], s["subjects_per_s"], s["output_tokens_per_s"]])
     section.tables.append(Table("augmentation runs (a rerun skips answered subjects)",
                                 ["run", "engine", "model", "written", "errors", "skipped", "seconds", "subjects/s",
                                  "output tokens/s"], rows))
-    quality = _read(summaries[-1]).get("quality")
+    quality = summaries[-1].get("quality")
     if quality:
         shares = quality["rejected_share"]
         section.tables.append(Table(
@@ -90,9 +92,7 @@ def augment_section(out_dir: Path) -> Section | None:
                                           quality.get("mean_pairwise_similarity"),
                                           f"{quality.get('rules_engine_distinct_share', 0):.0%}",
                                           quality.get("rules_engine_similarity")]]))
-    from bleg.augment.store import read_augmentations
-
-    table = read_augmentations(out_dir / "augment").to_pylist()
+    table = output.rows().to_pylist()
     valid = [r for r in table if not r.get("error")][:3]
     if valid:
         section.tables.append(Table("example descriptions", ["scan", "key features", "conclusion"], [
@@ -208,7 +208,7 @@ def fimp_section(out_dir: Path, figures: Figures) -> Section | None:
             if key.endswith("_vs_best_baseline"):
                 section.notes.append(f"{key.removesuffix('_vs_best_baseline')} against {value['baseline']}: "
                                      f"{format_relative(value.get('relative_r2'))}.")
-    pretrain = _read(out_dir / "foundation.run" / "metrics.json")
+    pretrain = PretrainRun(out_dir / "foundation").metrics()
     if pretrain:
         section.notes.append(f"Foundation model pretrained on a separate cohort (masked windows, no graph): "
                              f"held-out MSE {pretrain['val_mse']:.4f}, R^2 {pretrain['val_r2']:.3f}, "

@@ -12,6 +12,7 @@ import pytest
 from bleg.graph_encoder import GraphTokenEncoder
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config
+from fmgnn.evaluation.paired import corrected_resampled_ttest, split_ratio
 from bleg.augment.store import OUTPUT_SCHEMA, read_augmentations
 from pipelines.bleg import BLEGJobConfig, run_bleg
 from pipelines.predict import PredictConfig, run_predict
@@ -37,6 +38,7 @@ def test_bleg_two_workers_end_to_end_then_predict(main_run, tmp_path):
     which trains nothing, is tested in test_main_job.py."""
     out, main_summary = main_run
     run_dir, summary = out / "bleg", main_summary["bleg"]
+    splits = json.loads((run_dir / "splits.json").read_text())
     assert set(summary["models"]) == {"logistic", "gcn_alone", "bleg"}
     for variant, model in summary["models"].items():  # the table is the mean of the fold records
         records = sorted((run_dir / variant).glob("seed*.json"))
@@ -51,14 +53,15 @@ def test_bleg_two_workers_end_to_end_then_predict(main_run, tmp_path):
                      for p in (run_dir / v).glob("seed*.json")} for v in ("bleg", reference)}
     assert bleg_vs["differences"] == pytest.approx([per_split["bleg"][s] - per_split[reference][s]
                                                     for s in bleg_vs["splits"]])
-    assert bleg_vs["n_splits"] == 2 and 0 <= bleg_vs["p_value"] <= 1
+    ratio = split_ratio([len(s["test"]) for s in splits], [len(s["train"]) + len(s["val"]) for s in splits])
+    assert bleg_vs["n_splits"] == 2 and bleg_vs["p_value"] == pytest.approx(
+        corrected_resampled_ttest(bleg_vs["differences"], ratio)[3], nan_ok=True)
     for name in ("config.yaml", "versions.json", "splits.json", "metrics.json",
                  "plots/roc.png", "plots/learning_curves.png", "plots/confusion.png"):
         assert (run_dir / name).is_file(), name
 
     cohort = Cohort(out / "cohort.parquet")
     ids = cohort.scan_ids()
-    splits = json.loads((run_dir / "splits.json").read_text())
     epochs = load_config(BLEGJobConfig, run_dir / "config.yaml").stage3.epochs
     for split in splits:
         split["name"] = f"seed{split['seed']}_fold{split['fold']}"

@@ -102,7 +102,8 @@ def cohort_quality(rows: pa.Table, cohort: Cohort, describe: DescribeConfig, sam
     picked = sorted(np.random.default_rng(seed).permutation(len(valid))[:sample].tolist())
     texts = answer_texts([features[i] for i in picked], [conclusions[i] for i in picked])
     figures["mean_pairwise_similarity"] = _round(mean_pairwise_similarity(texts))
-    if "engine" in rows.column_names and set(rows["engine"].to_pylist()) == {"rules"}:  # the reference is these very texts: encode them once
+    if "engine" in rows.column_names and set(rows["engine"].to_pylist()) == {"rules"}:
+        # The reference is these very texts: encode them once.
         reference, figures["rules_engine_similarity"] = texts, figures["mean_pairwise_similarity"]
     else:
         reference = rules_texts(cohort, [rows["scan_id"][valid[i]].as_py() for i in picked], describe)

@@ -1,0 +1,54 @@
+"""A ``fmgnn augment`` output folder, read and written through one class.
+
+The report and the main job read an augmentation output only through this record; the layout lives here:
+
+    parts/part-<run>-<n>.parquet          the answers, one row per subject, prompt version and model
+    config-<run>.yaml  versions-<run>.json  summary-<run>.json    one set per run into the folder
+    manifest.json                         the latest run's inputs, config hash and outputs
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from bleg.augment.store import read_augmentations
+from fmgnn.io import read_manifest
+
+
+class AugmentOutput:
+    """One augmentation output folder (several runs may have written into it)."""
+
+    def __init__(self, output: str | Path) -> None:
+        self.path = Path(output)
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.path / "parts"
+
+    def has_rows(self) -> bool:
+        return self.parts_dir.is_dir() and any(self.parts_dir.glob("part-*.parquet"))
+
+    def rows(self) -> pa.Table:
+        """Every answer in the folder (``bleg.augment.store.read_augmentations``)."""
+        return read_augmentations(self.path)
+
+    def config_path(self, run_id: str) -> Path:
+        return self.path / f"config-{run_id}.yaml"
+
+    def versions_path(self, run_id: str) -> Path:
+        return self.path / f"versions-{run_id}.json"
+
+    def summary_path(self, run_id: str) -> Path:
+        return self.path / f"summary-{run_id}.json"
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """The runs' summaries, oldest first."""
+        paths = sorted(self.path.glob("summary-*.json"), key=lambda p: p.stat().st_mtime)
+        return [json.loads(p.read_text()) for p in paths]
+
+    def manifest(self) -> dict[str, Any] | None:
+        return read_manifest(self.path)
