@@ -20,12 +20,20 @@ from bleg.language_model import resolve_source  # noqa: E402
 
 
 def main() -> None:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = Path(sys.argv[1])
     folder, kwargs = resolve_source(SMOLLM2)
     AutoTokenizer.from_pretrained(folder, **kwargs).save_pretrained(out)
-    AutoModelForCausalLM.from_pretrained(folder, **kwargs).float().save_pretrained(out)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    # transformers refuses to save a model loaded from GGUF: the same weights in a plain model of its config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(out)
     print(f"{SMOLLM2} -> {out}")
 
 
