@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from bleg.augment.store import read_augmentations
+from bleg.augment.store import part_files, read_augmentations
 from fmgnn.io import read_manifest
 
 
@@ -30,7 +30,7 @@ class AugmentOutput:
         return self.path / "parts"
 
     def has_rows(self) -> bool:
-        return self.parts_dir.is_dir() and any(self.parts_dir.glob("part-*.parquet"))
+        return bool(part_files(self.parts_dir))
 
     def rows(self) -> pa.Table:
         """Every answer in the folder (``bleg.augment.store.read_augmentations``)."""
