@@ -60,8 +60,9 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 # configs/main.yaml, made small: every stage runs, each on a few subjects and epochs. BLEG trains under
 # Ray Train with 2 DDP workers (one worker group per stage; test_bleg_pipeline.py checks this run) and the
-# sweep's trials each drive a trainer, as in the embedded default; pretraining and FIMP run the same loop in the job's process (``ray.num_workers=0``), since
-# their Ray Train path has tests of its own (test_fimp_pipeline.py).
+# sweep's trials each drive a trainer, as in the embedded default; pretraining and FIMP run the same loop
+# in the job's process (``ray.num_workers=0``), since their Ray Train path has tests of its own
+# (test_fimp_pipeline.py).
 MAIN_JOB_SMALL = [
     "synthetic.n_subjects=24", "synthetic.effect_size=0.8", "augment.engine.kind=rules", "bleg.folds.n_folds=2",
     "bleg.stage2.encoder_hidden=[32]", "bleg.stage3.epochs=4", "bleg.stage3.student.bottleneck=16",
