@@ -13,8 +13,11 @@ CORPUS = [
 ]
 
 
-def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
-    """Save a 2-layer Llama with head_dim 32 (vLLM's CPU kernel needs >= 32) and a trained BPE tokenizer."""
+def build_tiny_llama(folder: Path, seed: int = 0, initializer_range: float = 0.02) -> Path:
+    """Save a 2-layer Llama with head_dim 32 (vLLM's CPU kernel needs >= 32) and a trained BPE tokenizer.
+
+    At the default ``initializer_range`` its attention is nearly uniform, so its answers hardly depend on
+    token positions; at 0.1 they do (a test of position bookkeeping needs that)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -33,6 +36,7 @@ def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
         vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+        initializer_range=initializer_range,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder

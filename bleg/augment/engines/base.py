@@ -43,9 +43,9 @@ class EngineConfig:
         tensor_parallel_size: vLLM tensor parallelism per replica.
         accelerator_type: Ray accelerator type for vLLM replicas (``A10G``, ``H100``...).
         guided_json: Constrain decoding to the answer schema where the engine supports it.
-        prefix_cache: ``transformers``: prefill what every prompt begins with once and decode each answer
-            with one KV cache (both guided parts); false: batched ``generate`` calls, two prefills per
-            guided answer.
+        prefix_cache: ``transformers``: prefill what every prompt begins with once per engine and decode a
+            batch's answers together from copies of that KV cache, one prefill per answer (both guided
+            parts); false: batched ``generate`` calls, two full prefills per guided answer.
         max_attempts: Generations per subject before an invalid answer is kept as an error row.
         max_concurrent_requests: In-flight HTTP requests per replica.
         request_timeout_s: HTTP timeout per request.

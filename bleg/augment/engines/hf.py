@@ -13,13 +13,15 @@ model's. Small models (SmolLM2-135M) rarely produce a valid object unguided. Wit
 ``guided_json`` answers rely on validation alone. A retry samples (temperature at least 0.7) with a
 new seed, because greedy decoding would repeat the same invalid answer.
 
-Prefill dominates on CPU (prompts of about 1,200 tokens, answers of about 30), so with ``prefix_cache``
-(the default) the engine keeps the KV cache of what every prompt begins with (the system message, the
-dataset, the atlas and its region list: the longest token prefix the prompts share) and starts each
-answer from a copy of it; one cache then carries the answer through both guided parts, the conclusion
-prefix fed onto the features the model wrote. The token sequence the model reads is the one the
-batched path builds (the whole text re-tokenised at each part), so greedy answers are the same up to
-float rounding between batched and single-sequence kernels.
+With ``prefix_cache`` (the default) the engine keeps the KV cache of what every prompt begins with
+(the system message, the dataset, the atlas and its region list: the longest token prefix the prompts
+share) and starts each answer from a copy of it, so a prompt's shared part is prefilled once per
+engine. A batch's answers are then decoded together in one cache (``CachedBatch``): each row runs the
+rest of its prompt, then one token per step, and for the conclusion it keeps what it shares with the
+re-tokenised text and runs only the rest, so a guided answer prefills its prompt once. On 2 CPU cores
+decoding, not prefill, is most of the cost of a 460-token prompt, which is why the rows decode
+together rather than one after another. The token sequence each row reads is the one the batched
+``generate`` path builds, so greedy answers are the same up to float rounding between kernels.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ class TransformersEngine:
         torch.manual_seed(requests[0].seed)
         start = time.perf_counter()
         if self.config.prefix_cache:
-            answers = [self._answer_cached(text, temperature) for text in texts]
+            answers = self._answer_cached(texts, temperature)
             latency = (time.perf_counter() - start) / len(requests)
             return [Generation(text, p, n, latency) for text, p, n in answers]
         if not self.config.guided_json:
@@ -147,72 +149,96 @@ class TransformersEngine:
         latency = (time.perf_counter() - start) / len(requests)
         return [Generation(text, int(p), int(n), latency) for text, p, n in zip(outputs, n_prompt, n_out)]
 
-    # The cached path: one sequence at a time, from a copy of the shared prefix's KV cache.
+    # The cached path: a batch decoded together, every row starting from a copy of the shared prefix's KV cache.
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _extend(self, state: CachedSequence, ids: list[int]) -> CachedSequence:
-        """``state`` moved on to read exactly ``ids`` (in place): the shared part reused, the rest run."""
-        shared = min(common_prefix(state.ids, ids), len(ids) - 1)  # the last token is always run: its logits
-        past = state.past
-        if past is not None and shared < past.get_seq_length():
-            past.crop(shared - past.get_seq_length())  # transformers 5: the (negative) number of tokens to drop
-        output = self.model(input_ids=torch.tensor([ids[shared:]], device=self.device),
-                            past_key_values=past if shared else None, use_cache=True)
-        return CachedSequence(list(ids), output.past_key_values, output.logits[0, -1])
+    def _start(self, ids: list[list[int]]) -> CachedBatch:
+        """A batch whose row ``b`` has read ``ids[b]``: the cached prompt beginning (the longest prefix of every
+        prompt seen so far; after the first batch, what the template and the cohort make common) copied
+        into each row, the rest of each prompt run in one forward call."""
+        shared = min(len(row) for row in ids) - 1  # every row runs at least its last token: its logits
+        for row in ids[1:]:
+            shared = min(shared, common_prefix(ids[0], row))
+        if self.prefix is None and shared > 0:
+            output = self.model(input_ids=torch.tensor([ids[0][:shared]], device=self.device), use_cache=True)
+            self.prefix = CachedSequence(ids[0][:shared], output.past_key_values, None)
+        if self.prefix is not None:
+            shared = min(shared, common_prefix(self.prefix.ids, ids[0]))
+            if shared < len(self.prefix.ids):  # the cohort shares less than the prompts seen so far did
+                self.prefix.past.crop(shared - len(self.prefix.ids))  # transformers 5: minus the tokens to drop
+                self.prefix.ids = self.prefix.ids[:shared]
+        batch = CachedBatch(len(ids), self.device)
+        if shared > 0:
+            batch.past = copy.deepcopy(self.prefix.past)
+            batch.past.batch_repeat_interleave(len(ids))
+            batch.append_columns([row[:shared] for row in ids], pad_before=[0] * len(ids))
+        return self._feed(batch, [row[shared:] for row in ids])
 
-    def _start(self, ids: list[int]) -> CachedSequence:
-        """A state that has read ``ids``, from a copy of the cached prompt beginning: the longest prefix of
-        every prompt seen so far (after two prompts, what the template and the cohort make common)."""
-        if self.prefix is None:
-            state = self._extend(CachedSequence([], None, None), ids)
-            self.prefix = CachedSequence(list(ids), copy.deepcopy(state.past), None)
-            return state
-        shared = common_prefix(self.prefix.ids, ids)
-        if shared < len(self.prefix.ids):
-            self.prefix.past.crop(shared - len(self.prefix.ids))
-            self.prefix.ids = self.prefix.ids[:shared]
-        return self._extend(CachedSequence(list(self.prefix.ids), copy.deepcopy(self.prefix.past), None), ids)
+    def _feed(self, batch: CachedBatch, new: list[list[int]]) -> CachedBatch:
+        """Run each row's ``new`` tokens (none for a row that waits), in one forward call over the batch."""
+        width = max(len(tokens) for tokens in new)
+        pads = [width - len(tokens) for tokens in new]  # left padding: every reading row ends in the last column
+        positions = batch.append_columns(new, pads)
+        input_ids = [[self.tokenizer.pad_token_id] * pad + tokens for pad, tokens in zip(pads, new)]
+        output = self.model(input_ids=torch.tensor(input_ids, device=self.device), attention_mask=batch.mask,
+                            position_ids=positions, past_key_values=batch.past, use_cache=True)
+        batch.past = output.past_key_values
+        for b, tokens in enumerate(new):
+            if tokens:
+                batch.logits[b] = output.logits[b, -1]
+        return batch
 
-    def _decode(self, state: CachedSequence, max_new: int, temperature: float,
-                stop: str | None) -> tuple[CachedSequence, str, int]:
-        """Generate from ``state`` until ``stop`` appears, EOS, or ``max_new`` tokens: (state, text, tokens)."""
-        sampling, new = self.config.sampling, []
-        logits = state.logits
-        for _ in range(max_new):
-            scores = logits.clone()
-            if sampling.repetition_penalty != 1.0:  # as transformers' RepetitionPenaltyLogitsProcessor
-                seen = torch.tensor(sorted(set(state.ids)), device=scores.device)
-                picked = scores[seen]
-                scores[seen] = torch.where(picked < 0, picked * sampling.repetition_penalty,
-                                           picked / sampling.repetition_penalty)
-            token = int(scores.argmax()) if temperature <= 0 else sample_token(scores, temperature, sampling.top_p)
-            new.append(token)
-            if token == self.tokenizer.eos_token_id:
-                break
-            state = self._extend(state, state.ids + [token])
-            logits = state.logits
-            if stop and stop in self.tokenizer.decode(new, skip_special_tokens=True):
-                break
-        return state, self.tokenizer.decode(new, skip_special_tokens=True), len(new)
+    def _decode(self, batch: CachedBatch, max_new: list[int], temperature: float,
+                stop: str | None) -> tuple[list[str], list[int]]:
+        """Generate in every row until ``stop`` appears, EOS, or ``max_new[b]`` tokens: (texts, token counts)."""
+        sampling = self.config.sampling
+        new: list[list[int]] = [[] for _ in range(batch.size)]
+        active = [n > 0 for n in max_new]
+        while any(active):
+            step: list[list[int]] = [[] for _ in range(batch.size)]
+            for b in (b for b in range(batch.size) if active[b]):
+                scores = batch.logits[b].clone()
+                if sampling.repetition_penalty != 1.0:  # as transformers' RepetitionPenaltyLogitsProcessor
+                    seen = torch.tensor(sorted(set(batch.ids[b])), device=scores.device)
+                    picked = scores[seen]
+                    scores[seen] = torch.where(picked < 0, picked * sampling.repetition_penalty,
+                                               picked / sampling.repetition_penalty)
+                token = int(scores.argmax()) if temperature <= 0 else sample_token(scores, temperature, sampling.top_p)
+                new[b].append(token)
+                if token == self.tokenizer.eos_token_id:
+                    active[b] = False
+                else:
+                    step[b] = [token]
+            if any(step):
+                self._feed(batch, step)
+            for b in (b for b in range(batch.size) if active[b]):
+                stopped = stop is not None and stop in self.tokenizer.decode(new[b], skip_special_tokens=True)
+                active[b] = not stopped and len(new[b]) < max_new[b]
+        return [self.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in new], [len(t) for t in new]
 
-    def _answer_cached(self, text: str, temperature: float) -> tuple[str, int, int]:
-        """(answer JSON or raw text, prompt tokens, generated tokens) for one rendered prompt."""
+    def _answer_cached(self, texts: list[str], temperature: float) -> list[tuple[str, int, int]]:
+        """(answer JSON or raw text, prompt tokens, generated tokens) per rendered prompt, decoded as one batch."""
         budget = self.config.sampling.max_tokens
         if not self.config.guided_json:
-            state = self._start(self._ids(text))
-            n_prompt = len(state.ids)
-            _, output, n_out = self._decode(state, budget, temperature, None)
-            return output, n_prompt, n_out
-        state = self._start(self._ids(text + FEATURES_PREFIX))
-        n_prompt = len(state.ids)
-        state, features, n_features = self._decode(state, (2 * budget) // 3, temperature, '"]')
-        items, raw = split_features(features)
-        state = self._extend(state, self._ids(text + FEATURES_PREFIX + raw + CONCLUSION_PREFIX))
-        _, conclusion, n_conclusion = self._decode(state, max(16, budget - n_features), temperature, '"')
-        answer = json.dumps({"key_features": items, "conclusion": until_quote(conclusion)})
-        return answer, n_prompt, n_features + n_conclusion
+            batch = self._start([self._ids(text) for text in texts])
+            n_prompt = [len(row) for row in batch.ids]
+            outputs, n_out = self._decode(batch, [budget] * len(texts), temperature, None)
+            return list(zip(outputs, n_prompt, n_out))
+        batch = self._start([self._ids(text + FEATURES_PREFIX) for text in texts])
+        n_prompt = [len(row) for row in batch.ids]
+        features, n_features = self._decode(batch, [(2 * budget) // 3] * len(texts), temperature, '"]')
+        items, raws = zip(*(split_features(f) for f in features))
+        # The conclusion reads the whole text re-tokenised, as the batched path does: each row keeps what it
+        # shares with that sequence and runs the rest.
+        targets = [self._ids(text + FEATURES_PREFIX + raw + CONCLUSION_PREFIX) for text, raw in zip(texts, raws)]
+        for b, target in enumerate(targets):
+            batch.rewind(b, min(common_prefix(batch.ids[b], target), len(target) - 1))
+        self._feed(batch, [target[len(batch.ids[b]):] for b, target in enumerate(targets)])
+        conclusions, n_conclusion = self._decode(batch, [max(16, budget - n) for n in n_features], temperature, '"')
+        return [(json.dumps({"key_features": list(i), "conclusion": until_quote(c)}), p, a + b)
+                for i, c, p, a, b in zip(items, conclusions, n_prompt, n_features, n_conclusion)]
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -230,6 +256,44 @@ class CachedSequence:
 
     def __init__(self, ids: list[int], past: object, logits: torch.Tensor | None) -> None:
         self.ids, self.past, self.logits = ids, past, logits
+
+
+class CachedBatch:
+    """Sequences the model has read together, in one KV cache of ``(rows, columns)``.
+
+    Rows grow by different numbers of tokens, so a column of a row holds either one of its tokens or
+    nothing: ``mask`` (the attention mask) is true where it holds a token, and ``columns[b]`` lists the
+    columns of row ``b``'s tokens in order. A token's position (for the rotary embedding) is the number of
+    tokens of its row before it, so a row reads as if it were alone. ``rewind`` drops a row's tail by
+    masking it out: the cache keeps its columns, which no later token attends to.
+    """
+
+    def __init__(self, size: int, device: str) -> None:
+        self.size, self.device = size, device
+        self.ids: list[list[int]] = [[] for _ in range(size)]
+        self.columns: list[list[int]] = [[] for _ in range(size)]
+        self.mask = torch.zeros(size, 0, dtype=torch.long, device=device)
+        self.past: object = None
+        self.logits: list[torch.Tensor | None] = [None] * size
+
+    def append_columns(self, new: list[list[int]], pad_before: list[int]) -> torch.Tensor:
+        """Add ``pad + len(tokens)`` columns per row (all rows the same width) and return their positions."""
+        start = self.mask.shape[1]
+        width = pad_before[0] + len(new[0])
+        mask = torch.zeros(self.size, width, dtype=torch.long, device=self.device)
+        positions = torch.zeros(self.size, width, dtype=torch.long, device=self.device)
+        for b, (pad, tokens) in enumerate(zip(pad_before, new)):
+            mask[b, pad:] = 1
+            positions[b, pad:] = torch.arange(len(self.ids[b]), len(self.ids[b]) + len(tokens))
+            self.ids[b] = self.ids[b] + list(tokens)
+            self.columns[b] = self.columns[b] + list(range(start + pad, start + width))
+        self.mask = torch.cat([self.mask, mask], dim=1)
+        return positions
+
+    def rewind(self, row: int, keep: int) -> None:
+        """Row ``row`` forgets all but its first ``keep`` tokens."""
+        self.mask[row, self.columns[row][keep:]] = 0
+        self.ids[row], self.columns[row] = self.ids[row][:keep], self.columns[row][:keep]
 
 
 def sample_token(scores: torch.Tensor, temperature: float, top_p: float) -> int:
