@@ -42,6 +42,12 @@ VARIANTS = {
     "2 foundation layers": ({"per_token": True, "self_message": "root", "layers": 2}, {"lr": 5e-3}),
     "no final LayerNorm": ({"per_token": True, "self_message": "root", "final_norm": False}, {"lr": 5e-3}),
     "weight decay 0.2": ({"per_token": True, "self_message": "root"}, {"lr": 5e-3, "weight_decay": 0.2}),
+    "hidden 64, 8 heads": ({"per_token": True, "self_message": "root", "hidden": 64, "heads": 8}, {"lr": 5e-3}),
+    "hidden 128, 8 heads": ({"per_token": True, "self_message": "root", "hidden": 128, "heads": 8}, {"lr": 5e-3}),
+    "hidden 64, 8 heads, lr 2e-3": ({"per_token": True, "self_message": "root", "hidden": 64, "heads": 8},
+                                    {"lr": 2e-3}),
+    "hidden 64, 8 heads, 2 layers": ({"per_token": True, "self_message": "root", "hidden": 64, "heads": 8,
+                                      "layers": 2}, {"lr": 5e-3}),
 }
 
 
@@ -53,9 +59,10 @@ def load(task_name: str, seed: int) -> tuple[NodeTask, float]:
 
 def test_r2(task: NodeTask, mask_ratio: float, kind: str, settings: dict, optim: dict, epochs: int, seed: int) -> float:
     settings = dict(settings)
-    shape = {k: settings.pop(k) for k in ("hidden", "layers", "final_norm") if k in settings}
+    shape = {k: settings.pop(k) for k in ("hidden", "heads", "layers", "final_norm") if k in settings}
     hidden = shape.get("hidden", 32)
-    foundation = FoundationConfig(hidden=hidden, heads=4, layers=shape.get("layers", 1), intermediate=4 * hidden,
+    foundation = FoundationConfig(hidden=hidden, heads=shape.get("heads", 4), layers=shape.get("layers", 1),
+                                  intermediate=4 * hidden,
                                   final_norm=shape.get("final_norm", True))
     config = ReconstructionConfig(kind=kind, n_tokens=task.x.shape[1], token_values=task.x.shape[2],
                                   foundation=foundation, **settings)

