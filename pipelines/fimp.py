@@ -15,7 +15,8 @@ Hugging Face folder (``pretrained=PATH``, e.g. from ``fmgnn pretrain``), or ``pr
 the ``foundation`` baseline of the same seed, trained without the graph on that split's training
 nodes only, whose layers then become FIMP's message operators. The run directory holds ``config.yaml``,
 ``versions.json``, ``<model>/seed<s>.json``, ``metrics.json`` (mean and std over seeds, trained
-parameters and seconds per model, and FIMP's paired difference to the best baseline) and ``plots/`` (learning curves, true vs predicted
+parameters and seconds per model, FIMP's paired difference to the best baseline, and the foundation
+model's to the MLP, which reads the same tokens) and ``plots/`` (learning curves, true vs predicted
 windows). A rerun skips finished (model, seed) pairs and resumes unfinished ones.
 """
 
@@ -374,10 +375,15 @@ def summarize_runs(run_dir: Path, config: FIMPJobConfig) -> dict[str, Any]:
         # Every model of a seed ran on the same node split and masks: the seeds are paired splits.
         runs = {m: {f"seed{r['seed']}": r for r in all_runs[m]} for m in config.models}
         ratio = split_ratio([r["n_test"] for r in all_runs[best]], [r["n_train"] for r in all_runs[best]])
-        for fimp in [m for m in config.models if m.startswith("fimp")]:
-            summary[f"{fimp}_vs_best_baseline"] = {
-                "baseline": best, **{k: paired_difference(fimp, best, k, runs, ratio).to_dict() for k in ("r2", "mse")},
-                "relative_r2": relative_r2(models[fimp]["r2"]["mean"], models[best]["r2"]["mean"])}
+        pairs = [(fimp, best, f"{fimp}_vs_best_baseline") for fimp in config.models if fimp.startswith("fimp")]
+        if "foundation" in config.models and "mlp" in config.models:
+            # The token model's own check: both read exactly the node's own tokens, neither sees the graph.
+            pairs.append(("foundation", "mlp", "foundation_vs_mlp"))
+        for model, reference, key in pairs:
+            summary[key] = {
+                "baseline": reference,
+                **{k: paired_difference(model, reference, k, runs, ratio).to_dict() for k in ("r2", "mse")},
+                "relative_r2": relative_r2(models[model]["r2"]["mean"], models[reference]["r2"]["mean"])}
     return summary
 
 
@@ -387,9 +393,9 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"{name:<18}{mean_std(m['mse'], 4):>20}{mean_std(m['r2']):>20}"
                      f"{m.get('n_parameters') or '':>12}{m['seconds']:>10.0f}")
     for key, value in summary.items():
-        if key.endswith("_vs_best_baseline"):  # paired over seeds; for MSE a negative difference is the gain
+        if key.endswith(("_vs_best_baseline", "_vs_mlp")):  # paired over seeds; for MSE a negative one is the gain
             lines += [from_dict(value[m]).line() for m in ("r2", "mse")]
-            lines.append(f"{key.removesuffix('_vs_best_baseline')} against {value['baseline']}: "
+            lines.append(f"{key.split('_vs_')[0]} against {value['baseline']}: "
                          f"{format_relative(value.get('relative_r2'))}")
     if "r2_ceiling" in summary:
         lines.append(f"R^2 ceiling of the synthetic cohort (its noise-free signal): {summary['r2_ceiling']:.3f}")

@@ -62,13 +62,17 @@ def test_images_task_under_ray_train_with_fimp_from_the_foundation_baseline(ray_
     """The one-graph path: 2 DDP workers over target-node batches; FIMP-pretrained waits for and starts
     from the same seed's foundation baseline."""
     overrides = ["task=images", "images.limit=240", f"run_dir={tmp_path / 'digits'}", "pretrained=foundation",
-                 "models=[fimp_pretrained,foundation,gcn]", "seeds=[0]", f"model.foundation={FOUNDATION}",
+                 "models=[fimp_pretrained,foundation,gcn,mlp]", "seeds=[0]", f"model.foundation={FOUNDATION}",
                  "model.gnn_hidden=32", "optim.epochs=2", "optim.batch_size=64", "ray.num_workers=2",
                  "ray.cpus_per_worker=0.5", "ray.max_concurrent_runs=1"]
     summary = run_fimp(load_config(FIMPJobConfig, None, overrides))
-    assert summary["task"] == "images" and set(summary["models"]) == {"fimp_pretrained", "foundation", "gcn"}
+    assert summary["task"] == "images" and set(summary["models"]) == {"fimp_pretrained", "foundation", "gcn", "mlp"}
     assert summary["fimp_pretrained_vs_best_baseline"]["baseline"] == \
-        max(["foundation", "gcn"], key=lambda m: summary["models"][m]["r2"]["mean"])
+        max(["foundation", "gcn", "mlp"], key=lambda m: summary["models"][m]["r2"]["mean"])
+    # The token model against the MLP on the same tokens, paired on the seed's split and masks.
+    token_check = summary["foundation_vs_mlp"]["r2"]
+    assert token_check["differences"] == pytest.approx(
+        [summary["models"]["foundation"]["r2"]["mean"] - summary["models"]["mlp"]["r2"]["mean"]])
     run = tmp_path / "digits"
     result = json.loads((run / "fimp_pretrained" / "seed0.json").read_text())
     assert result["n_test"] == 36 and len(result["history"]) == 2 and 0 < result["mse"] < 1
