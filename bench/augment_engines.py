@@ -92,8 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         request = Path(folder) / "request.json"
         request.write_text(json.dumps({"model": model, "max_tokens": args.max_tokens,
-                                       "token_ids": [hf.tokenizer(hf.render(r), add_special_tokens=False)["input_ids"]
-                                                     for r in requests]}))
+                                       "token_ids": [hf.token_ids(hf.render(r)) for r in requests]}))
         child = subprocess.run([sys.executable, __file__, "--vllm-request", str(request)],
                                capture_output=True, text=True, check=True)
         result = json.loads(child.stdout.strip().splitlines()[-1])

@@ -102,8 +102,12 @@ class TransformersEngine:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return f"{request.system}\n\n{request.prompt}\n\n"
 
+    def token_ids(self, text: str) -> list[int]:
+        """The ids the model reads for ``text`` (a rendered prompt carries its own special tokens)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.token_ids(text))
 
     def _continue(self, texts: list[str], max_new_tokens: int, temperature: float,
                   stop: str | None) -> tuple[list[str], list[int], list[int]]:
@@ -150,9 +154,6 @@ class TransformersEngine:
         return [Generation(text, int(p), int(n), latency) for text, p, n in zip(outputs, n_prompt, n_out)]
 
     # The cached path: a batch decoded together, every row starting from a copy of the shared prefix's KV cache.
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _start(self, ids: list[list[int]]) -> CachedBatch:
         """A batch whose row ``b`` has read ``ids[b]``: the cached prompt beginning (the longest prefix of every
@@ -222,17 +223,17 @@ class TransformersEngine:
         """(answer JSON or raw text, prompt tokens, generated tokens) per rendered prompt, decoded as one batch."""
         budget = self.config.sampling.max_tokens
         if not self.config.guided_json:
-            batch = self._start([self._ids(text) for text in texts])
+            batch = self._start([self.token_ids(text) for text in texts])
             n_prompt = [len(row) for row in batch.ids]
             outputs, n_out = self._decode(batch, [budget] * len(texts), temperature, None)
             return list(zip(outputs, n_prompt, n_out))
-        batch = self._start([self._ids(text + FEATURES_PREFIX) for text in texts])
+        batch = self._start([self.token_ids(text + FEATURES_PREFIX) for text in texts])
         n_prompt = [len(row) for row in batch.ids]
         features, n_features = self._decode(batch, [(2 * budget) // 3] * len(texts), temperature, '"]')
         items, raws = zip(*(split_features(f) for f in features))
         # The conclusion reads the whole text re-tokenised, as the batched path does: each row keeps what it
         # shares with that sequence and runs the rest.
-        targets = [self._ids(text + FEATURES_PREFIX + raw + CONCLUSION_PREFIX) for text, raw in zip(texts, raws)]
+        targets = [self.token_ids(text + FEATURES_PREFIX + raw + CONCLUSION_PREFIX) for text, raw in zip(texts, raws)]
         for b, target in enumerate(targets):
             batch.rewind(b, min(common_prefix(batch.ids[b], target), len(target) - 1))
         self._feed(batch, [target[len(batch.ids[b]):] for b, target in enumerate(targets)])
