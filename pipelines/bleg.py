@@ -275,7 +275,7 @@ def check_same_settings(config: BLEGJobConfig, saved: Path) -> None:
 
 def fold_result(split: Split, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
     keys = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "auc")
-    return {"split": split.name, "seed": split.seed, "fold": split.fold,
+    return {"split": split.name, "seed": split.seed, "fold": split.fold, "n_train": len(split.train),
             "metrics": {k: metrics[f"test_{k}"] for k in keys}, "test_indices": split.test,
             "test_labels": metrics["test_labels"], "test_probabilities": metrics["test_probabilities"],
             "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epoch"] + 1, "history": metrics["history"],
@@ -299,7 +299,13 @@ def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
         descriptions = load_descriptions(config.texts) if config.needs_texts else {}
         if config.needs_texts:  # fail before any training when a training or validation subject has no text
             used = sorted({i for s in splits for i in [*s.train, *s.val]})
-            check_coverage(descriptions, cohort.scan_ids(), used, config.texts)
+            left_out = sorted(set(used) - set(check_coverage(descriptions, cohort.scan_ids(), used, config.texts)))
+            if left_out:  # out of every variant's training, so the variants stay paired; tests keep them
+                log.warning("texts.drop_missing: %d subject(s) without a valid description are left out of every "
+                            "variant's training (test folds keep them: BLEG tests from the graph alone): %s",
+                            len(left_out), ", ".join(str(cohort.scan_ids()[i]) for i in left_out[:20]))
+                splits = [Split(s.seed, s.fold, [i for i in s.train if i not in left_out], s.val, s.test)
+                          for s in splits]
         lm = materialize(config.lm, run_dir / "models") if config.needs_texts else config.lm
         if config.needs_texts:
             lm = LanguageModelConfig(**{**lm.__dict__, "kind": model_kind(lm)})

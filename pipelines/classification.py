@@ -26,7 +26,7 @@ log = logging.getLogger("fmgnn.classification")
 
 
 def fold_result(split: Split, y: np.ndarray, probabilities: np.ndarray, **extra: Any) -> dict[str, Any]:
-    return {"split": split.name, "seed": split.seed, "fold": split.fold,
+    return {"split": split.name, "seed": split.seed, "fold": split.fold, "n_train": len(split.train),
             "metrics": classification_metrics(y, probabilities), "test_indices": split.test,
             "test_labels": np.asarray(y).tolist(), "test_probabilities": np.asarray(probabilities).tolist(), **extra}
 

@@ -13,6 +13,7 @@ from bleg.graph_encoder import GraphTokenEncoder
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config
 from fmgnn.evaluation.paired import corrected_resampled_ttest, split_ratio
+from fmgnn.evaluation.splits import Split
 from bleg.augment.store import OUTPUT_SCHEMA, read_augmentations
 from pipelines.bleg import BLEGJobConfig, run_bleg
 from pipelines.predict import PredictConfig, run_predict
@@ -184,6 +185,33 @@ def test_missing_descriptions_fail_before_training(main_texts, tmp_path):
     with pytest.raises(CohortError, match=r"no valid description for 10 subject\(s\)"):
         run_bleg(load_config(BLEGJobConfig, None, overrides))
     assert not (tmp_path / "run" / "folds").exists()  # nothing trained
+
+
+def test_missing_descriptions_with_drop_missing_leave_training_not_tests(main_texts, tmp_path):
+    """``texts.drop_missing`` (the main job's setting, for a small LLM's leftover error rows): subjects without
+    a description are out of every variant's training, logistic's too, so the variants stay paired; every
+    test fold keeps its subjects (BLEG tests from the graph alone)."""
+    import pyarrow as pa
+
+    cohort, texts = main_texts
+    rows = read_augmentations(texts).to_pylist()
+    (tmp_path / "partial" / "parts").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows[:-4], schema=OUTPUT_SCHEMA),
+                   tmp_path / "partial" / "parts" / "part-c-00000.parquet")
+    missing = {r["scan_id"] for r in rows[-4:]}
+    overrides = [o for o in bleg_overrides(cohort, tmp_path / "partial", tmp_path / "run") if not o.startswith("ray.")]
+    run_bleg(load_config(BLEGJobConfig, None, overrides + [
+        "texts.drop_missing=true", "variants=[logistic,bleg]", "ray.num_workers=0"]))
+    ids = [str(i) for i in pq.read_table(cohort, columns=["scan_id"])["scan_id"].to_pylist()]
+    splits = {Split(s["seed"], s["fold"], s["train"], s["val"], s["test"]).name: s
+              for s in json.loads((tmp_path / "run" / "splits.json").read_text())}
+    for variant in ("logistic", "bleg"):
+        records = [json.loads(p.read_text()) for p in sorted((tmp_path / "run" / variant).glob("seed*.json"))]
+        assert len(records) == 2
+        for record in records:
+            split = splits[record["split"]]
+            assert record["test_indices"] == split["test"]
+            assert record["n_train"] == sum(ids[i] not in missing for i in split["train"]) < len(split["train"])
 
 
 def test_rerun_with_other_settings_in_the_same_run_dir_is_refused(small_synthetic, tmp_path):
