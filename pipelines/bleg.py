@@ -151,15 +151,8 @@ class FoldRunner:
     def record(self) -> BLEGRun:
         return BLEGRun(self.run_dir)
 
-    def with_texts(self, split: Split) -> Split:
-        """The split's training subjects that have a description (all of them unless texts.missing drops some)."""
-        if not self.config.needs_texts:
-            return split
-        train = check_coverage(self.descriptions, self.cohort.scan_ids(), split.train, self.config.texts)
-        return Split(split.seed, split.fold, train, split.val, split.test)
-
     def run(self, splits: list[Split]) -> None:
-        splits = [self.with_texts(s) for s in splits]
+        """``splits`` as ``run_bleg`` checked them: training subjects without a description already left out."""
         cohort_path = str(self.cohort.path.resolve())
         variants = [v for v in self.config.variants if v != "logistic"]
         if "bleg" in variants:

@@ -164,7 +164,7 @@ class TransformersEngine:
             shared = min(shared, common_prefix(ids[0], row))
         if self.prefix is None and shared > 0:
             output = self.model(input_ids=torch.tensor([ids[0][:shared]], device=self.device), use_cache=True)
-            self.prefix = CachedSequence(ids[0][:shared], output.past_key_values, None)
+            self.prefix = CachedSequence(ids[0][:shared], output.past_key_values)
         if self.prefix is not None:
             shared = min(shared, common_prefix(self.prefix.ids, ids[0]))
             if shared < len(self.prefix.ids):  # the cohort shares less than the prompts seen so far did
@@ -253,10 +253,10 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class CachedSequence:
-    """A token sequence the model has read: its ids, its KV cache and the logits after its last token."""
+    """A token sequence the model has read: its ids and its KV cache (the prompt beginning every batch copies)."""
 
-    def __init__(self, ids: list[int], past: object, logits: torch.Tensor | None) -> None:
-        self.ids, self.past, self.logits = ids, past, logits
+    def __init__(self, ids: list[int], past: object) -> None:
+        self.ids, self.past = ids, past
 
 
 class CachedBatch:
