@@ -55,6 +55,7 @@ from pipelines.command import job_main
 from pipelines.ray_session import RayConfig, start_ray
 from pipelines.trainers import make_trainer, resolve_storage_path, run_stage
 from tune.space import search_space
+from tune.storage import check_restorable, storage_filesystem
 from tune.trial_runtime import TuneTrialRuntime
 
 log = logging.getLogger("fmgnn.tune")
@@ -272,9 +273,12 @@ def restore_or_create(config: TuneJobConfig, name: str, trainable: Any, storage_
     Trials go to MLflow through Ray Tune's own ``MLflowLoggerCallback``, nested under the sweep's run.
     """
     path = os.path.join(storage_path, name)
-    if tune.Tuner.can_restore(path):
+    filesystem = storage_filesystem(storage_path)
+    if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
         log.info("restoring the interrupted sweep at %s", path)
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        check_restorable(path)
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=filesystem)
     cpus = ray.cluster_resources().get("CPU", 1)
     per_trial = config.ray.cpus_per_worker * max(config.ray.num_workers, 1) + (0.1 if config.ray.num_workers else 0)
     concurrent = max(1, int(cpus // per_trial))
@@ -289,7 +293,7 @@ def restore_or_create(config: TuneJobConfig, name: str, trainable: Any, storage_
         param_space=search_space(config.space),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler, search_alg=search,
                                     num_samples=config.num_samples, max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path,
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,
                                   callbacks=mlflow_callbacks(config, tracking)),
     )
 

@@ -166,3 +166,48 @@ def test_killed_training_worker_resumes_from_its_checkpoint(small_synthetic, ray
     np.testing.assert_allclose([h["train_loss"] for h in metrics["history"]],
                                [h["train_loss"] for h in reference["history"]], atol=1e-5)
     np.testing.assert_allclose(metrics["test_probabilities"], reference["test_probabilities"], atol=1e-5)
+
+
+def test_tune_storage_writes_a_file_whole_or_not_at_all(tmp_path):
+    """Tune copies its restore state to the storage path; a driver killed mid-copy must not leave half a
+    file there (CI: a truncated search state, then a resumed sweep with no configuration)."""
+    import pickle
+
+    import pyarrow.fs as pafs
+
+    from tune.storage import storage_filesystem
+
+    fs = storage_filesystem(str(tmp_path))
+    target = tmp_path / "experiment" / "basic-variant-state-x.json"
+    fs.create_dir(str(target.parent), recursive=True)
+    stream = fs.open_output_stream(str(target))
+    stream.write(b"half of a")
+    stream.flush()
+    assert not target.exists()  # what a SIGKILL here leaves: no file of that name
+    stream.write(b" state")
+    stream.close()
+    assert target.read_bytes() == b"half of a state"
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "tuner.pkl").write_bytes(b"x" * 3_000_000)
+    pafs.copy_files(str(staging), str(tmp_path / "experiment"), destination_filesystem=fs)  # Ray's sync-up
+    assert (tmp_path / "experiment" / "tuner.pkl").read_bytes() == b"x" * 3_000_000
+    assert sorted(p.name for p in (tmp_path / "experiment").iterdir()) == ["basic-variant-state-x.json", "tuner.pkl"]
+    assert pickle.loads(pickle.dumps(fs)).get_file_info(str(target)).size == 15  # Ray ships it to trials
+    assert storage_filesystem("s3://bucket/sweeps") is None  # an object store writes objects whole
+
+
+def test_unreadable_sweep_state_is_named_before_tune_restores_it(tmp_path):
+    import ray.cloudpickle
+
+    from fmgnn.errors import InputError
+    from tune.storage import check_restorable
+
+    (tmp_path / "tuner.pkl").write_bytes(ray.cloudpickle.dumps({"a": 1}))
+    (tmp_path / "experiment_state-2026-12-02_21-59-24.json").write_text('{"trial_data": []}')
+    (tmp_path / "basic-variant-state-2026-12-02_21-59-24.json").write_bytes(ray.cloudpickle.dumps({"b": 2}))
+    check_restorable(str(tmp_path))
+    (tmp_path / "basic-variant-state-2026-12-02_21-59-24.json").write_bytes(b"")  # cut by a kill
+    with pytest.raises(InputError, match="basic-variant-state-2026-12-02_21-59-24.json.*cannot be read"):
+        check_restorable(str(tmp_path))
