@@ -245,8 +245,9 @@ def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(seed_epoch(task.seed, epoch, world.rank))
         losses = train_epoch(task, model, optimizer, task.batches(epoch, generator), world.device)
         validation = task.validate(unwrap(model))
-        record = {"epoch": epoch, **losses, **validation.metrics}
         state.seconds += time.monotonic() - started
+        # Cumulative seconds per epoch: what comparisons at equal training time read.
+        record = {"epoch": epoch, **losses, **validation.metrics, "seconds": round(state.seconds, 2)}
         state.update(model, record, validation.score, task.patience, task.trainable_only)
         if world.rank == 0 and time.monotonic() - last_progress >= PROGRESS_INTERVAL_S:
             last_progress = time.monotonic()

@@ -384,7 +384,37 @@ def summarize_runs(run_dir: Path, config: FIMPJobConfig) -> dict[str, Any]:
                 "baseline": reference,
                 **{k: paired_difference(model, reference, k, runs, ratio).to_dict() for k in ("r2", "mse")},
                 "relative_r2": relative_r2(models[model]["r2"]["mean"], models[reference]["r2"]["mean"])}
+            if key.endswith("_vs_best_baseline") and best not in TRIVIAL_KINDS:
+                summary[key]["equal_time"] = at_equal_time(model, reference, runs, ratio)
     return summary
+
+
+def cumulative_seconds(run: dict[str, Any]) -> list[float]:
+    """Seconds trained by the end of each epoch; runs recorded before the engine kept them per epoch get
+    equal epochs."""
+    history = run["history"]
+    if all("seconds" in h for h in history):
+        return [h["seconds"] for h in history]
+    return [run["seconds"] * (i + 1) / len(history) for i in range(len(history))]
+
+
+def at_equal_time(model: str, reference: str, runs: dict[str, dict[str, dict]], ratio: float) -> dict[str, Any]:
+    """``model`` against ``reference`` at the reference's training time, seed by seed: the model's best
+    validation R^2 within the seconds the reference trained for, against the reference's best.
+
+    Validation, not test: only the chosen epoch was tested. A seed whose first epoch of the model took
+    longer than the reference's whole run has no score within the budget and counts as missing.
+    """
+    scores: dict[str, dict[str, dict[str, Any]]] = {model: {}, reference: {}}
+    for split, reference_run in runs[reference].items():
+        budget, model_run = reference_run["seconds"], runs[model][split]
+        within = [h["val_r2"] for h, s in zip(model_run["history"], cumulative_seconds(model_run)) if s <= budget]
+        scores[model][split] = {"val_r2": max(within) if within else None, "epochs": len(within), "budget_s": budget}
+        scores[reference][split] = {"val_r2": max(h["val_r2"] for h in reference_run["history"])}
+    result: dict[str, Any] = {"per_split": scores}
+    if any(v["val_r2"] is not None for v in scores[model].values()):
+        result["val_r2"] = paired_difference(model, reference, "val_r2", scores, ratio).to_dict()
+    return result
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -397,6 +427,9 @@ def format_table(summary: dict[str, Any]) -> str:
             lines += [from_dict(value[m]).line() for m in ("r2", "mse")]
             lines.append(f"{key.split('_vs_')[0]} against {value['baseline']}: "
                          f"{format_relative(value.get('relative_r2'))}")
+            if value.get("equal_time", {}).get("val_r2"):
+                equal = from_dict(value["equal_time"]["val_r2"])
+                lines.append(f"at {value['baseline']}'s training time: {equal.line()}")
     if "r2_ceiling" in summary:
         lines.append(f"R^2 ceiling of the synthetic cohort (its noise-free signal): {summary['r2_ceiling']:.3f}")
     return "\n".join(lines)

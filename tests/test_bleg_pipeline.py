@@ -124,6 +124,11 @@ def poison_test_scans(cohort_path, texts, test: list[int], out):
     return out / "cohort.parquet", out / "texts"
 
 
+def untimed(history: list[dict]) -> list[dict]:
+    """A run's epoch records without their seconds, which differ between any two runs."""
+    return [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in history]
+
+
 def test_no_fit_of_a_fold_reaches_its_test_scans(main_texts, tmp_path):
     """Leakage canary: the test scans of fold 0 get other time series and other descriptions. Everything
     fitted for fold 0 (logistic regression's C, stage 2, the teacher targets, stage 3's curves, the
@@ -143,8 +148,8 @@ def test_no_fit_of_a_fold_reaches_its_test_scans(main_texts, tmp_path):
         records = {v: json.loads((run / v / f"{name}.json").read_text()) for v in ("logistic", "gcn_alone", "bleg")}
         stage2 = json.loads((run / "folds" / name / "stage2" / "result.json").read_text())
         teacher = pq.read_table(run / "folds" / name / "teacher-bleg.parquet").to_pydict()
-        return {"C": records["logistic"]["selection"], "stage2": stage2["history"], "teacher": teacher,
-                **{v: records[v]["history"] for v in ("gcn_alone", "bleg")}}, records
+        return {"C": records["logistic"]["selection"], "stage2": untimed(stage2["history"]), "teacher": teacher,
+                **{v: untimed(records[v]["history"]) for v in ("gcn_alone", "bleg")}}, records
 
     real, real_records = fitted(tmp_path / "real")
     canary, canary_records = fitted(tmp_path / "canary")
@@ -162,7 +167,8 @@ def test_no_fit_of_a_fold_reaches_its_test_scans(main_texts, tmp_path):
         assert len(trials) == 2 and nested["chosen"][split]["val_loss"] == min(t["best_score"] for t in trials)
         chosen = json.loads((tmp_path / f"sweep-{run}" / "nested" / f"{split}.json").read_text())
         fitted_of_run = real if run == "real" else canary
-        fitted_of_run["sweep"] = (nested["chosen"][split], sorted(t["best_score"] for t in trials), chosen["history"])
+        fitted_of_run["sweep"] = (nested["chosen"][split], sorted(t["best_score"] for t in trials),
+                                  untimed(chosen["history"]))
         assert sorted(chosen["test_indices"]) == sorted(fold0["test"])
         assert nested["paired"]["reference"] == "default" and nested["paired"]["models"]["nested"]["accuracy"][
             "n_splits"] == 2

@@ -76,6 +76,9 @@ def test_images_task_under_ray_train_with_fimp_from_the_foundation_baseline(ray_
     run = tmp_path / "digits"
     result = json.loads((run / "fimp_pretrained" / "seed0.json").read_text())
     assert result["n_test"] == 36 and len(result["history"]) == 2 and 0 < result["mse"] < 1
+    assert 0 < result["history"][0]["seconds"] <= result["history"][1]["seconds"]  # per epoch, for equal time
+    versus = summary["fimp_pretrained_vs_best_baseline"]
+    assert set(versus["equal_time"]["per_split"]) == {"fimp_pretrained", versus["baseline"]}
     # The foundation baseline finished before FIMP-pretrained started from it.
     finished = {m: (run / m / "seed0" / "result.json").stat().st_mtime for m in ("foundation", "fimp_pretrained")}
     assert finished["foundation"] < finished["fimp_pretrained"]
@@ -102,3 +105,21 @@ def test_fimp_from_the_foundation_baseline_copies_its_layers_into_every_fimp_lay
                 assert torch.equal(fimp.state_dict()[key.replace("convs.0.", f"convs.{layer}.")], value)
         else:
             assert torch.equal(fimp.state_dict()[key], value)
+
+
+def test_equal_time_takes_the_models_best_validation_within_the_references_seconds():
+    from pipelines.fimp import at_equal_time
+
+    def run(seconds, val_r2, per_epoch=None):
+        history = [{"val_r2": v, **({"seconds": s} if per_epoch else {})} for v, s in zip(val_r2, per_epoch or val_r2)]
+        return {"seconds": seconds, "history": history}
+
+    runs = {"fimp": {"seed0": run(12, [0.3, 0.6, 0.9], per_epoch=[4, 8, 12]),
+                     "seed1": run(12, [0.2, 0.7, 0.8]),  # recorded without per-epoch seconds: 4 s an epoch
+                     "seed2": run(40, [0.9], per_epoch=[40])},  # its first epoch outlasts the reference's run
+            "gcn": {"seed0": run(10, [0.5, 0.8]), "seed1": run(9, [0.75]), "seed2": run(5, [0.7])}}
+    result = at_equal_time("fimp", "gcn", runs, 0.2)
+    assert [result["per_split"]["fimp"][s]["val_r2"] for s in ("seed0", "seed1", "seed2")] == [0.6, 0.7, None]
+    assert result["per_split"]["fimp"]["seed1"]["epochs"] == 2
+    assert result["val_r2"]["splits"] == ["seed0", "seed1"]
+    assert result["val_r2"]["differences"] == pytest.approx([0.6 - 0.8, 0.7 - 0.75])
