@@ -427,12 +427,20 @@ def format_table(summary: dict[str, Any]) -> str:
             lines += [from_dict(value[m]).line() for m in ("r2", "mse")]
             lines.append(f"{key.split('_vs_')[0]} against {value['baseline']}: "
                          f"{format_relative(value.get('relative_r2'))}")
-            if value.get("equal_time", {}).get("val_r2"):
-                equal = from_dict(value["equal_time"]["val_r2"])
-                lines.append(f"at {value['baseline']}'s training time: {equal.line()}")
+            if "equal_time" in value:
+                lines.append(equal_time_line(key.split("_vs_")[0], value["baseline"], value["equal_time"]))
     if "r2_ceiling" in summary:
         lines.append(f"R^2 ceiling of the synthetic cohort (its noise-free signal): {summary['r2_ceiling']:.3f}")
     return "\n".join(lines)
+
+
+def equal_time_line(model: str, baseline: str, equal_time: dict[str, Any]) -> str:
+    runs = equal_time["per_split"][model]
+    missing = [split for split, run in runs.items() if run["val_r2"] is None]
+    note = f" ({len(missing)} of {len(runs)} seeds finished no epoch within it)" if missing else ""
+    if "val_r2" not in equal_time:
+        return f"at {baseline}'s training time: {model} finished no epoch within it on any seed"
+    return f"at {baseline}'s training time: {from_dict(equal_time['val_r2']).line()}{note}"
 
 
 def plot_reconstructions(run_dir: Path, config: FIMPJobConfig) -> None:

@@ -123,3 +123,9 @@ def test_equal_time_takes_the_models_best_validation_within_the_references_secon
     assert result["per_split"]["fimp"]["seed1"]["epochs"] == 2
     assert result["val_r2"]["splits"] == ["seed0", "seed1"]
     assert result["val_r2"]["differences"] == pytest.approx([0.6 - 0.8, 0.7 - 0.75])
+    from pipelines.fimp import equal_time_line
+
+    assert "1 of 3 seeds finished no epoch" in equal_time_line("fimp", "gcn", result)
+    none = at_equal_time("fimp", "gcn", {"fimp": {"seed2": runs["fimp"]["seed2"]}, "gcn": {"seed2": runs["gcn"]["seed2"]}},
+                         0.2)
+    assert "val_r2" not in none and "no epoch within it on any seed" in equal_time_line("fimp", "gcn", none)
