@@ -126,6 +126,6 @@ def test_equal_time_takes_the_models_best_validation_within_the_references_secon
     from pipelines.fimp import equal_time_line
 
     assert "1 of 3 seeds finished no epoch" in equal_time_line("fimp", "gcn", result)
-    none = at_equal_time("fimp", "gcn", {"fimp": {"seed2": runs["fimp"]["seed2"]}, "gcn": {"seed2": runs["gcn"]["seed2"]}},
-                         0.2)
+    only_seed2 = {model: {"seed2": runs[model]["seed2"]} for model in ("fimp", "gcn")}
+    none = at_equal_time("fimp", "gcn", only_seed2, 0.2)
     assert "val_r2" not in none and "no epoch within it on any seed" in equal_time_line("fimp", "gcn", none)
