@@ -435,11 +435,11 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def equal_time_line(model: str, baseline: str, equal_time: dict[str, Any]) -> str:
+    if "val_r2" not in equal_time:
+        return f"at {baseline}'s training time: {model} finished no epoch within it on any seed"
     runs = equal_time["per_split"][model]
     missing = [split for split, run in runs.items() if run["val_r2"] is None]
     note = f" ({len(missing)} of {len(runs)} seeds finished no epoch within it)" if missing else ""
-    if "val_r2" not in equal_time:
-        return f"at {baseline}'s training time: {model} finished no epoch within it on any seed"
     return f"at {baseline}'s training time: {from_dict(equal_time['val_r2']).line()}{note}"
 
 

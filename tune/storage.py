@@ -30,7 +30,8 @@ _STATE_FILES = {"experiment_state-*.json": json.loads, "basic-variant-state-*.js
 
 
 class _RenameOnClose:
-    """A binary file written under a temporary name and moved to ``path`` when closed without error."""
+    """A binary file written under a hidden temporary name and moved to ``path`` when closed: a process
+    killed before the close leaves only that hidden file, never a short ``path``."""
 
     def __init__(self, path: str) -> None:
         self.path = path
