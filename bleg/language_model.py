@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from fmgnn.config import ModelPath
 from fmgnn.cohort import CohortError
 from fmgnn.io import package_path
 from fmgnn.io import atomic_dir
@@ -43,7 +44,7 @@ class LanguageModelConfig:
         mlm_probability: Share of answer tokens masked per step for a masked LM (at least one).
     """
 
-    path: str = ""
+    path: ModelPath = ""
     kind: Literal["auto", "causal", "masked"] = "auto"
     finetune: Literal["full", "lora", "frozen"] = "lora"
     lora_r: int = 16

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
+from fmgnn.config import LocalPath
 from bleg.augment.store import read_augmentations
 from fmgnn.cohort import CohortError
 
@@ -41,7 +42,7 @@ class TextsConfig:
         drop_missing: Leave out subjects without a valid description instead of failing.
     """
 
-    output: str = ""
+    output: LocalPath = ""
     model: str | None = None
     prompt_version: str | None = None
     drop_missing: bool = False

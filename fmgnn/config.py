@@ -11,10 +11,11 @@ being ignored::
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 
@@ -199,3 +200,45 @@ def save_config(cfg: Any, path: str | Path) -> None:
     from fmgnn.io import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# Settings that name files. A job's driver makes every such value absolute when it loads the config
+# (``resolve_paths``), before anything reaches Ray: Ray Train V2 runs each worker in a working directory of
+# its own, so a relative path read or written there is not the user's path.
+LOCAL_PATH = "local path"  # a file or folder; URIs (s3://...) and pkg:// stay as given
+MODEL_PATH = "model path"  # a local folder or file, or a hub id / keyword, which stays as given
+
+LocalPath = Annotated[str, LOCAL_PATH]
+OptionalLocalPath = Annotated[str | None, LOCAL_PATH]
+ModelPath = Annotated[str, MODEL_PATH]
+OptionalModelPath = Annotated[str | None, MODEL_PATH]
+
+
+def resolve_path(value: str, kind: str, base: Path) -> str:
+    """``value`` made absolute against ``base`` where it is a local path (see ``LOCAL_PATH``, ``MODEL_PATH``).
+
+    A model setting is a local path when it is spelled as one (``/``, ``./``, ``../``, ``~``) or names a file
+    or folder that exists; otherwise it is a hub id (``microsoft/biogpt``) or a keyword and stays as given.
+    """
+    if not value or "://" in value:
+        return value
+    path = Path(value).expanduser()
+    if kind == MODEL_PATH and not (value.startswith(("/", "./", "../", "~")) or (base / path).exists()):
+        return value
+    return os.path.normpath(base / path)
+
+
+def resolve_paths(cfg: T, base: str | Path | None = None) -> T:
+    """Every path setting of ``cfg`` (and of its nested configs) made absolute against ``base`` (default:
+    the working directory), in place; ``cfg`` is returned. Resolving twice changes nothing."""
+    base = Path(base or os.getcwd())
+    hints = typing.get_type_hints(type(cfg), include_extras=True)
+    for f in dataclasses.fields(cfg):
+        value, hint = getattr(cfg, f.name), hints.get(f.name)
+        if dataclasses.is_dataclass(value):
+            resolve_paths(value, base)
+        elif isinstance(value, str) and typing.get_origin(hint) is Annotated:
+            kinds = [m for m in hint.__metadata__ if m in (LOCAL_PATH, MODEL_PATH)]
+            if kinds:
+                setattr(cfg, f.name, resolve_path(value, kinds[0], base))
+    return cfg

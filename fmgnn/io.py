@@ -174,13 +174,15 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def write_manifest(folder: Path, job: str, config: dict[str, Any], inputs: dict[str, Any],
-                   outputs: list[str], metrics: str | None) -> None:
+                   outputs: list[str], metrics: str | None, settings: str | None = None) -> None:
     """``folder/manifest.json``: which job made the folder, its config hash, what it read (other runs and
     files, by setting name), what it wrote (paths relative to the folder) and where its metrics are. The
     typed records (``BLEGRun``, ``FIMPRun``, ``SweepRun``...) read it; another job never has to know the
-    layout to tell what a folder is or where it came from."""
+    layout to tell what a folder is or where it came from. ``settings``: the hash of the settings that decide
+    the results (the job recipe's rerun rule, ``pipelines.job``)."""
     atomic_write_json(folder / MANIFEST_FILE, {
-        "job": job, "config_hash": config_hash(config), "finished": datetime.now(timezone.utc).isoformat(),
+        "job": job, "config_hash": config_hash(config), "settings_hash": settings,
+        "finished": datetime.now(timezone.utc).isoformat(),
         "inputs": {k: str(v) for k, v in inputs.items() if v not in (None, "")}, "outputs": sorted(outputs),
         "metrics": metrics})
 

@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 import ray
 
 from bleg.augment.describe import DescribeConfig
-from bleg.augment.engines import EngineConfig, preflight, resolve_auto
+from bleg.augment.engines import ENGINE_RUNTIME_SETTINGS, EngineConfig, preflight, resolve_auto
 from bleg.augment.prompt import DEFAULT_PROMPT, get_prompt
 from bleg.augment.quality import QualityConfig
 from bleg.augment.stages import INPUT_COLUMNS, GenerateStage, describe_stage, parse_stage
@@ -32,11 +33,13 @@ from bleg.augment.cohort_quality import cohort_quality
 from bleg.augment.run_record import AugmentOutput
 from bleg.augment.store import PartWriter, drop_replaced_rows, read_keys
 from fmgnn.cohort import Cohort
-from fmgnn.config import save_config, to_dict
+from fmgnn.config import LocalPath
+from fmgnn.tracking import JobRun, TrackingConfig
 from fmgnn.errors import InputError
-from fmgnn.io import atomic_write_json, environment_record, run_folder_lock, write_manifest
+from fmgnn.io import atomic_write_json
 from pipelines.command import job_main
-from pipelines.ray_session import RayConfig, start_ray
+from pipelines.job import RUNTIME_SETTINGS, Job, run_job
+from pipelines.ray_session import RayConfig
 
 log = logging.getLogger("fmgnn.augment")
 
@@ -58,8 +61,8 @@ class AugmentConfig:
             retried like an invalid one and kept as an error row, with its reason, if it stays bad.
     """
 
-    cohort: str = ""
-    output: str = "runs/augment"
+    cohort: LocalPath = ""
+    output: LocalPath = "runs/augment"
     retry_failed: bool = False
     limit: int | None = None
     rows_per_part: int = 256
@@ -70,6 +73,7 @@ class AugmentConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def subjects_to_do(cohort: Cohort, skip: set[str], limit: int | None) -> set[str]:
@@ -166,23 +170,51 @@ def write_pass(dataset: ray.data.Dataset, writer: PartWriter, config: AugmentCon
     return result
 
 
-def run_augment(config: AugmentConfig) -> dict[str, Any]:
-    if not config.cohort:
-        raise InputError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
-    config.engine = resolve_auto(config.engine)
-    version = get_prompt(config.prompt).version
-    cohort = Cohort(config.cohort)
-    output = AugmentOutput(config.output)
-    parts = output.parts_dir
-    model = config.engine.model_id
-    done, failed = read_keys(parts, version, model)
-    skip = done if config.retry_failed else done | failed
-    todo = subjects_to_do(cohort, skip, config.limit)
-    n_todo = len(todo)
-    run_id = uuid.uuid4().hex[:10]
-    with run_folder_lock(output.path, "augment"):
-        save_config(config, output.config_path(run_id))
-        atomic_write_json(output.versions_path(run_id), environment_record())
+class AugmentJob(Job[AugmentConfig]):
+    """``fmgnn augment`` through the job recipe (``pipelines.job``). Its folder gathers the answers of every
+    run with these settings: a rerun adds the subjects still to do."""
+
+    command, tracking_name, config_class = "augment", "augment", AugmentConfig
+    # How much is done per run and how the engine is scaled and reached; not what it answers.
+    free_settings = (*RUNTIME_SETTINGS, "output", "retry_failed", "limit", "rows_per_part", "flush_interval_s",
+                     "describe_batch_size", *(f"engine.{key}" for key in ENGINE_RUNTIME_SETTINGS))
+    metrics_file = None  # one summary per run: summary-<run>.json
+
+    def __init__(self, config: AugmentConfig) -> None:
+        super().__init__(config)
+        self.config.engine = resolve_auto(self.config.engine)  # the kind that runs is the one compared on a rerun
+        self.run_id = uuid.uuid4().hex[:10]
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.output)
+
+    def check_inputs(self) -> None:
+        config = self.config
+        if not config.cohort:
+            raise InputError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
+        self.cohort = Cohort(config.cohort)
+        self.done, self.failed = read_keys(AugmentOutput(config.output).parts_dir, get_prompt(config.prompt).version,
+                                           config.engine.model_id)
+        skip = self.done if config.retry_failed else self.done | self.failed
+        self.todo = subjects_to_do(self.cohort, skip, config.limit)
+        if self.todo:
+            preflight(config.engine)  # a wrong URL or model path: one clear error before any worker starts
+
+    def uses_ray(self) -> bool:
+        return bool(self.todo)
+
+    def inputs(self) -> dict[str, Any]:
+        return {"cohort": self.config.cohort}
+
+    def outputs(self) -> list[str]:
+        output = AugmentOutput(self.config.output)
+        return [output.parts_dir.name, output.summary_path(self.run_id).name]
+
+    def run(self, tracking: JobRun) -> dict[str, Any]:
+        config, cohort, todo, done, failed = self.config, self.cohort, self.todo, self.done, self.failed
+        output, run_id = AugmentOutput(config.output), self.run_id
+        version, model, n_todo = get_prompt(config.prompt).version, config.engine.model_id, len(todo)
         log.info("augment %s with %s (%s), prompt %s: %d to do, %d already answered, %d failed before%s",
                  cohort.metadata.name, config.engine.kind, model, version, n_todo, len(done), len(failed),
                  " (retrying them)" if config.retry_failed else " (kept; retry_failed=true redoes them)")
@@ -191,16 +223,13 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
         # In-process engines retry inside their stage; the vLLM processor retries in further passes.
         passes = config.engine.max_attempts if config.engine.kind == "vllm" else 1
         redo = (failed & todo) if config.retry_failed else set()
-        if todo:
-            preflight(config.engine)  # a wrong URL or model path: one clear error before any worker starts
-            start_ray(config.ray)
         for attempt in range(passes):
             if not todo:
                 break
-            writer = PartWriter(parts, f"{run_id}{attempt}")
+            writer = PartWriter(output.parts_dir, f"{run_id}{attempt}")
             dataset = build_dataset(config, cohort, todo, config.engine.sampling.seed + attempt)
             result = write_pass(dataset, writer, config, len(todo), start)
-            removed += drop_replaced_rows(parts, redo, version, model, writer.run_id)
+            removed += drop_replaced_rows(output.parts_dir, redo, version, model, writer.run_id)
             total.written += result.written if attempt == 0 else 0  # later passes replace rows, not add
             total.output_tokens += result.output_tokens
             total.errors = result.errors  # each pass redoes exactly the previous pass's failures
@@ -218,12 +247,14 @@ def run_augment(config: AugmentConfig) -> dict[str, Any]:
             rows = rows.filter(pc.and_(pc.equal(rows["prompt_version"], version), pc.equal(rows["model"], model)))
             # Over every answer of this prompt and model in the folder, this run's and earlier runs'.
             summary["quality"] = cohort_quality(rows, cohort, config.describe)
-        summary_path = output.summary_path(run_id)
-        atomic_write_json(summary_path, summary)
-        write_manifest(output.path, "augment", to_dict(config), {"cohort": config.cohort},
-                       [output.parts_dir.name, summary_path.name], summary_path.name)
+        atomic_write_json(output.summary_path(run_id), summary)
+        tracking.log_metrics({k: v for k, v in summary.items() if k != "quality"})
         log.info("augment done: %s", summary)
         return summary
+
+
+def run_augment(config: AugmentConfig) -> dict[str, Any]:
+    return run_job(AugmentJob(config))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,17 +42,18 @@ from bleg.train_student import AlignmentConfig, StudentTask
 from fmgnn.baselines.logistic import LogisticConfig
 from fmgnn.baselines.train_gcn import load_graphs
 from fmgnn.cohort import Cohort, CohortError
-from fmgnn.config import load_config, save_config, to_dict
+from fmgnn.config import LocalPath, OptionalLocalPath
 from fmgnn.engine import read_result
 from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import majority_rate, summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, cohort_splits, save_splits
 from fmgnn.graphs import GraphConfig
-from fmgnn.io import atomic_write_json, environment_record, run_folder_lock, write_manifest
+from fmgnn.io import atomic_write_json
 from fmgnn.plots import plot_confusion, plot_learning_curves, plot_roc
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.classification import format_table, paired_comparison, run_logistic, run_permutations
-from pipelines.ray_session import RayConfig, start_ray
+from pipelines.job import RUNTIME_SETTINGS, Job, run_job
+from pipelines.ray_session import RayConfig
 from pipelines.trainers import resolve_storage_path, run_stage
 
 log = logging.getLogger("fmgnn.bleg")
@@ -81,10 +82,10 @@ class BLEGJobConfig:
             answers and the teachers included) and report permutation p-values; 0: no permutation test.
     """
 
-    cohort: str = ""
-    run_dir: str = "runs/bleg"
+    cohort: LocalPath = ""
+    run_dir: LocalPath = "runs/bleg"
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    storage_path: str | None = None
+    storage_path: OptionalLocalPath = None
     texts: TextsConfig = field(default_factory=TextsConfig)
     lm: LanguageModelConfig = field(default_factory=lambda: LanguageModelConfig(path=MINILM))
     pooling: Pooling = "last"
@@ -249,23 +250,6 @@ def fold_seed(split: Split) -> int:
     return split.seed * 1000 + split.fold
 
 
-# Settings that may change between runs of one run_dir: they do not change what a finished step computed.
-FREE_SETTINGS = {"variants", "ray", "storage_path", "run_dir", "teacher_batch_size", "tracking", "reference",
-                 "permutations"}
-
-
-def check_same_settings(config: BLEGJobConfig, saved: Path) -> None:
-    """A rerun reuses finished steps, so it must compute what the first run computed."""
-    if not saved.is_file():
-        return
-    before = to_dict(load_config(BLEGJobConfig, saved))
-    now = to_dict(config)
-    changed = sorted(k for k in now if k not in FREE_SETTINGS and now[k] != before.get(k))
-    if changed:
-        raise CohortError(f"{saved.parent}: holds results made with other {', '.join(changed)} settings; "
-                          "use a new run_dir (only variants, ray and storage_path may change on a rerun)")
-
-
 def fold_result(split: Split, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
     keys = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "auc")
     return {"split": split.name, "seed": split.seed, "fold": split.fold, "n_train": len(split.train),
@@ -275,76 +259,91 @@ def fold_result(split: Split, metrics: dict[str, Any], **extra: Any) -> dict[str
             "resumed_at": metrics.get("resumed_at", []), "world_size": metrics.get("world_size", 1), **extra}
 
 
-def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
-    """Run every configured variant on the same folds; returns ``metrics.json``'s content."""
-    if not config.cohort:
-        raise CohortError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
-    cohort = Cohort(config.cohort)  # a bad cohort fails before anything in run_dir is touched
-    run_dir = Path(config.run_dir)
-    with run_folder_lock(run_dir, "train bleg"):
-        check_same_settings(config, run_dir / "config.yaml")
-        save_config(config, run_dir / "config.yaml")
-        atomic_write_json(run_dir / "versions.json", environment_record())
-        started = time.monotonic()
+class BLEGJob(Job[BLEGJobConfig]):
+    """``fmgnn train bleg`` through the job recipe (``pipelines.job``)."""
 
-        splits = cohort_splits(cohort, config.folds)
-        save_splits(splits, cohort, run_dir / "splits.json")
-        descriptions = load_descriptions(config.texts) if config.needs_texts else {}
+    command, tracking_name, config_class = "train bleg", "bleg", BLEGJobConfig
+    # Which variants run, how they are compared and batched for the teacher do not change a finished step.
+    free_settings = (*RUNTIME_SETTINGS, "run_dir", "variants", "teacher_batch_size", "reference", "permutations")
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.run_dir)
+
+    def check_inputs(self) -> None:
+        config = self.config
+        if not config.cohort:
+            raise CohortError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
+        self.cohort = Cohort(config.cohort)
+        self.splits = cohort_splits(self.cohort, config.folds)
+        self.descriptions = load_descriptions(config.texts) if config.needs_texts else {}
         if config.needs_texts:  # fail before any training when a training or validation subject has no text
-            used = sorted({i for s in splits for i in [*s.train, *s.val]})
-            left_out = sorted(set(used) - set(check_coverage(descriptions, cohort.scan_ids(), used, config.texts)))
+            used = sorted({i for s in self.splits for i in [*s.train, *s.val]})
+            ids = self.cohort.scan_ids()
+            left_out = sorted(set(used) - set(check_coverage(self.descriptions, ids, used, config.texts)))
             if left_out:  # out of every variant's training, so the variants stay paired; tests keep them
                 log.warning("texts.drop_missing: %d subject(s) without a valid description are left out of every "
                             "variant's training (test folds keep them: BLEG tests from the graph alone): %s",
-                            len(left_out), ", ".join(str(cohort.scan_ids()[i]) for i in left_out[:20]))
-                splits = [Split(s.seed, s.fold, [i for i in s.train if i not in left_out], s.val, s.test)
-                          for s in splits]
+                            len(left_out), ", ".join(str(ids[i]) for i in left_out[:20]))
+                self.splits = [Split(s.seed, s.fold, [i for i in s.train if i not in left_out], s.val, s.test)
+                               for s in self.splits]
+
+    def uses_ray(self) -> bool:
+        return self.config.ray.num_workers > 0 and set(self.config.variants) != {"logistic"}
+
+    def inputs(self) -> dict[str, Any]:
+        return {"cohort": self.config.cohort, "texts.output": self.config.texts.output, "lm.path": self.config.lm.path}
+
+    def outputs(self) -> list[str]:
+        return ["metrics.json", "splits.json", "config.yaml", *self.config.variants, "folds"]
+
+    def run(self, tracking: JobRun) -> dict[str, Any]:
+        config, cohort, splits, run_dir = self.config, self.cohort, self.splits, self.folder
+        started = time.monotonic()
+        save_splits(splits, cohort, run_dir / "splits.json")
         lm = materialize(config.lm, run_dir / "models") if config.needs_texts else config.lm
         if config.needs_texts:
             lm = LanguageModelConfig(**{**lm.__dict__, "kind": model_kind(lm)})
         log.info("cohort %s: %d subjects, %d splits; variants %s; LM %s", cohort.metadata.name, len(cohort),
                  len(splits), config.variants, config.lm.path)
+        timings: dict[str, float] = {}
+        if "logistic" in config.variants:
+            start = time.monotonic()
+            (run_dir / "logistic").mkdir(exist_ok=True)
+            run_logistic(cohort, splits, config.logistic, run_dir / "logistic")
+            timings["logistic"] = round(time.monotonic() - start, 1)
+        for variant in config.variants:
+            (run_dir / variant).mkdir(exist_ok=True)
+        FoldRunner(config, cohort, lm, self.descriptions, resolve_storage_path(config.storage_path, run_dir),
+                   run_dir, tracking).run(splits)
 
-        with JobRun(config.tracking, run_dir, "bleg", to_dict(config)) as tracking:
-            timings: dict[str, float] = {}
-            if "logistic" in config.variants:
-                start = time.monotonic()
-                (run_dir / "logistic").mkdir(exist_ok=True)
-                run_logistic(cohort, splits, config.logistic, run_dir / "logistic")
-                timings["logistic"] = round(time.monotonic() - start, 1)
-            if config.ray.num_workers > 0:  # 0: every stage in this process, no Ray
-                start_ray(config.ray)
-            for variant in config.variants:
-                (run_dir / variant).mkdir(exist_ok=True)
-            FoldRunner(config, cohort, lm, descriptions, resolve_storage_path(config.storage_path, run_dir),
-                       run_dir, tracking).run(splits)
-
-            results = collect(run_dir, config.variants, splits)
-            summary = {"cohort": cohort.summary(), "chance": majority_rate(cohort.labels(), splits),
-                       "lm": config.lm.path, "texts": config.texts.output,
-                       "wall_time_s": round(time.monotonic() - started, 1), "models": {}}
-            for variant, folds in results.items():
-                seconds = timings.get(variant, sum(f.get("seconds", 0) for f in folds))
-                summary["models"][variant] = {"summary": summarize([f["metrics"] for f in folds]),
-                                              "fold_seconds": seconds}
-            summary["paired"] = paired_comparison(results, splits, config.reference)
-            if config.permutations:
-                summary["permutation"] = run_permutations(config, run_bleg, cohort, run_dir, summary,
-                                                          config.permutations, tracking.for_child())
-            atomic_write_json(run_dir / "metrics.json", summary)
-            write_manifest(run_dir, "train bleg", to_dict(config),
-                           {"cohort": config.cohort, "texts.output": config.texts.output, "lm.path": config.lm.path},
-                           ["metrics.json", "splits.json", "config.yaml", *config.variants, "folds"], "metrics.json")
-            plots = run_dir / "plots"
-            plots.mkdir(exist_ok=True)
-            plot_roc(results, plots / "roc.png")
-            plot_learning_curves({k: v for k, v in results.items() if k != "logistic"}, plots / "learning_curves.png")
-            plot_confusion(results, cohort.metadata.label_names, plots / "confusion.png")
-            tracking.log_metrics({m: r["summary"] for m, r in summary["models"].items()})
-            tracking.log_artifacts(run_dir, recursive=False)
+        results = collect(run_dir, config.variants, splits)
+        summary = {"cohort": cohort.summary(), "chance": majority_rate(cohort.labels(), splits),
+                   "lm": config.lm.path, "texts": config.texts.output,
+                   "wall_time_s": round(time.monotonic() - started, 1), "models": {}}
+        for variant, folds in results.items():
+            seconds = timings.get(variant, sum(f.get("seconds", 0) for f in folds))
+            summary["models"][variant] = {"summary": summarize([f["metrics"] for f in folds]),
+                                          "fold_seconds": seconds}
+        summary["paired"] = paired_comparison(results, splits, config.reference)
+        if config.permutations:
+            summary["permutation"] = run_permutations(config, run_bleg, cohort, run_dir, summary,
+                                                      config.permutations, tracking.for_child())
+        atomic_write_json(run_dir / "metrics.json", summary)
+        plots = run_dir / "plots"
+        plots.mkdir(exist_ok=True)
+        plot_roc(results, plots / "roc.png")
+        plot_learning_curves({k: v for k, v in results.items() if k != "logistic"}, plots / "learning_curves.png")
+        plot_confusion(results, cohort.metadata.label_names, plots / "confusion.png")
+        tracking.log_metrics({m: r["summary"] for m, r in summary["models"].items()})
         print(format_table({m: r["summary"] for m, r in summary["models"].items()}, summary["paired"],
                            summary.get("permutation"), summary["chance"]))
         return summary
+
+
+def run_bleg(config: BLEGJobConfig) -> dict[str, Any]:
+    """Run every configured variant on the same folds; returns ``metrics.json``'s content."""
+    return run_job(BLEGJob(config))
 
 
 def collect(run_dir: Path, variants: list[str], splits: list[Split]) -> dict[str, list[dict[str, Any]]]:

@@ -15,11 +15,11 @@ from typing import Any
 from fmgnn.config import load_config
 from pipelines.errors import exit_on_input_error
 
-Job = tuple[type, Callable[[Any], Any]]  # the job's config class and the function that runs it
+Entry = tuple[type, Callable[[Any], Any]]  # the job's config class and the function that runs it
 
 
-def job_main(command: str, doc: str, argv: list[str] | None, job: Job | None = None,
-             kinds: dict[str, Callable[[], Job]] | None = None, default_config: str | None = None) -> int:
+def job_main(command: str, doc: str, argv: list[str] | None, job: Entry | None = None,
+             kinds: dict[str, Callable[[], Entry]] | None = None, default_config: str | None = None) -> int:
     """Parse ``argv``, load the config, run the job. ``kinds``: jobs chosen by a first word (``train bleg``),
     each imported only when chosen; ``default_config``: the YAML file used when ``--config`` is not given."""
     parser = argparse.ArgumentParser(prog=f"fmgnn {command}", description=doc.strip().split("\n")[0])

@@ -50,16 +50,17 @@ from fimp.train_reconstruction import (
 )
 from fimp.weights import load_foundation_weights
 from fmgnn.cohort import Cohort, CohortError
-from fmgnn.config import save_config, to_dict
+from fmgnn.config import LocalPath, OptionalLocalPath, OptionalModelPath
 from fmgnn.engine import RESULT_FILE, TrainTask, World, is_done, read_result
 from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import mean_std
 from fmgnn.evaluation.paired import best_of, format_relative, from_dict, paired_difference, relative_r2, split_ratio
-from fmgnn.io import atomic_dir, atomic_write_json, environment_record, run_folder_lock, write_manifest
+from fmgnn.io import atomic_dir, atomic_write_json
 from fmgnn.plots import plot_reconstruction_examples
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic, reconstruction_ceiling
 from fmgnn.tracking import JobRun, TrackingConfig
-from pipelines.ray_session import RayConfig, start_ray
+from pipelines.job import RUNTIME_SETTINGS, Job, run_job
+from pipelines.ray_session import RayConfig
 from pipelines.trainers import resolve_storage_path, run_stage
 
 log = logging.getLogger("fmgnn.fimp")
@@ -96,14 +97,14 @@ class FIMPJobConfig:
     """
 
     task: str = "fmri"
-    cohort: str = ""
+    cohort: LocalPath = ""
     # FIMP's own synthetic cohort is smoother and less noisy than the classification sample's (whose
     # reconstruction ceiling is R^2 0.28): ceiling 0.55, most of it shared within networks.
     synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(
         n_subjects=60, n_timepoints=200, ar_coefficient=0.9, noise_scale=0.5))
-    run_dir: str = "runs/fimp_fmri"
+    run_dir: LocalPath = "runs/fimp_fmri"
     models: list[str] = field(default_factory=list)
-    pretrained: str | None = None
+    pretrained: OptionalModelPath = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -113,7 +114,7 @@ class FIMPJobConfig:
     images: ImageTaskConfig = field(default_factory=ImageTaskConfig)
     model: ReconstructionConfig = field(default_factory=ReconstructionConfig)
     optim: ReconstructionTrainConfig = field(default_factory=ReconstructionTrainConfig)
-    storage_path: str | None = None
+    storage_path: OptionalLocalPath = None
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -242,7 +243,8 @@ def check_series_length(cohort: Cohort, fmri: FMRITaskConfig) -> None:
                     fmri.window, fmri.n_windows, 100 * needed / lengths.max())
 
 
-def load_task(config: FIMPJobConfig, run_dir: Path, seed: int) -> TaskData:
+def load_task(config: FIMPJobConfig, cohort_path: Path, seed: int) -> TaskData:
+    """One seed's data; ``cohort_path``: the fmri task's cohort."""
     if config.task == "genes":
         task = load_spatial(config.genes)
     elif config.task == "recording":
@@ -250,9 +252,6 @@ def load_task(config: FIMPJobConfig, run_dir: Path, seed: int) -> TaskData:
     elif config.task == "images":
         task = load_images(config.images, seed)  # the graph depends on the seed's hidden patches
     else:
-        cohort_path = Path(config.cohort) if config.cohort else run_dir / "synthetic.parquet"
-        if not config.cohort and not cohort_path.is_file():
-            ingest_synthetic(cohort_path, config.synthetic)
         cohort = Cohort(cohort_path)
         if cohort.timeseries(0) is None:
             raise CohortError(f"{cohort_path}: FC only; fMRI reconstruction needs time series")
@@ -279,52 +278,82 @@ def score_without_training(task: TokenReconstructionTask) -> None:
         (directory / RESULT_FILE).write_text(json.dumps(final))
 
 
-def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
-    run_dir = Path(config.run_dir)
-    record = FIMPRun(run_dir)
-    with run_folder_lock(run_dir, "train fimp"):
-        # Bad input fails before any write.
-        tasks_data = {seed: load_task(config, run_dir, seed) for seed in config.seeds}
-        first = next(iter(tasks_data.values()))
-        check_pretrained(config, first.n_tokens, first.token_values)
-        save_config(config, run_dir / "config.yaml")
-        atomic_write_json(run_dir / "versions.json", environment_record())
-        if config.ray.num_workers > 0:  # 0: in this process, no Ray
-            start_ray(config.ray)
-        storage_path = resolve_storage_path(config.storage_path, run_dir)
-        started = time.monotonic()
+class FIMPJob(Job[FIMPJobConfig]):
+    """``fmgnn train fimp`` through the job recipe (``pipelines.job``)."""
+
+    command, tracking_name, config_class = "train fimp", "fimp", FIMPJobConfig
+    # Adding models (or trivial rows) to a run does not change a finished (model, seed) pair.
+    free_settings = (*RUNTIME_SETTINGS, "run_dir", "models")
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.run_dir)
+
+    def cohort_path(self) -> Path:
+        """The fmri task's cohort: the user's, or the built-in one, which the run writes into its folder."""
+        return Path(self.config.cohort) if self.config.cohort else self.folder / "synthetic.parquet"
+
+    def load(self) -> dict[int, TaskData]:
+        return {seed: load_task(self.config, self.cohort_path(), seed) for seed in self.config.seeds}
+
+    def check_inputs(self) -> None:
+        config = self.config
+        # The built-in cohort is written by the run (nothing is written before the recipe's lock).
+        self.tasks_data = self.load() if config.task != "fmri" or self.cohort_path().is_file() else None
+        if self.tasks_data is None:
+            check_pretrained(config, config.fmri.n_windows, config.fmri.window)
+        else:
+            first = next(iter(self.tasks_data.values()))
+            check_pretrained(config, first.n_tokens, first.token_values)
+
+    def inputs(self) -> dict[str, Any]:
+        config = self.config
+        return {"cohort": str(self.cohort_path()) if config.task == "fmri" else None,
+                "pretrained": config.pretrained, "genes.path": config.genes.path if config.task == "genes" else None,
+                "recording.path": config.recording.path if config.task == "recording" else None}
+
+    def outputs(self) -> list[str]:
+        return ["metrics.json", "config.yaml", "plots", *self.config.models]
+
+    def task(self, model_name: str, seed: int) -> TrainTask:
+        """The training task of one model on one seed's split and masks."""
+        config, data, record = self.config, self.tasks_data[seed], FIMPRun(self.folder)
+        train, val, test = data.split(seed, config.val_fraction, config.test_fraction)
+        kind = "fimp" if model_name.startswith("fimp") else model_name
+        # model.finetune is how pretrained foundation layers train; every other model trains all its weights.
+        finetune = config.model.finetune if model_name == "fimp_pretrained" else "full"
+        model_config = ReconstructionConfig(**{**config.model.__dict__, "kind": kind, "n_tokens": data.n_tokens,
+                                               "token_values": data.token_values, "finetune": finetune})
+        init = None
+        if model_name == "fimp_pretrained":
+            init = (from_foundation_baseline(record.model_dir("foundation", seed) / "model.pt", model_config)
+                    if config.pretrained == FROM_FOUNDATION else pretrained_state(config, model_config))
+        name, output = f"{model_name}-seed{seed}", record.model_dir(model_name, seed)
         mask_ratio = {"fmri": config.fmri.mask_ratio, "recording": config.recording.mask_ratio,
                       "genes": config.genes.mask_ratio, "images": config.images.mask_ratio}[config.task]
+        if data.nodes is not None:
+            return NodeReconstructionTask(name, NodeReconstructionSpec(
+                data.nodes, train, val, test, mask_ratio, model_config, config.optim, init, seed), output)
+        return ReconstructionTask(name, ReconstructionSpec(
+            str(data.cohort_path), train, val, test, config.fmri, model_config, config.optim, init, seed), output)
 
-        def task(model_name: str, seed: int) -> TrainTask:
-            data = tasks_data[seed]
-            train, val, test = data.split(seed, config.val_fraction, config.test_fraction)
-            kind = "fimp" if model_name.startswith("fimp") else model_name
-            # model.finetune is how pretrained foundation layers train; every other model trains all its weights.
-            finetune = config.model.finetune if model_name == "fimp_pretrained" else "full"
-            model_config = ReconstructionConfig(**{**config.model.__dict__, "kind": kind, "n_tokens": data.n_tokens,
-                                                   "token_values": data.token_values, "finetune": finetune})
-            init = None
-            if model_name == "fimp_pretrained":
-                init = (from_foundation_baseline(record.model_dir("foundation", seed) / "model.pt", model_config)
-                        if config.pretrained == FROM_FOUNDATION else pretrained_state(config, model_config))
-            name, output = f"{model_name}-seed{seed}", record.model_dir(model_name, seed)
-            if data.nodes is not None:
-                return NodeReconstructionTask(name, NodeReconstructionSpec(
-                    data.nodes, train, val, test, mask_ratio, model_config, config.optim, init, seed), output)
-            return ReconstructionTask(name, ReconstructionSpec(
-                str(data.cohort_path), train, val, test, config.fmri, model_config, config.optim, init, seed), output)
-
+    def run(self, tracking: JobRun) -> dict[str, Any]:
+        config, run_dir, record = self.config, self.folder, FIMPRun(self.folder)
+        if self.tasks_data is None:
+            ingest_synthetic(self.cohort_path(), config.synthetic)
+            self.tasks_data = self.load()
+        storage_path = resolve_storage_path(config.storage_path, run_dir)
+        started = time.monotonic()
         tracked: list[TrainTask] = []
         # With pretrained=foundation, FIMP-pretrained starts from its seed's foundation baseline: a second stage.
         later = ["fimp_pretrained"] if config.pretrained == FROM_FOUNDATION else []
         for name in [m for m in config.models if m in TRIVIAL_KINDS]:
             for seed in config.seeds:
-                score_without_training(task(name, seed))
+                score_without_training(self.task(name, seed))
         trained = [m for m in config.models if m not in TRIVIAL_KINDS]
         for stage, names in (("fimp", [m for m in trained if m not in later]),
                              ("fimp_from_foundation", [m for m in trained if m in later])):
-            stage_tasks = [task(name, seed) for seed in config.seeds for name in names]
+            stage_tasks = [self.task(name, seed) for seed in config.seeds for name in names]
             if stage_tasks:
                 run_stage(stage_tasks, stage, config.ray, storage_path)
                 tracked.extend(stage_tasks)
@@ -333,7 +362,7 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
                 if record.seed_result_path(name, seed).is_file():  # recorded by an earlier run
                     continue
                 metrics = read_result(record.model_dir(name, seed))
-                train, _, test = tasks_data[seed].split(seed, config.val_fraction, config.test_fraction)
+                train, _, test = self.tasks_data[seed].split(seed, config.val_fraction, config.test_fraction)
                 result = {"model": name, "seed": seed, "mse": metrics["test_mse"], "r2": metrics["test_r2"],
                           "best_epoch": metrics["best_epoch"], "history": metrics["history"],
                           "seconds": metrics["seconds"], "n_parameters": metrics.get("n_parameters"),
@@ -345,18 +374,15 @@ def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
         if config.task == "fmri" and not config.cohort:
             summary["r2_ceiling"] = round(reconstruction_ceiling(config.synthetic), 4)
         atomic_write_json(record.metrics_path(), summary)
-        write_manifest(run_dir, "train fimp", to_dict(config),
-                       {"cohort": str(first.cohort_path) if first.cohort_path else None, "pretrained": config.pretrained,
-                        "genes.path": config.genes.path if config.task == "genes" else None,
-                        "recording.path": config.recording.path if config.task == "recording" else None},
-                       ["metrics.json", "config.yaml", "plots", *config.models], "metrics.json")
         plot_reconstructions(run_dir, config)
-        with JobRun(config.tracking, run_dir, "fimp", to_dict(config)) as tracking:
-            tracking.log_tasks(tracked)
-            tracking.log_metrics(summary["models"])
-            tracking.log_artifacts(run_dir, recursive=False)
+        tracking.log_tasks(tracked)
+        tracking.log_metrics(summary["models"])
         print(format_table(summary))
         return summary
+
+
+def run_fimp(config: FIMPJobConfig) -> dict[str, Any]:
+    return run_job(FIMPJob(config))
 
 
 def summarize_runs(run_dir: Path, config: FIMPJobConfig) -> dict[str, Any]:

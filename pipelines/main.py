@@ -22,7 +22,6 @@ trained folds, finished trials) and continues what it did not. ``summary.json`` 
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -34,20 +33,21 @@ import numpy as np
 import torch
 
 from fmgnn.cohort import Cohort, CohortError
-from fmgnn.config import save_config, to_dict
+from fmgnn.config import LocalPath, OptionalLocalPath, resolve_paths
 from fmgnn.errors import InputError
 from fmgnn.graphs import GraphConfig, edge_mask
-from fmgnn.io import atomic_write_json, environment_record, run_folder_lock, write_manifest
+from fmgnn.io import atomic_write_json
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
-from pipelines.augment import AugmentConfig, run_augment
-from pipelines.bleg import BLEGJobConfig, run_bleg
+from pipelines.augment import AugmentConfig, AugmentJob, run_augment
+from pipelines.bleg import BLEGJob, BLEGJobConfig, run_bleg
 from pipelines.command import job_main
-from pipelines.fimp import FIMPJobConfig, run_fimp
-from pipelines.pretrain import PretrainConfig, run_pretrain
-from pipelines.ray_session import RayConfig, start_ray
+from pipelines.fimp import FIMPJob, FIMPJobConfig, run_fimp
+from pipelines.pretrain import PretrainConfig, PretrainJob, run_pretrain
+from pipelines.job import RUNTIME_SETTINGS, Job, run_job
+from pipelines.ray_session import RayConfig
 from pipelines.report import write_report
-from pipelines.tune import TuneJobConfig, run_sweep
+from pipelines.tune import SweepJob, TuneJobConfig, run_sweep
 
 log = logging.getLogger("fmgnn.main")
 
@@ -67,8 +67,8 @@ class MainJobConfig:
         ray: The Ray instance all stages share (the embedded default unless an address is given).
     """
 
-    out_dir: str = "runs/main"
-    cohort: str | None = None
+    out_dir: LocalPath = "runs/main"
+    cohort: OptionalLocalPath = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -122,7 +122,7 @@ def chain_stages(config: MainJobConfig, cohort_path: Path) -> None:
     if "fimp_pretrained" in config.fimp.models:
         # Not refused: FIMPJobConfig needs a value to accept fimp_pretrained, so configs/main.yaml holds one.
         config.fimp.pretrained = str(out / "foundation")
-    defaults = MainJobConfig()
+    defaults = resolve_paths(MainJobConfig())  # compared with resolved settings
     for key, (value, why) in chained.items():
         current, default = dotted_get(config, key), dotted_get(defaults, key)
         if current != default and current != value:
@@ -184,63 +184,97 @@ def check_cohort(cohort: Cohort, config: MainJobConfig) -> None:
                           f"smallest class has subjects ({label_counts})")
 
 
-def run_main(config: MainJobConfig) -> dict[str, Any]:
-    out_dir = Path(config.out_dir)
-    # A setting the chain would overwrite is refused before anything is written.
-    chain_stages(copy.deepcopy(config), Path(config.cohort) if config.cohort else out_dir / "cohort.parquet")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stages = [s for s in STAGES if s in config.stages or s in ("ingest", "report")]
-    timings: dict[str, float] = {}
-    summary: dict[str, Any] = {"stages": stages}
+# Each stage's job, by the name of its section in MainJobConfig: what is free to change on a rerun of a
+# stage is free in the main job too.
+STAGE_JOBS: dict[str, type[Job]] = {"augment": AugmentJob, "bleg": BLEGJob, "tune": SweepJob, "pretrain": PretrainJob,
+                                    "fimp": FIMPJob}
 
-    def stage(name: str, run: Callable[[], Any]) -> Any:
-        if name not in stages:
-            return None
-        log.info("[%d/%d] %s ...", stages.index(name) + 1, len(stages), name)
-        start = time.monotonic()
-        result = run()
-        timings[f"{name}_s"] = round(time.monotonic() - start, 1)
-        log.info("[%d/%d] %s done in %.0f s", stages.index(name) + 1, len(stages), name, timings[f"{name}_s"])
-        return result
 
-    def ingest() -> Cohort:
-        path = Path(config.cohort) if config.cohort else sample_cohort(config.synthetic, out_dir / "cohort.parquet")
-        cohort = Cohort(path)
-        check_cohort(cohort, config)
-        summary["cohort"] = cohort.summary()
-        summary["graphs"] = graph_summary(cohort, config.bleg.graph)
-        atomic_write_json(out_dir / "graphs.json", summary["graphs"])
-        log.info("cohort %s: %s; graphs with mean degree %.1f", path, summary["cohort"]["label_counts"],
-                 summary["graphs"]["mean_degree"])
-        return cohort
+class MainJob(Job[MainJobConfig]):
+    """``fmgnn run`` through the job recipe (``pipelines.job``): every stage is a job of its own, run through
+    the same recipe in its folder under ``out_dir``."""
 
-    cohort = stage("ingest", ingest)  # a bad cohort fails here, before anything in out_dir is rewritten
-    with run_folder_lock(out_dir, "run"):
-        chain_stages(config, cohort.path)
-        save_config(config, out_dir / "config.yaml")  # as run, with the chained paths
-        atomic_write_json(out_dir / "versions.json", environment_record())
-        start_ray(config.ray)  # one instance for every stage (the stages' own start_ray then joins it)
-        with JobRun(config.tracking, out_dir, "main", to_dict(config)) as tracking:
-            # Every stage's run nests under this one, in the same store.
-            for job in (config.bleg, config.tune, config.pretrain, config.fimp):
-                job.tracking = tracking.for_child()
-            summary["augment"] = stage("augment", lambda: run_augment(config.augment))
-            summary["bleg"] = stage("bleg", lambda: run_bleg(config.bleg))
-            summary["tune"] = stage("tune", lambda: run_sweep(config.tune))
-            summary["pretrain"] = stage("pretrain", lambda: run_pretrain(config.pretrain))
-            summary["fimp"] = stage("fimp", lambda: run_fimp(config.fimp))
-            summary["timings_s"] = timings
-            atomic_write_json(out_dir / "summary.json", summary)
-            stage("report", lambda: write_report(out_dir))
-            summary["total_s"] = round(sum(timings.values()), 1)
-            atomic_write_json(out_dir / "summary.json", summary)
-            write_manifest(out_dir, "run", to_dict(config), {"cohort": str(cohort.path)},
-                           ["summary.json", "report.html", "augment", "bleg", "tune", "foundation", "fimp"],
-                           "summary.json")
-            tracking.log_metrics(timings)
-            tracking.log_artifacts(out_dir, recursive=False)
+    command, tracking_name, config_class = "run", "main", MainJobConfig
+    free_settings = (*RUNTIME_SETTINGS, "out_dir", "stages",
+                     *(f"{stage}.{key}" for stage, job in STAGE_JOBS.items() for key in job.free_settings))
+    metrics_file = "summary.json"
+
+    def __init__(self, config: MainJobConfig) -> None:
+        super().__init__(config)
+        # A setting the chain would overwrite is refused here, before anything is written; the chained
+        # config is what config.yaml holds and what a rerun is compared with.
+        chain_stages(self.config, self.cohort_path())
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.out_dir)
+
+    def cohort_path(self) -> Path:
+        return Path(self.config.cohort) if self.config.cohort else self.folder / "cohort.parquet"
+
+    def check_inputs(self) -> None:
+        if self.config.cohort:  # a bad cohort fails here, before anything in out_dir is rewritten
+            check_cohort(Cohort(self.config.cohort), self.config)
+
+    def uses_ray(self) -> bool:
+        return True  # one instance for every stage (the stages' own recipes then join it)
+
+    def inputs(self) -> dict[str, Any]:
+        return {"cohort": str(self.cohort_path())}
+
+    def outputs(self) -> list[str]:
+        return ["summary.json", "report.html", "augment", "bleg", "tune", "foundation", "fimp"]
+
+    def run(self, tracking: JobRun) -> dict[str, Any]:
+        config, out_dir = self.config, self.folder
+        stages = [s for s in STAGES if s in config.stages or s in ("ingest", "report")]
+        timings: dict[str, float] = {}
+        summary: dict[str, Any] = {"stages": stages}
+
+        def stage(name: str, run: Callable[[], Any]) -> Any:
+            if name not in stages:
+                return None
+            log.info("[%d/%d] %s ...", stages.index(name) + 1, len(stages), name)
+            start = time.monotonic()
+            result = run()
+            timings[f"{name}_s"] = round(time.monotonic() - start, 1)
+            log.info("[%d/%d] %s done in %.0f s", stages.index(name) + 1, len(stages), name, timings[f"{name}_s"])
+            return result
+
+        def ingest() -> Cohort:
+            path = self.cohort_path()
+            if not config.cohort:
+                sample_cohort(config.synthetic, path)
+            cohort = Cohort(path)
+            check_cohort(cohort, config)
+            summary["cohort"] = cohort.summary()
+            summary["graphs"] = graph_summary(cohort, config.bleg.graph)
+            atomic_write_json(out_dir / "graphs.json", summary["graphs"])
+            log.info("cohort %s: %s; graphs with mean degree %.1f", path, summary["cohort"]["label_counts"],
+                     summary["graphs"]["mean_degree"])
+            return cohort
+
+        stage("ingest", ingest)
+        # Every stage's run nests under this one, in the same store.
+        for job in (config.augment, config.bleg, config.tune, config.pretrain, config.fimp):
+            job.tracking = tracking.for_child()
+        summary["augment"] = stage("augment", lambda: run_augment(config.augment))
+        summary["bleg"] = stage("bleg", lambda: run_bleg(config.bleg))
+        summary["tune"] = stage("tune", lambda: run_sweep(config.tune))
+        summary["pretrain"] = stage("pretrain", lambda: run_pretrain(config.pretrain))
+        summary["fimp"] = stage("fimp", lambda: run_fimp(config.fimp))
+        summary["timings_s"] = timings
+        atomic_write_json(out_dir / "summary.json", summary)
+        stage("report", lambda: write_report(out_dir))
+        summary["total_s"] = round(sum(timings.values()), 1)
+        atomic_write_json(out_dir / "summary.json", summary)
+        tracking.log_metrics(timings)
         log.info("main job done in %.0f s; report: %s", summary["total_s"], out_dir / "report.html")
         return summary
+
+
+def run_main(config: MainJobConfig) -> dict[str, Any]:
+    return run_job(MainJob(config))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from bleg.run_record import BLEGRun
 from bleg.train_student import GRAPH_CONFIG_NAME
 from fmgnn.baselines.train_gcn import predict
 from fmgnn.cohort import Cohort, CohortError
-from fmgnn.config import config_from_dict
+from fmgnn.config import LocalPath, OptionalLocalPath, config_from_dict
 from fmgnn.evaluation.metrics import classification_metrics
 from fmgnn.graphs import GraphConfig, build_graphs
 from fmgnn.io import atomic_path, atomic_write_json, environment_record
@@ -46,11 +46,11 @@ class PredictConfig:
         batch_size: Graphs per forward pass.
     """
 
-    cohort: str = ""
-    model: str | None = None
-    run_dir: str | None = None
+    cohort: LocalPath = ""
+    model: OptionalLocalPath = None
+    run_dir: OptionalLocalPath = None
     variant: str = "bleg"
-    output: str = "predictions.parquet"
+    output: LocalPath = "predictions.parquet"
     batch_size: int = 64
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,15 @@ from fimp.tasks.fmri import FMRITaskConfig
 from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTask, ReconstructionTrainConfig
 from fimp.weights import load_foundation_weights
 from fmgnn.cohort import Cohort
-from fmgnn.config import load_config, save_config, to_dict
+from fmgnn.config import LocalPath, OptionalLocalPath, OptionalModelPath, to_dict
 from fmgnn.engine import read_result
-from fmgnn.io import atomic_dir, atomic_write_json, environment_record, run_folder_lock, write_manifest
+from fmgnn.io import atomic_dir, atomic_write_json
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.command import job_main
 from pipelines.fimp import check_series_length, split_scans
-from pipelines.ray_session import RayConfig, start_ray
+from pipelines.job import Job, run_job
+from pipelines.ray_session import RayConfig
 from pipelines.trainers import resolve_storage_path, run_stage
 
 log = logging.getLogger("fmgnn.pretrain")
@@ -59,17 +59,17 @@ class PretrainConfig:
         storage_path: Checkpoints (local or s3://, gs://); None: ``<output>.ray_results``.
     """
 
-    cohort: str = ""
+    cohort: LocalPath = ""
     synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(n_subjects=200, n_timepoints=200))
-    output: str = "models/brain-fm"
-    init: str | None = None
+    output: LocalPath = "models/brain-fm"
+    init: OptionalModelPath = None
     name: str = "pretrain"
     val_fraction: float = 0.1
     seed: int = 0
     fmri: FMRITaskConfig = field(default_factory=FMRITaskConfig)
     foundation: FoundationConfig = field(default_factory=FoundationConfig)
     optim: ReconstructionTrainConfig = field(default_factory=ReconstructionTrainConfig)
-    storage_path: str | None = None
+    storage_path: OptionalLocalPath = None
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -92,59 +92,69 @@ def model_settings(config: PretrainConfig) -> dict[str, Any]:
     return {k: v for k, v in to_dict(config).items() if k not in ("tracking", "ray", "storage_path")}
 
 
-def same_model(a: PretrainConfig, b: PretrainConfig) -> bool:
-    return model_settings(a) == model_settings(b)
+class PretrainJob(Job[PretrainConfig]):
+    """``fmgnn pretrain`` through the job recipe (``pipelines.job``); its folder is the run record beside the
+    model folder (``PretrainRun``), so that ``output`` holds the model only."""
 
+    command, tracking_name, config_class = "pretrain", "pretrain", PretrainConfig
 
-def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
-    run = PretrainRun(config.output)
-    output, work = run.model_dir, run.path
-    if run.finished() and same_model(load_config(PretrainConfig, run.config_path()), config):
-        log.info("%s: already pretrained with this config", output)
-        return run.metrics()
-    with run_folder_lock(work, "pretrain"):
-        cohort_path = Path(config.cohort) if config.cohort else work / "synthetic.parquet"
+    @property
+    def folder(self) -> Path:
+        return PretrainRun(self.config.output).path
+
+    def check_inputs(self) -> None:
+        if self.config.cohort:  # the built-in cohort is written by the run itself
+            check_series_length(Cohort(self.config.cohort), self.config.fmri)
+
+    def inputs(self) -> dict[str, Any]:
+        return {"cohort": self.cohort_path(), "init": self.config.init}
+
+    def outputs(self) -> list[str]:
+        return [PretrainRun(self.config.output).metrics_path().name, self.config.output]
+
+    def cohort_path(self) -> Path:
+        return Path(self.config.cohort) if self.config.cohort else self.folder / "synthetic.parquet"
+
+    def run(self, tracking: JobRun) -> dict[str, Any]:
+        config, record = self.config, PretrainRun(self.config.output)
+        if record.finished():  # the recipe has checked that it was made with these settings
+            log.info("%s: already pretrained with this config", record.model_dir)
+            return record.metrics()
+        cohort_path = self.cohort_path()
         if not config.cohort and not cohort_path.is_file():
             ingest_synthetic(cohort_path, config.synthetic)
-        cohort = Cohort(cohort_path)  # a bad cohort fails before the run's records are rewritten
+        cohort = Cohort(cohort_path)
         check_series_length(cohort, config.fmri)
-        earlier = run.config_path()
-        if earlier.is_file() and not same_model(load_config(PretrainConfig, earlier), config):
-            shutil.rmtree(work / "trained", ignore_errors=True)  # another config: its model is not this one
-        save_config(config, run.config_path())
-        atomic_write_json(work / "versions.json", environment_record())
         train, val, _ = split_scans(cohort.subject_ids(), config.seed, config.val_fraction, 0.0)
         model_config = ReconstructionConfig(kind="foundation", n_tokens=config.fmri.n_windows,
                                             token_values=config.fmri.window, foundation=config.foundation)
         # Pretraining has no test scans: the held-out validation scans are also what is reported.
-        spec = ReconstructionSpec(str(cohort_path.resolve()), train, val, val, config.fmri, model_config, config.optim,
+        spec = ReconstructionSpec(str(cohort_path), train, val, val, config.fmri, model_config, config.optim,
                                   initial_state(config, model_config), config.seed)
-        # The config's hash in the run name: a checkpoint of another config is never resumed.
+        # The settings' hash in the run name: a checkpoint of other settings is never resumed.
         digest = hashlib.sha256(json.dumps(model_settings(config), sort_keys=True).encode()).hexdigest()[:8]
-        task = ReconstructionTask(f"{config.name}-{digest}", spec, output=work / "trained")
-        if config.ray.num_workers > 0:  # 0: in this process, no Ray
-            start_ray(config.ray)
-        run_stage([task], task.name, config.ray, resolve_storage_path(config.storage_path, work))
+        task = ReconstructionTask(f"{config.name}-{digest}", spec, output=self.folder / "trained")
+        run_stage([task], task.name, config.ray, resolve_storage_path(config.storage_path, self.folder))
         metrics = read_result(task.output)
         model = TokenModel(model_config)
         model.load_state_dict(torch.load(task.output / "model.pt"))
-        with atomic_dir(output) as tmp:
+        with atomic_dir(record.model_dir) as tmp:
             save_foundation(model, tmp)
             (tmp / "fmgnn_pretrain.json").write_text(json.dumps({
                 "cohort": str(cohort_path), "fmri": config.fmri.__dict__, "init": config.init,
                 "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
                 "best_epoch": metrics["best_epoch"]}, indent=2))
-        summary = {"output": str(output), "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
+        summary = {"output": str(record.model_dir), "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
                    "epochs": len(metrics["history"]), "history": metrics["history"]}
-        atomic_write_json(run.metrics_path(), summary)
-        write_manifest(work, "pretrain", to_dict(config), {"cohort": cohort_path, "init": config.init},
-                       [run.metrics_path().name, str(output)], run.metrics_path().name)
-        with JobRun(config.tracking, work, "pretrain", to_dict(config)) as tracking:
-            tracking.log_tasks([task])
-            tracking.log_artifacts(work, recursive=False)
-        log.info("pretrained foundation model -> %s (held-out masked-window MSE %.4f, R^2 %.3f)", output,
+        atomic_write_json(record.metrics_path(), summary)
+        tracking.log_tasks([task])
+        log.info("pretrained foundation model -> %s (held-out masked-window MSE %.4f, R^2 %.3f)", record.model_dir,
                  summary["val_mse"], summary["val_r2"])
         return summary
+
+
+def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
+    return run_job(PretrainJob(config))
 
 
 def main(argv: list[str] | None = None) -> int:

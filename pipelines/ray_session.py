@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import ray
 
+from fmgnn.config import OptionalLocalPath
+
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +50,7 @@ class RayConfig:
     max_concurrent_runs: int = 2
     train_poll_interval_s: float = 0.1
     train_log_level: str = "WARNING"
-    temp_dir: str | None = None
+    temp_dir: OptionalLocalPath = None
 
 
 def job_env_vars(config: RayConfig) -> dict[str, str]:

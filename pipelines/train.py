@@ -24,17 +24,18 @@ from fmgnn.baselines.gcn import GCNConfig
 from fmgnn.baselines.logistic import LogisticConfig
 from fmgnn.baselines.train_gcn import GCNTask
 from fmgnn.cohort import Cohort
-from fmgnn.config import save_config, to_dict
+from fmgnn.config import LocalPath, OptionalLocalPath
 from fmgnn.engine import is_done, read_result
 from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import majority_rate, mean_std, summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, cohort_splits, save_splits
 from fmgnn.graphs import GraphConfig
-from fmgnn.io import atomic_write_json, environment_record, run_folder_lock, write_manifest
+from fmgnn.io import atomic_write_json
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.classification import fold_result, format_table, paired_comparison, run_logistic, run_permutations
-from pipelines.command import Job, job_main
-from pipelines.ray_session import RayConfig, start_ray
+from pipelines.command import Entry, job_main
+from pipelines.job import RUNTIME_SETTINGS, Job, run_job
+from pipelines.ray_session import RayConfig
 from pipelines.trainers import resolve_storage_path, run_stage
 
 log = logging.getLogger("fmgnn.train")
@@ -56,10 +57,10 @@ class BaselineJobConfig:
             model's permutation p-value (``metrics.json``'s ``permutation``); 0: no permutation test.
     """
 
-    cohort: str = ""
-    run_dir: str = "runs/baseline"
+    cohort: LocalPath = ""
+    run_dir: LocalPath = "runs/baseline"
     models: list[str] = field(default_factory=lambda: list(MODELS))
-    storage_path: str | None = None
+    storage_path: OptionalLocalPath = None
     graph: GraphConfig = field(default_factory=GraphConfig)
     folds: FoldConfig = field(default_factory=FoldConfig)
     logistic: LogisticConfig = field(default_factory=LogisticConfig)
@@ -109,64 +110,79 @@ def run_gcn(cohort: Cohort, splits: list[Split], config: BaselineJobConfig, out_
     return results
 
 
-def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
-    """Run every configured baseline on the same folds; returns ``metrics.json``'s content."""
-    if not config.cohort:
-        raise InputError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
-    cohort = Cohort(config.cohort)  # a bad cohort fails before anything in run_dir is touched
-    run_dir = Path(config.run_dir)
-    with run_folder_lock(run_dir, "train baseline"):
-        save_config(config, run_dir / "config.yaml")
-        atomic_write_json(run_dir / "versions.json", environment_record())
+class BaselineJob(Job[BaselineJobConfig]):
+    """``fmgnn train baseline`` through the job recipe (``pipelines.job``)."""
 
+    command, tracking_name, config_class = "train baseline", "baseline", BaselineJobConfig
+    # Which models run and how they are compared add to a run; they do not change a finished fold.
+    free_settings = (*RUNTIME_SETTINGS, "run_dir", "models", "reference", "permutations")
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.run_dir)
+
+    def check_inputs(self) -> None:
+        if not self.config.cohort:
+            raise InputError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
+        self.cohort = Cohort(self.config.cohort)
+
+    def uses_ray(self) -> bool:
+        return "gcn" in self.config.models and self.config.ray.num_workers > 0
+
+    def inputs(self) -> dict[str, Any]:
+        return {"cohort": self.config.cohort}
+
+    def outputs(self) -> list[str]:
+        return ["metrics.json", "splits.json", "config.yaml", *self.config.models]
+
+    def run(self, tracking: JobRun) -> dict[str, Any]:
+        config, cohort, run_dir = self.config, self.cohort, self.folder
         splits = cohort_splits(cohort, config.folds)
         save_splits(splits, cohort, run_dir / "splits.json")
         log.info("cohort %s: %d subjects, %d splits (%d folds x %d seeds)", cohort.metadata.name, len(cohort),
                  len(splits), config.folds.n_folds, len(config.folds.seeds))
-
-        with JobRun(config.tracking, run_dir, "baseline", to_dict(config)) as tracking:
-            results: dict[str, Any] = {"cohort": cohort.summary(), "chance": majority_rate(cohort.labels(), splits),
-                                       "models": {}}
-            folds: dict[str, list[dict[str, Any]]] = {}
-            for model in config.models:
-                out_dir = run_dir / model
-                out_dir.mkdir(exist_ok=True)
-                start = time.monotonic()
-                if model == "logistic":
-                    per_fold = run_logistic(cohort, splits, config.logistic, out_dir)
-                else:
-                    if config.ray.num_workers > 0:  # 0: in this process, no Ray
-                        start_ray(config.ray)
-                    per_fold = run_gcn(cohort, splits, config, out_dir, tracking)
-                folds[model] = per_fold
-                results["models"][model] = {
-                    "summary": summarize([r["metrics"] for r in per_fold]),
-                    "wall_time_s": round(time.monotonic() - start, 1),
-                }
-                log.info("%s: accuracy %s over %d folds (%.0f s)", model,
-                         mean_std(results["models"][model]["summary"]["accuracy"]), len(per_fold),
-                         results["models"][model]["wall_time_s"])
-            results["paired"] = paired_comparison(folds, splits, config.reference)
-            if config.permutations:
-                results["permutation"] = run_permutations(config, run_baselines, cohort, run_dir, results,
-                                                          config.permutations, tracking.for_child())
-            atomic_write_json(run_dir / "metrics.json", results)
-            write_manifest(run_dir, "train baseline", to_dict(config), {"cohort": config.cohort},
-                           ["metrics.json", "splits.json", "config.yaml", *config.models], "metrics.json")
-            tracking.log_metrics({m: r["summary"] for m, r in results["models"].items()})
-            tracking.log_artifacts(run_dir, recursive=False)
+        results: dict[str, Any] = {"cohort": cohort.summary(), "chance": majority_rate(cohort.labels(), splits),
+                                   "models": {}}
+        folds: dict[str, list[dict[str, Any]]] = {}
+        for model in config.models:
+            out_dir = run_dir / model
+            out_dir.mkdir(exist_ok=True)
+            start = time.monotonic()
+            if model == "logistic":
+                per_fold = run_logistic(cohort, splits, config.logistic, out_dir)
+            else:
+                per_fold = run_gcn(cohort, splits, config, out_dir, tracking)
+            folds[model] = per_fold
+            results["models"][model] = {
+                "summary": summarize([r["metrics"] for r in per_fold]),
+                "wall_time_s": round(time.monotonic() - start, 1),
+            }
+            log.info("%s: accuracy %s over %d folds (%.0f s)", model,
+                     mean_std(results["models"][model]["summary"]["accuracy"]), len(per_fold),
+                     results["models"][model]["wall_time_s"])
+        results["paired"] = paired_comparison(folds, splits, config.reference)
+        if config.permutations:
+            results["permutation"] = run_permutations(config, run_baselines, cohort, run_dir, results,
+                                                      config.permutations, tracking.for_child())
+        atomic_write_json(run_dir / "metrics.json", results)
+        tracking.log_metrics({m: r["summary"] for m, r in results["models"].items()})
         print(format_table({m: r["summary"] for m, r in results["models"].items()}, results["paired"],
                            results.get("permutation"), results["chance"]))
         return results
 
 
-def bleg_job() -> Job:
+def run_baselines(config: BaselineJobConfig) -> dict[str, Any]:
+    """Run every configured baseline on the same folds; returns ``metrics.json``'s content."""
+    return run_job(BaselineJob(config))
+
+
+def bleg_job() -> Entry:
     from pipelines.bleg import BLEGJobConfig, run_bleg
 
     return BLEGJobConfig, run_bleg
 
 
-def fimp_job() -> Job:
+def fimp_job() -> Entry:
     from pipelines.fimp import FIMPJobConfig, run_fimp
 
     return FIMPJobConfig, run_fimp

@@ -41,18 +41,19 @@ from bleg.run_record import BLEGRun
 from tune.run_record import SweepRun
 from bleg.train_student import AlignmentConfig, FoldInput, StudentFoldsTask, StudentTask
 from fmgnn.cohort import Cohort, CohortError
-from fmgnn.config import load_config, save_config, to_dict, with_values
+from fmgnn.config import LocalPath, OptionalLocalPath, load_config, save_config, with_values
 from fmgnn.engine import fit, read_result
 from fmgnn.evaluation.metrics import summarize
 from fmgnn.errors import InputError
 from fmgnn.evaluation.splits import cohort_splits
-from fmgnn.io import atomic_write_json, environment_record, run_folder_lock, write_manifest
+from fmgnn.io import atomic_write_json
 from fmgnn.plots import plot_importance, plot_trial_curves
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.bleg import BLEGJobConfig, fold_result, fold_seed
 from pipelines.classification import paired_comparison
 from pipelines.command import job_main
-from pipelines.ray_session import RayConfig, start_ray
+from pipelines.job import RUNTIME_SETTINGS, Job, run_job
+from pipelines.ray_session import RayConfig
 from pipelines.trainers import make_trainer, resolve_storage_path, run_stage
 from tune.space import search_space
 from tune.storage import check_restorable, storage_filesystem
@@ -83,8 +84,8 @@ class TuneJobConfig:
             paired with the base run's default configuration.
     """
 
-    base_run: str = ""
-    sweep_dir: str = "runs/tune_bleg"
+    base_run: LocalPath = ""
+    sweep_dir: LocalPath = "runs/tune_bleg"
     name: str = "bleg"
     space: dict[str, Any] = field(default_factory=dict)
     num_samples: int = 16
@@ -94,7 +95,7 @@ class TuneJobConfig:
     reduction_factor: int = 2
     search: str = "optuna"
     max_concurrent_trials: int | None = None
-    storage_path: str | None = None
+    storage_path: OptionalLocalPath = None
     retrain: bool = True
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -188,49 +189,68 @@ def wait_for_last_report(timeout_s: float = 60.0) -> None:
     time.sleep(0.5)  # the session takes the item off the queue, then records it: let it finish
 
 
-def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
-    if not config.base_run:
-        raise CohortError("base_run: give a finished fmgnn train bleg run (base_run=runs/bleg_...)")
-    base = base_config(config)
-    cohort = Cohort(base.cohort)
-    folds = fold_inputs(base, cohort, config.seeds)  # a bad base run fails before the sweep's records change
-    sweep_dir = Path(config.sweep_dir).resolve()
-    sweep = SweepRun(sweep_dir)
-    with run_folder_lock(sweep_dir, "tune"):
-        save_config(config, sweep_dir / "config.yaml")
-        atomic_write_json(sweep_dir / "versions.json", environment_record())
+class SweepJob(Job[TuneJobConfig]):
+    """``fmgnn tune bleg`` through the job recipe (``pipelines.job``)."""
+
+    command, tracking_name, config_class = "tune bleg", "tune", TuneJobConfig
+    # How many trials run at once and whether a nested estimate is added do not change a finished trial.
+    free_settings = (*RUNTIME_SETTINGS, "sweep_dir", "max_concurrent_trials", "retrain")
+    metrics_file = "summary.json"
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.sweep_dir)
+
+    def check_inputs(self) -> None:
+        if not self.config.base_run:
+            raise CohortError("base_run: give a finished fmgnn train bleg run (base_run=runs/bleg_...)")
+        self.base = base_config(self.config)
+        self.cohort = Cohort(self.base.cohort)
+        self.folds = fold_inputs(self.base, self.cohort, self.config.seeds)
+
+    def uses_ray(self) -> bool:
+        return True  # trials are Ray Tune actors even when each trains in its own process
+
+    def inputs(self) -> dict[str, Any]:
+        return {"base_run": self.config.base_run}
+
+    def outputs(self) -> list[str]:
+        return ["summary.json", "trials.json", "best.yaml", "results.parquet", "plots",
+                *(["nested"] if self.config.retrain else [])]
+
+    def run(self, tracking: JobRun) -> dict[str, Any]:
+        config, base, cohort, folds = self.config, self.base, self.cohort, self.folds
+        sweep = SweepRun(self.folder)
         encoder_config = BLEGRun(base.run_dir).stage2_encoder(folds[0].split.name).config
-        start_ray(config.ray)
-        storage_path = resolve_storage_path(config.storage_path, sweep_dir)
+        storage_path = resolve_storage_path(config.storage_path, self.folder)
         cohort_path = str(cohort.path.resolve())
-        with JobRun(config.tracking, sweep_dir, "tune", to_dict(config)) as tracking:
-            start = time.monotonic()
-            grid = run_trials(config, base, cohort_path, folds, encoder_config, config.name, storage_path, tracking)
-            results = grid.get_dataframe()
-            parquet, csv = sweep.results_paths()
-            results.to_parquet(parquet)
-            results.to_csv(csv, index=False)
-            best = grid.get_best_result(metric="best_score", mode=MODE, scope="last")
-            best_params = {k: best.config[k] for k in config.space}
-            best_config = with_values(base, {**best_params, "run_dir": str(sweep.tuned_run_dir()), "variants": ["bleg"]})
-            save_config(best_config, sweep.best_config_path())
-            summary = {"trials": len(results), "failed_trials": sum(r.error is not None for r in grid),
-                       "best_params": best_params, "best_val_loss": best.metrics["best_score"],
-                       "trial_epochs": int(results["training_iteration"].sum()),
-                       "sweep_seconds": round(time.monotonic() - start, 1)}
-            log.info("sweep: %d trials, %d trial-epochs, best %s (validation loss %.4f)", summary["trials"],
-                     summary["trial_epochs"], best_params, summary["best_val_loss"])
-            atomic_write_json(sweep.trials_path(), trial_curves(grid, list(config.space)))
-            plot_sweep(results, grid, config, sweep.plots_dir())
-            if config.retrain:
-                summary["nested"] = nested_estimate(config, base, cohort, folds, encoder_config, storage_path, tracking)
-            atomic_write_json(sweep.summary_path(), summary)
-            write_manifest(sweep_dir, "tune bleg", to_dict(config), {"base_run": config.base_run},
-                           ["summary.json", "trials.json", "best.yaml", "results.parquet", "plots",
-                            *(["nested"] if config.retrain else [])], "summary.json")
-            tracking.log_metrics({k: v for k, v in summary.items() if k not in ("best_params", "nested")})
-            tracking.log_artifacts(sweep_dir, recursive=False)
+        start = time.monotonic()
+        grid = run_trials(config, base, cohort_path, folds, encoder_config, config.name, storage_path, tracking)
+        results = grid.get_dataframe()
+        parquet, csv = sweep.results_paths()
+        results.to_parquet(parquet)
+        results.to_csv(csv, index=False)
+        best = grid.get_best_result(metric="best_score", mode=MODE, scope="last")
+        best_params = {k: best.config[k] for k in config.space}
+        best_config = with_values(base, {**best_params, "run_dir": str(sweep.tuned_run_dir()), "variants": ["bleg"]})
+        save_config(best_config, sweep.best_config_path())
+        summary = {"trials": len(results), "failed_trials": sum(r.error is not None for r in grid),
+                   "best_params": best_params, "best_val_loss": best.metrics["best_score"],
+                   "trial_epochs": int(results["training_iteration"].sum()),
+                   "sweep_seconds": round(time.monotonic() - start, 1)}
+        log.info("sweep: %d trials, %d trial-epochs, best %s (validation loss %.4f)", summary["trials"],
+                 summary["trial_epochs"], best_params, summary["best_val_loss"])
+        atomic_write_json(sweep.trials_path(), trial_curves(grid, list(config.space)))
+        plot_sweep(results, grid, config, sweep.plots_dir())
+        if config.retrain:
+            summary["nested"] = nested_estimate(config, base, cohort, folds, encoder_config, storage_path, tracking)
+        atomic_write_json(sweep.summary_path(), summary)
+        tracking.log_metrics({k: v for k, v in summary.items() if k not in ("best_params", "nested")})
         return summary
+
+
+def run_sweep(config: TuneJobConfig) -> dict[str, Any]:
+    return run_job(SweepJob(config))
 
 
 def nested_estimate(config: TuneJobConfig, base: BLEGJobConfig, cohort: Cohort, folds: list[FoldInput],

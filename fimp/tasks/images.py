@@ -22,6 +22,7 @@ from torch import Tensor
 from fimp.tasks.fmri import knn_edges, window_mask
 from fimp.tasks.nodes import NodeTask
 from fmgnn.cohort import CohortError
+from fmgnn.config import LocalPath
 
 FASHION_MNIST = "/usr/share/dataset-fashion-mnist"
 
@@ -38,7 +39,7 @@ class ImageTaskConfig:
     """
 
     dataset: str = "digits"
-    path: str = FASHION_MNIST
+    path: LocalPath = FASHION_MNIST
     patch: int = 2
     limit: int = 0
     k: int = 8

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fmgnn.config import LocalPath
 from fimp.tasks.fmri import knn_edges
 from fimp.tasks.nodes import NodeTask
 from fmgnn.cohort import CohortError
@@ -52,8 +53,8 @@ class RecordingTaskConfig:
     """
 
     source: Literal["parcels", "surface"] = "parcels"
-    path: str = BRAINFC_REST
-    mesh: str = BRAINSPACE_MESH
+    path: LocalPath = BRAINFC_REST
+    mesh: LocalPath = BRAINSPACE_MESH
     k: int = 6
     window: int = 10
     n_windows: int = 15

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmgnn.config import LocalPath
 from fimp.tasks.fmri import knn_edges
 from fimp.tasks.nodes import NodeTask
 from fmgnn.cohort import CohortError
@@ -33,7 +34,7 @@ class SpatialTaskConfig:
         mask_ratio: Share of each cell's genes held out (at least one).
     """
 
-    path: str = "../shared/data/bdtnp"
+    path: LocalPath = "../shared/data/bdtnp"
     k: int = 8
     log1p: bool = False
     mask_ratio: float = 0.15

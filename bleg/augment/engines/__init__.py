@@ -6,7 +6,7 @@ import importlib.util
 import logging
 from dataclasses import replace
 
-from bleg.augment.engines.base import Engine, EngineConfig, Generation, Request, SamplingConfig
+from bleg.augment.engines.base import ENGINE_RUNTIME_SETTINGS, Engine, EngineConfig, Generation, Request, SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,5 +57,5 @@ def preflight(config: EngineConfig) -> None:
         check_model(config)
 
 
-__all__ = ["Engine", "EngineConfig", "Generation", "Request", "SamplingConfig", "build_engine", "preflight",
+__all__ = ["ENGINE_RUNTIME_SETTINGS", "Engine", "EngineConfig", "Generation", "Request", "SamplingConfig", "build_engine", "preflight",
            "resolve_auto"]

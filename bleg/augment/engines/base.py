@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from fmgnn.config import ModelPath
+
 
 @dataclass
 class SamplingConfig:
@@ -57,7 +59,7 @@ class EngineConfig:
     """
 
     kind: Literal["auto", "rules", "transformers", "http", "vllm"] = "rules"
-    model: str = ""
+    model: ModelPath = ""
     gguf_file: str | None = None
     url: str = "http://127.0.0.1:8000/v1"
     api_key: str | None = None
@@ -85,6 +87,14 @@ class EngineConfig:
         if self.kind == "rules":
             return "rules"
         return f"{self.model}/{self.gguf_file}" if self.gguf_file else self.model
+
+
+# How the engine is scaled, batched and reached, not what it answers: free to change when an augmentation
+# output folder is rerun (``pipelines.augment.AugmentJob``). The prefix cache is tested to give the batched
+# path's answers.
+ENGINE_RUNTIME_SETTINGS = ("url", "api_key", "batch_size", "concurrency", "num_gpus", "num_cpus",
+                           "tensor_parallel_size", "accelerator_type", "prefix_cache", "max_attempts",
+                           "max_concurrent_requests", "request_timeout_s", "device", "log_engine_metrics")
 
 
 RETRY_TEMPERATURE = 0.7
