@@ -49,7 +49,11 @@ def test_every_stage_runs_and_a_rerun_resumes(main_run):
     bleg_config = to_dict(load_config(BLEGJobConfig, out / "bleg" / "config.yaml"))
     assert manifests["bleg"]["config_hash"] == config_hash(bleg_config)
     stamps = {p: p.stat().st_mtime_ns for p in finished}
-    again = run_main(load_config(MainJobConfig, out / "config.yaml"))
+    # A rerun with a free setting of every stage (how it runs, not what it computes) resumes; changed ones are
+    # refused (test_job_recipe.py).
+    free = ["augment.rows_per_part=4", "bleg.teacher_batch_size=2", "tune.max_concurrent_trials=1",
+            "pretrain.ray.cpus_per_worker=0.5", "fimp.ray.max_concurrent_runs=1", "tracking.experiment=again"]
+    again = run_main(load_config(MainJobConfig, out / "config.yaml", free))
     assert {p: p.stat().st_mtime_ns for p in finished} == stamps  # nothing trained twice
     assert again["augment"]["subjects_to_do"] == 0 and again["augment"]["skipped_already_answered"] == 24
     assert again["bleg"]["models"]["bleg"]["summary"] == summary["bleg"]["models"]["bleg"]["summary"]
