@@ -23,7 +23,7 @@ from bleg.language_model import LanguageModelConfig, apply_finetune_mode, hidden
 from bleg.texts import Description, question
 from fmgnn.baselines.train_gcn import load_graphs
 from fmgnn.cohort import Cohort
-from fmgnn.engine import BatchLoss, Validation, World, to_device
+from fmgnn.engine import BatchLoss, Validation, World, to_device, unwrap
 from fmgnn.evaluation.splits import Split
 from fmgnn.graphs import GraphConfig
 
@@ -150,6 +150,11 @@ class InstructionTask:
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> BatchLoss:
         return batch_loss(model, batch)
+
+    def norm_forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> None:
+        """The GCN alone: its BatchNorms are the model's only ones (``fmgnn.engine.refresh_batch_norm``)."""
+        graphs = batch["graphs"]
+        unwrap(model).encoder(graphs.x, graphs.edge_index, graphs.edge_weight)
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module) -> Validation:

@@ -225,6 +225,35 @@ def train_epoch(task: TrainTask, model: nn.Module, optimizer: torch.optim.Optimi
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 
+@torch.no_grad()
+def refresh_batch_norm(task: TrainTask, model: nn.Module, batches: Iterable[Any], device: torch.device) -> None:
+    """BatchNorm's running statistics recomputed over ``batches`` with the weights as they are now.
+
+    Running statistics are a moving average over the steps of training, each step with other weights; a
+    small cohort takes two or three steps an epoch while its weights move fast, so after an epoch the
+    averages describe none of the weights they are used with. Validated with them, the GCN of the main
+    job's sample predicted one class for every subject, training subjects included, while the same weights
+    with batch statistics separated the classes (precise BatchNorm: Wu and Johnson, "Rethinking 'Batch' in
+    BatchNorm", 2021; ``torch.optim.swa_utils.update_bn`` does this for models called on one tensor). A
+    frozen BatchNorm (in eval mode inside a training model) keeps its statistics.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+             and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over this pass's batches
+    # A task whose BatchNorm sits in a small part of a large model (BLEG stage 2: the GCN before an LM)
+    # runs that part only (``norm_forward``); any other runs its loss.
+    forward = getattr(task, "norm_forward", None) or task.loss
+    for batch in batches:
+        forward(model, to_device(batch, device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
 def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
     """Train ``task`` to its end (resuming from the run's checkpoint), test once, export; final metrics."""
     world = runtime.world
@@ -244,6 +273,8 @@ def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
         epoch, started = state.epoch + 1, time.monotonic()
         generator = torch.Generator().manual_seed(seed_epoch(task.seed, epoch, world.rank))
         losses = train_epoch(task, model, optimizer, task.batches(epoch, generator), world.device)
+        generator.manual_seed(seed_epoch(task.seed, epoch, world.rank))  # the epoch's batches again
+        refresh_batch_norm(task, model, task.batches(epoch, generator), world.device)
         validation = task.validate(unwrap(model))
         state.seconds += time.monotonic() - started
         # Cumulative seconds per epoch: what comparisons at equal training time read.

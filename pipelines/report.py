@@ -186,9 +186,12 @@ def paired_table(caption: str, differences: list[dict[str, Any]]) -> Table:
     def number(x: float, fmt: str) -> str:
         return "n/a" if x is None or x != x else format(x, fmt)
 
+    def interval(low: float, high: float) -> str:  # one split has none
+        return "n/a" if number(low, "") == "n/a" else f"{low:+.3f} to {high:+.3f}"
+
     return Table(caption, ["model", "reference", "metric", "mean difference", "95% interval", "p", "splits"], [
         [d["model"], d["reference"], d["metric"], number(d["mean"], "+.3f"),
-         f"{number(d['ci95_low'], '+.3f')} to {number(d['ci95_high'], '+.3f')}", number(d["p_value"], ".3g"),
+         interval(d["ci95_low"], d["ci95_high"]), number(d["p_value"], ".3g"),
          d["n_splits"]] for d in differences])
 
 

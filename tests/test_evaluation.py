@@ -160,3 +160,17 @@ def test_relative_r2_only_over_a_baseline_that_explains_something():
     assert relative_r2(0.2, 0.05) is None
     assert format_relative(relative_r2(0.7, 0.8)) == "-12.5% of its R^2"
     assert "below 0.1" in format_relative(None)
+
+
+def test_a_one_split_difference_prints_no_interval():
+    from fmgnn.evaluation.paired import paired_difference
+    from pipelines.report import paired_table
+
+    one = paired_difference("bleg", "gcn", "accuracy", {"bleg": {"s0": {"accuracy": 0.7}},
+                                                        "gcn": {"s0": {"accuracy": 0.6}}}, 0.2)
+    assert "[95% CI n/a], p = n/a" in one.line() and "nan" not in one.line()
+    row = paired_table("t", [one.to_dict()]).rows[0]
+    assert row[4] == "n/a" and row[5] == "n/a"
+    two = paired_difference("bleg", "gcn", "accuracy", {"bleg": {"s0": {"accuracy": 0.7}, "s1": {"accuracy": 0.8}},
+                                                        "gcn": {"s0": {"accuracy": 0.6}, "s1": {"accuracy": 0.6}}}, 0.2)
+    assert " to " in paired_table("t", [two.to_dict()]).rows[0][4]

@@ -51,8 +51,9 @@ class PairedDifference:
     def line(self) -> str:
         """One printed line: difference, interval, p-value and what it was computed over."""
         p = "n/a" if math.isnan(self.p_value) else f"{self.p_value:.3g}"
+        interval = "n/a" if math.isnan(self.ci95_low) else f"{self.ci95_low:+.3f}, {self.ci95_high:+.3f}"
         return (f"{self.model} - {self.reference}: {self.metric} {self.mean:+.3f} "
-                f"[95% CI {self.ci95_low:+.3f}, {self.ci95_high:+.3f}], p = {p} "
+                f"[95% CI {interval}], p = {p} "
                 f"(corrected resampled t-test, {self.n_splits} splits)")
 
 
