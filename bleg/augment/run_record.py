@@ -3,8 +3,9 @@
 The report and the main job read an augmentation output only through this record; the layout lives here:
 
     parts/part-<run>-<n>.parquet          the answers, one row per subject, prompt version and model
-    config-<run>.yaml  versions-<run>.json  summary-<run>.json    one set per run into the folder
-    manifest.json                         the latest run's inputs, config hash and outputs
+    config.yaml  versions.json            the settings every run into the folder shares (pipelines/job.py)
+    summary-<run>.json                    one per run into the folder
+    manifest.json                         the latest run's inputs, settings hash and outputs
 """
 
 from __future__ import annotations
@@ -35,12 +36,6 @@ class AugmentOutput:
     def rows(self) -> pa.Table:
         """Every answer in the folder (``bleg.augment.store.read_augmentations``)."""
         return read_augmentations(self.path)
-
-    def config_path(self, run_id: str) -> Path:
-        return self.path / f"config-{run_id}.yaml"
-
-    def versions_path(self, run_id: str) -> Path:
-        return self.path / f"versions-{run_id}.json"
 
     def summary_path(self, run_id: str) -> Path:
         return self.path / f"summary-{run_id}.json"
