@@ -196,7 +196,7 @@ def pretrained_state(config: FIMPJobConfig, model_config: ReconstructionConfig) 
 def from_foundation_baseline(path: Path, model_config: ReconstructionConfig) -> dict:
     """FIMP's initial weights from a trained ``foundation`` baseline: its embedding, decoder, and its
     foundation layers in every FIMP layer."""
-    trained = torch.load(path, weights_only=True)
+    trained = torch.load(path, map_location="cpu", weights_only=True)  # saved by a GPU worker, read on a CPU head
     model = build_model(model_config)
     state = model.state_dict()
     for key, value in trained.items():

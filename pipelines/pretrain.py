@@ -137,7 +137,7 @@ class PretrainJob(Job[PretrainConfig]):
         run_stage([task], task.name, config.ray, resolve_storage_path(config.storage_path, self.folder))
         metrics = read_result(task.output)
         model = TokenModel(model_config)
-        model.load_state_dict(torch.load(task.output / "model.pt"))
+        model.load_state_dict(torch.load(task.output / "model.pt", map_location="cpu", weights_only=True))
         with atomic_dir(record.model_dir) as tmp:
             save_foundation(model, tmp)
             (tmp / "fmgnn_pretrain.json").write_text(json.dumps({
