@@ -275,7 +275,8 @@ class BLEGJob(Job[BLEGJobConfig]):
         if not config.cohort:
             raise CohortError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
         self.cohort = Cohort(config.cohort)
-        self.splits = cohort_splits(self.cohort, config.folds)
+        self.folds = cohort_splits(self.cohort, config.folds)  # the cohort's folds, as splits.json records them
+        self.splits = self.folds  # what trains: without subjects that drop_missing leaves out
         self.descriptions = load_descriptions(config.texts) if config.needs_texts else {}
         if config.needs_texts:  # fail before any training when a training or validation subject has no text
             used = sorted({i for s in self.splits for i in [*s.train, *s.val]})
@@ -300,7 +301,7 @@ class BLEGJob(Job[BLEGJobConfig]):
     def run(self, tracking: JobRun) -> dict[str, Any]:
         config, cohort, splits, run_dir = self.config, self.cohort, self.splits, self.folder
         started = time.monotonic()
-        save_splits(splits, cohort, run_dir / "splits.json")
+        save_splits(self.folds, cohort, run_dir / "splits.json")
         lm = materialize(config.lm, run_dir / "models") if config.needs_texts else config.lm
         if config.needs_texts:
             lm = LanguageModelConfig(**{**lm.__dict__, "kind": model_kind(lm)})

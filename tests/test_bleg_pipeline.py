@@ -220,20 +220,6 @@ def test_missing_descriptions_with_drop_missing_leave_training_not_tests(main_te
             assert record["n_train"] == sum(ids[i] not in missing for i in split["train"]) < len(split["train"])
 
 
-def test_rerun_with_other_settings_in_the_same_run_dir_is_refused(small_synthetic, tmp_path):
-    from fmgnn.config import save_config
-    from pipelines.bleg import check_same_settings
-
-    first = load_config(BLEGJobConfig, None, [f"cohort={small_synthetic}", "stage2.epochs=1"])
-    save_config(first, tmp_path / "config.yaml")
-    check_same_settings(load_config(BLEGJobConfig, None, [f"cohort={small_synthetic}", "stage2.epochs=1",
-                                                          "ray.num_workers=2", "variants=[bleg]"]),
-                        tmp_path / "config.yaml")  # how it runs may change
-    with pytest.raises(CohortError, match="other stage2 settings"):
-        check_same_settings(load_config(BLEGJobConfig, None, [f"cohort={small_synthetic}", "stage2.epochs=2"]),
-                            tmp_path / "config.yaml")
-
-
 def sweep_overrides(base_run, sweep_dir, **extra) -> list[str]:
     """A sweep over the session's main-job BLEG run; trials train in their own process (no trainer each:
     the main job's sweep runs trainers in its trials)."""
