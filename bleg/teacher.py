@@ -36,9 +36,12 @@ TARGET_SCHEMA = pa.schema([
 
 @torch.no_grad()
 def teacher_vectors(model: GraphLanguageModel, text_encoder: TextEncoder, graphs: list[Data] | None,
-                    prompts: list[str], pooling: Pooling, batch_size: int = 8) -> np.ndarray:
-    """h_LM for every prompt (N, d); with ``graphs`` None the LM reads the text alone."""
-    model.eval()
+                    prompts: list[str], pooling: Pooling, batch_size: int = 8,
+                    device: torch.device | None = None) -> np.ndarray:
+    """h_LM for every prompt (N, d), computed on ``device`` (default: the CPU); with ``graphs`` None the LM
+    reads the text alone."""
+    device = device or torch.device("cpu")
+    model.to(device).eval()
     tokenizer = text_encoder.tokenizer
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.eos_token_id
     vectors = []
@@ -47,16 +50,16 @@ def teacher_vectors(model: GraphLanguageModel, text_encoder: TextEncoder, graphs
         ids = [text_encoder.prompt_ids(p)[:room] for p in prompts[start:start + batch_size]]
         if pooling == "cls":
             ids = [s + [cls_id] for s in ids]
-        text = text_encoder.pad(ids)
-        batch = Batch.from_data_list(graphs[start:start + batch_size]) if graphs is not None else None
+        text = {k: v.to(device) for k, v in text_encoder.pad(ids).items()}
+        batch = Batch.from_data_list(graphs[start:start + batch_size]).to(device) if graphs is not None else None
         hidden, mask = model.last_hidden(batch, text["input_ids"], text["attention_mask"])  # (B, S, d), (B, S)
         if pooling == "mean":
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             vectors.append((hidden * weights).sum(1) / weights.sum(1))
         else:  # last and cls: the last real position (right padding)
             last = mask.sum(1) - 1  # (B,)
-            vectors.append(hidden[torch.arange(len(ids)), last])
-    return torch.cat(vectors).numpy()
+            vectors.append(hidden[torch.arange(len(ids), device=device), last])
+    return torch.cat(vectors).float().cpu().numpy()
 
 
 def write_targets(path: Path, scan_ids: list[str], vectors: np.ndarray, split: str, model: str,

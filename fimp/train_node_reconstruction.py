@@ -55,7 +55,7 @@ def run_on(model: torch.nn.Module, x: Tensor, masks: Tensor, edge_index: Tensor,
     """Predictions (len(targets), f, w) from the targets' neighbourhood only."""
     sub = neighbourhood(edge_index, targets, hops, len(x))
     config = unwrap(model).config
-    extra = {"batch": torch.zeros(len(sub.nodes), dtype=torch.long)} if config.kind == "gps" else {}
+    extra = {"batch": torch.zeros(len(sub.nodes), dtype=torch.long, device=x.device)} if config.kind == "gps" else {}
     return model(x[sub.nodes], masks[sub.nodes], sub.edge_index, **extra)[sub.targets]
 
 
@@ -68,11 +68,13 @@ class NodeReconstructionTask(TokenReconstructionTask):
 
     def setup(self, world: World) -> None:
         self.world = world
-        task = self.spec.task
-        self.x = scale_tokens(task.x, self.spec.train) if task.standardize else task.x
-        self.fixed = held_out_masks(task, self.spec.mask_ratio, 10_000 + self.spec.seed)
+        task, device = self.spec.task, world.device
+        # The graph, its tokens and masks live where the model does; host copies only for the records.
+        x = scale_tokens(task.x, self.spec.train) if task.standardize else task.x
+        self.x, self.edge_index = x.to(device), task.edge_index.to(device)
+        self.fixed = held_out_masks(task, self.spec.mask_ratio, 10_000 + self.spec.seed).to(device)
         self.hops = message_hops(self.spec.model)
-        self.train_nodes = torch.tensor(self.spec.train)
+        self.train_nodes = torch.tensor(self.spec.train, device=device)
         # Ray: each worker trains on its own shard of the training nodes.
         self.sampler = DistributedSampler(self.spec.train, num_replicas=world.size, rank=world.rank, shuffle=True,
                                           seed=self.seed)
@@ -81,27 +83,30 @@ class NodeReconstructionTask(TokenReconstructionTask):
         masks = self.fixed.clone()
         if self.spec.task.masks is None:  # fresh held-out tokens for the training nodes
             masks[self.train_nodes] = window_mask(len(self.train_nodes), self.x.shape[1], self.spec.mask_ratio,
-                                                  generator, self.spec.task.span_masks)
+                                                  generator, self.spec.task.span_masks).to(masks.device)
         self.sampler.set_epoch(epoch)
-        order = self.train_nodes[list(self.sampler)]
+        order = self.train_nodes[torch.tensor(list(self.sampler), device=self.train_nodes.device)]
         for start in range(0, len(order), self.optim.batch_size):
             yield order[start:start + self.optim.batch_size], masks
 
     def loss(self, model: torch.nn.Module, batch: tuple[Tensor, Tensor]) -> BatchLoss:
         targets, masks = batch
-        predicted = run_on(model, self.x, masks, self.spec.task.edge_index, targets, self.hops)
+        predicted = run_on(model, self.x, masks, self.edge_index, targets, self.hops)
         return BatchLoss(masked_mse(predicted, self.x[targets], masks[targets]), len(targets))
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, part: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         model.eval()
         nodes, size = self.spec.val if part == "val" else self.spec.test, self.optim.batch_size
-        predicted = torch.cat([run_on(model, self.x, self.fixed, self.spec.task.edge_index,
-                                      torch.tensor(nodes[i:i + size]), self.hops) for i in range(0, len(nodes), size)])
+        device = self.x.device
+        predicted = torch.cat([run_on(model, self.x, self.fixed, self.edge_index,
+                                      torch.tensor(nodes[i:i + size], device=device), self.hops)
+                               for i in range(0, len(nodes), size)])
         # The first node, for the reconstruction plot: (f, w) true, predicted, held-out tokens.
         first = nodes[0]
-        example = {"target": self.x[first].numpy(), "predicted": predicted[0].numpy(),
-                   "mask": self.fixed[first].numpy(), **{k: np.asarray(v) for k, v in self.spec.task.shape.items()}}
+        example = {"target": self.x[first].cpu().numpy(), "predicted": predicted[0].cpu().numpy(),
+                   "mask": self.fixed[first].cpu().numpy(),
+                   **{k: np.asarray(v) for k, v in self.spec.task.shape.items()}}
         return reconstruction_metrics(predicted, self.x[nodes], self.fixed[nodes]), example
 
     def training_values(self) -> Tensor:

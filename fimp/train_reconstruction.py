@@ -151,8 +151,8 @@ class ReconstructionTask(TokenReconstructionTask):
         predictions, targets = [], []
         for start in range(0, len(graphs), size):
             batch = next(iter(DataLoader(graphs[start:start + size], batch_size=size))).to(self.world.device)
-            predictions.append(run_model(model, batch.x, torch.cat(masks[start:start + size]), batch.edge_index,
-                                         batch.batch).cpu())
+            mask = torch.cat(masks[start:start + size]).to(self.world.device)
+            predictions.append(run_model(model, batch.x, mask, batch.edge_index, batch.batch).cpu())
             targets.append(batch.x.cpu())
         predicted, target, mask = torch.cat(predictions), torch.cat(targets), torch.cat(masks)
         # One scan's first region: (f, w) true, predicted, mask.

@@ -158,12 +158,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def model_state(model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
-    """Detached copies of the weights; with ``trainable_only``, trained parameters and all buffers."""
+    """Detached host copies of the weights (a GPU's memory holds one model, not its best epoch too, and a
+    checkpoint loads anywhere); with ``trainable_only``, trained parameters and all buffers."""
     model = unwrap(model)
-    if not trainable_only:
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-    keep = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in keep}
+    keep = None if not trainable_only else \
+        {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if keep is None or k in keep}
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -212,17 +212,32 @@ def train_epoch(task: TrainTask, model: nn.Module, optimizer: torch.optim.Optimi
                 batches: Iterable[Any], device: torch.device) -> dict[str, float]:
     """One pass over this rank's batches; mean loss (and its named parts) per item."""
     model.train()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor | float] = {}
     count = 0
     for batch in batches:
         loss = task.loss(model, to_device(batch, device))
         optimizer.zero_grad()
         loss.value.backward()
         optimizer.step()
+        # Summed where the loss lives: reading a GPU value every batch would wait for the device each step.
         for key, value in {"train_loss": loss.value, **loss.parts}.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value) * loss.size
+            sums[key] = sums.get(key, 0.0) + (value.detach() if torch.is_tensor(value) else value) * loss.size
         count += loss.size
-    return {k: v / max(count, 1) for k, v in sums.items()}
+    return {k: float(v) / max(count, 1) for k, v in sums.items()}
+
+
+def rank_zero_score(score: float, world: World) -> float:
+    """Rank 0's validation score, on every rank of a process group; ``score`` when there is none.
+
+    Early stopping and the best epoch follow the score. Decided on each rank apart, they can differ (CUDA
+    scatter is not deterministic, so ranks validating the same weights need not agree to the last bit),
+    and a rank that stops leaves the others waiting in their next collective until it times out.
+    """
+    if world.size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return score
+    value = torch.tensor([score], dtype=torch.float64, device=world.device)  # gloo on the CPU, NCCL on a GPU
+    torch.distributed.broadcast(value, src=0)
+    return float(value.item())
 
 
 @torch.no_grad()
@@ -264,7 +279,9 @@ def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
     model = runtime.prepare(model)
     state = restore(task, runtime, model, optimizer)
 
-    def payload() -> dict[str, Any]:
+    def payload() -> dict[str, Any] | None:
+        if world.rank != 0:  # only rank 0's checkpoint is kept
+            return None
         return {"task": task.name, "model": model_state(model, task.trainable_only),
                 "optimizer": optimizer.state_dict(), "state": state}
 
@@ -279,7 +296,7 @@ def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
         state.seconds += time.monotonic() - started
         # Cumulative seconds per epoch: what comparisons at equal training time read.
         record = {"epoch": epoch, **losses, **validation.metrics, "seconds": round(state.seconds, 2)}
-        state.update(model, record, validation.score, task.patience, task.trainable_only)
+        state.update(model, record, rank_zero_score(validation.score, world), task.patience, task.trainable_only)
         if world.rank == 0 and time.monotonic() - last_progress >= PROGRESS_INTERVAL_S:
             last_progress = time.monotonic()
             log.info("%s: epoch %d of at most %d, train loss %.4f, validation score %.4f (best %.4f at epoch %d), "
@@ -315,20 +332,33 @@ def fit_tasks(tasks: list[TrainTask], runtime: Runtime) -> list[dict[str, Any]]:
     return results
 
 
-class LocalRuntime:
-    """One process, no Ray: checkpoints in ``checkpoint_dir`` (the latest only) when given; reports kept."""
+def local_device(use_gpu: bool) -> torch.device:
+    """The device of a run in this process: the first CUDA device when ``use_gpu``, else the CPU."""
+    if not use_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        from fmgnn.errors import InputError
 
-    def __init__(self, checkpoint_dir: Path | None = None) -> None:
-        self.world = World()
+        raise InputError("ray.use_gpu=true: this process sees no CUDA device (torch.cuda.is_available() is "
+                         "False); set ray.use_gpu=false, or run where a GPU is")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+class LocalRuntime:
+    """One process, no Ray: the model on ``device``; checkpoints in ``checkpoint_dir`` (the latest only) when
+    given; reports kept."""
+
+    def __init__(self, checkpoint_dir: Path | None = None, device: torch.device | None = None) -> None:
+        self.world = World(device=device or torch.device("cpu"))
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.reports: list[dict[str, Any]] = []
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        return model
+        return model.to(self.world.device)
 
     def latest_checkpoint(self) -> dict[str, Any] | None:
         path = self.checkpoint_dir / CHECKPOINT_FILE if self.checkpoint_dir else None
-        return torch.load(path, weights_only=False) if path and path.is_file() else None
+        return torch.load(path, weights_only=False, map_location="cpu") if path and path.is_file() else None
 
     def report(self, metrics: dict[str, Any], payload: dict[str, Any] | None) -> None:
         self.reports.append(metrics)
@@ -339,6 +369,7 @@ class LocalRuntime:
             Path(tmp.name).replace(self.checkpoint_dir / CHECKPOINT_FILE)
 
 
-def run_local(tasks: list[TrainTask], checkpoint_dir: Path | None = None) -> list[dict[str, Any]]:
+def run_local(tasks: list[TrainTask], checkpoint_dir: Path | None = None,
+              device: torch.device | None = None) -> list[dict[str, Any]]:
     """``fit_tasks`` in this process: the plain loop of tests, benchmarks and ``ray.num_workers=0``."""
-    return fit_tasks(tasks, LocalRuntime(checkpoint_dir))
+    return fit_tasks(tasks, LocalRuntime(checkpoint_dir, device))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from fmgnn.config import load_config, resolve_paths, save_config, to_dict
+from fmgnn.engine import local_device
 from fmgnn.errors import InputError
 from fmgnn.io import atomic_write_json, config_hash, environment_record, run_folder_lock, write_manifest
 from fmgnn.tracking import JobRun, TrackingConfig, flatten
@@ -125,15 +126,20 @@ def run_job(job: Job) -> dict[str, Any]:
     from pipelines.ray_session import start_ray
 
     job.check_inputs()
+    if job.config.ray.use_gpu and job.config.ray.num_workers == 0:
+        local_device(True)  # training in this process on a GPU: one clear error now where there is none
     folder = job.folder
     with run_folder_lock(folder, job.command):
         check_rerun(job, folder / CONFIG_FILE)
         save_config(job.config, folder / CONFIG_FILE)
         atomic_write_json(folder / VERSIONS_FILE, environment_record())
-        if job.uses_ray():
-            start_ray(job.config.ray)
         config = to_dict(job.config)
+        # The tracking store before Ray: in a job submitted to a cluster the process's working directory
+        # (Ray's unpacked working_dir) was gone once the job had joined the cluster, and MLflow's store
+        # reads it when it is opened (tests/test_multinode.py). Opened once, the store is cached.
         with JobRun(job.config.tracking, folder, job.tracking_name, config) as tracking:
+            if job.uses_ray():
+                start_ray(job.config.ray)
             summary = job.run(tracking)
             write_manifest(folder, job.command, config, job.inputs(), job.outputs(), job.metrics_file,
                            settings=settings_hash(config, job.free_settings))

@@ -18,7 +18,7 @@ import ray
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from fmgnn.engine import TrainTask, is_done, run_local
+from fmgnn.engine import TrainTask, is_done, local_device, run_local
 from fmgnn.ray_runtime import train_worker
 from pipelines.ray_session import RayConfig
 
@@ -67,9 +67,10 @@ def run_stage(tasks: list[TrainTask], stage: str, config: RayConfig, storage_pat
         return
     groups = stage_groups(tasks, config.max_concurrent_runs)
     names = [f"{stage}-{i + 1}of{len(groups)}" for i in range(len(groups))]
-    if config.num_workers == 0:
+    if config.num_workers == 0:  # in this process, on its GPU when ray.use_gpu asks for one
+        device = local_device(config.use_gpu)
         for name, group in zip(names, groups):
-            run_local(group, Path(storage_path) / name)
+            run_local(group, Path(storage_path) / name, device)
         return
     refs = [fit_remote.remote(make_trainer(group, name, config, storage_path))
             for name, group in zip(names, groups) if not all(is_done(t) for t in group)]

@@ -42,7 +42,7 @@ from tune.run_record import SweepRun
 from bleg.train_student import AlignmentConfig, FoldInput, StudentFoldsTask, StudentTask
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import LocalPath, OptionalLocalPath, load_config, save_config, with_values
-from fmgnn.engine import fit, read_result
+from fmgnn.engine import fit, local_device, read_result
 from fmgnn.evaluation.metrics import summarize
 from fmgnn.errors import InputError
 from fmgnn.evaluation.splits import cohort_splits
@@ -140,10 +140,12 @@ def run_trials(config: TuneJobConfig, base: BLEGJobConfig, cohort_path: str, fol
     """One Tune experiment (restored when interrupted) whose trials train ``folds`` in lockstep."""
     # A trial that drives a trainer needs no CPU of its own (the trainer's workers hold them); one that
     # trains itself (ray.num_workers=0) holds a worker's share.
-    trial_cpus = config.ray.cpus_per_worker if config.ray.num_workers == 0 else 0.1
+    trains_itself = config.ray.num_workers == 0
+    trial_cpus = config.ray.cpus_per_worker if trains_itself else 0.1
+    resources = {"CPU": trial_cpus, **({"GPU": 1} if trains_itself and config.ray.use_gpu else {})}
     trainable = tune.with_resources(
         make_trainable(base, cohort_path, ray.put(folds), encoder_config, config.ray, storage_path, name),
-        {"CPU": trial_cpus})
+        resources)
     grid = restore_or_create(config, name, trainable, storage_path, tracking).fit()
     failed = [str(r.error).splitlines()[-1] for r in grid if r.error is not None]
     if failed:
@@ -161,7 +163,7 @@ def make_trainable(base: BLEGJobConfig, cohort_path: str, folds_ref: ray.ObjectR
         task = StudentFoldsTask(f"{name}-{trial}", cohort_path, base.graph, encoder_config, ray.get(folds_ref),
                                 stage3)
         if ray_config.num_workers == 0:  # the trial trains in its own process (tune/trial_runtime.py)
-            fit(task, TuneTrialRuntime())
+            fit(task, TuneTrialRuntime(local_device(ray_config.use_gpu)))
             return
         # A deterministic run name per trial: a restored sweep resumes each trial from its checkpoint.
         trainer = make_trainer([task], task.name, ray_config, storage_path,

@@ -145,3 +145,60 @@ def test_long_training_logs_progress(small_synthetic, monkeypatch, caplog):
         fit(gcn_task(small_synthetic, epochs=3, name="gcn-progress"), LocalRuntime())
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gcn-progress: epoch")]
     assert len(lines) == 3 and lines[0].startswith("gcn-progress: epoch 1 of at most 3, train loss ")
+
+
+class RankDependentTask:
+    """A linear model whose validation score depends on the rank: alone, rank 1 would stop at epoch 3 and
+    rank 0 run all 8 epochs."""
+
+    trainable_only, output, seed, epochs, patience = False, None, 0, 8, 2
+
+    def __init__(self, name):
+        self.name = name
+
+    def setup(self, world):
+        self.world = world
+
+    def build_model(self):
+        return torch.nn.Linear(2, 1)
+
+    def build_optimizer(self, model):
+        return torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def batches(self, epoch, generator):
+        return [torch.ones(4, 2)]
+
+    def loss(self, model, batch):
+        from fmgnn.engine import BatchLoss
+
+        return BatchLoss(model(batch).pow(2).mean(), 4)
+
+    def validate(self, model):
+        from fmgnn.engine import Validation
+
+        epoch = len(getattr(self, "scores", []))
+        self.scores = [*getattr(self, "scores", []), 0]
+        score = -epoch if self.world.rank == 0 else (1.0 if epoch else 0.0)  # rank 1: best at epoch 0
+        return Validation(score, {})
+
+    def test(self, model):
+        return {}
+
+    def export(self, model, directory):
+        pass
+
+
+def run_rank(rank, init_file, out):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    runtime = LocalRuntime()
+    runtime.world = World(rank=rank, size=2)
+    final = fit(RankDependentTask("ranks"), runtime)
+    (out / f"rank{rank}.txt").write_text(str(len(final["history"])))
+    torch.distributed.destroy_process_group()
+
+
+def test_every_rank_stops_at_rank_zeros_decision(tmp_path):
+    """Two ranks that validate differently stop together, on rank 0's scores (a rank stopping alone leaves
+    the others in a collective until it times out)."""
+    torch.multiprocessing.spawn(run_rank, args=(tmp_path / "init", tmp_path), nprocs=2, join=True)
+    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text() == "8"

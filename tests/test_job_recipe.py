@@ -160,3 +160,16 @@ def test_main_job_and_sweep_reruns_refuse_changed_settings(main_run):
             out, "bleg.stage3.lam", "synthetic.seed")
     refused(run_sweep, load_config(TuneJobConfig, out / "tune" / "config.yaml", ["num_samples=3"]), out / "tune",
             "num_samples")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_a_gpu_asked_for_in_the_jobs_own_process_is_an_error_without_cuda(small_synthetic, tmp_path):
+    """``ray.use_gpu=true`` with ``ray.num_workers=0`` trained on the CPU without a word; now it trains on the
+    process's GPU, and where there is none the job stops before it writes anything."""
+    from pipelines.train import BaselineJobConfig, run_baselines
+
+    config = load_config(BaselineJobConfig, None, [f"cohort={small_synthetic}", f"run_dir={tmp_path / 'run'}",
+                                                   "models=[gcn]", "ray.num_workers=0", "ray.use_gpu=true"])
+    with pytest.raises(InputError, match="ray.use_gpu=true: this process sees no CUDA device"):
+        run_baselines(config)
+    assert not (tmp_path / "run").exists()

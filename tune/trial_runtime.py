@@ -23,11 +23,11 @@ from fmgnn.engine import CHECKPOINT_FILE, World
 class TuneTrialRuntime:
     """The loop's runtime in a Tune function trainable: one process, Tune's checkpoints and reports."""
 
-    def __init__(self) -> None:
-        self.world = World()
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.world = World(device=device or torch.device("cpu"))
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        return model
+        return model.to(self.world.device)
 
     def latest_checkpoint(self) -> dict[str, Any] | None:
         checkpoint = tune.get_checkpoint()

@@ -78,14 +78,16 @@ def neighbourhood(edge_index: Tensor, targets: Tensor, hops: int, num_nodes: int
     """What ``hops`` message-passing layers read to compute ``targets``: nodes within ``hops`` in-hops,
     and only the edges into nodes within ``hops - 1`` (an edge into an outermost node would change
     nothing the targets see, and with many neighbours most edges are such)."""
-    keep = torch.zeros(edge_index.shape[1], dtype=torch.bool)
-    reached = torch.zeros(num_nodes, dtype=torch.bool)
+    device = edge_index.device  # every index tensor where the graph is
+    targets = targets.to(device)
+    keep = torch.zeros(edge_index.shape[1], dtype=torch.bool, device=device)
+    reached = torch.zeros(num_nodes, dtype=torch.bool, device=device)
     reached[targets] = True
     frontier = reached.clone()
     for _ in range(hops):
         incoming = frontier[edge_index[1]] & ~keep
         keep |= incoming
-        frontier = torch.zeros(num_nodes, dtype=torch.bool)
+        frontier = torch.zeros(num_nodes, dtype=torch.bool, device=device)
         frontier[edge_index[0, incoming]] = True
         frontier &= ~reached
         reached |= frontier
@@ -93,6 +95,6 @@ def neighbourhood(edge_index: Tensor, targets: Tensor, hops: int, num_nodes: int
     others = torch.nonzero(reached, as_tuple=True)[0]
     others = others[~torch.isin(others, targets)]
     nodes = torch.cat([targets, others])
-    relabel = torch.full((num_nodes,), -1, dtype=torch.long)
-    relabel[nodes] = torch.arange(len(nodes))
-    return Neighbourhood(nodes, relabel[edge_index[:, keep]], torch.arange(len(targets)))
+    relabel = torch.full((num_nodes,), -1, dtype=torch.long, device=device)
+    relabel[nodes] = torch.arange(len(nodes), device=device)
+    return Neighbourhood(nodes, relabel[edge_index[:, keep]], torch.arange(len(targets), device=device))

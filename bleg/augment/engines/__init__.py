@@ -57,5 +57,5 @@ def preflight(config: EngineConfig) -> None:
         check_model(config)
 
 
-__all__ = ["ENGINE_RUNTIME_SETTINGS", "Engine", "EngineConfig", "Generation", "Request", "SamplingConfig", "build_engine", "preflight",
-           "resolve_auto"]
+__all__ = ["ENGINE_RUNTIME_SETTINGS", "Engine", "EngineConfig", "Generation", "Request", "SamplingConfig",
+           "build_engine", "preflight", "resolve_auto"]
