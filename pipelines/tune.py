@@ -301,11 +301,7 @@ def restore_or_create(config: TuneJobConfig, name: str, trainable: Any, storage_
         check_restorable(path)
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
                                   storage_filesystem=filesystem)
-    cpus = ray.cluster_resources().get("CPU", 1)
-    per_trial = config.ray.cpus_per_worker * max(config.ray.num_workers, 1) + (0.1 if config.ray.num_workers else 0)
-    concurrent = max(1, int(cpus // per_trial))
-    if config.max_concurrent_trials:
-        concurrent = min(concurrent, config.max_concurrent_trials)
+    concurrent = trial_concurrency(config, ray.cluster_resources())
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=int(config_epochs(config)),
                               grace_period=config.grace_period, reduction_factor=config.reduction_factor) \
         if config.scheduler == "asha" else FIFOScheduler()
@@ -318,6 +314,19 @@ def restore_or_create(config: TuneJobConfig, name: str, trainable: Any, storage_
         run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,
                                   callbacks=mlflow_callbacks(config, tracking)),
     )
+
+
+def trial_concurrency(config: TuneJobConfig, resources: dict[str, float]) -> int:
+    """Trials at once: ``max_concurrent_trials`` as given (Tune queues the trials that do not fit yet, and an
+    autoscaling cluster, which may start with its head alone, adds nodes for them); without it, as many as
+    the cluster's CPUs, and GPUs when trials train on them, hold now."""
+    if config.max_concurrent_trials:
+        return config.max_concurrent_trials
+    workers = max(config.ray.num_workers, 1)
+    fits = [resources.get("CPU", 1) // (config.ray.cpus_per_worker * workers + (0.1 if config.ray.num_workers else 0))]
+    if config.ray.use_gpu:
+        fits.append(resources.get("GPU", 0) // workers)
+    return max(1, int(min(fits)))
 
 
 def mlflow_callbacks(config: TuneJobConfig, tracking: JobRun) -> list[Any]:

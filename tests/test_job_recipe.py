@@ -173,3 +173,16 @@ def test_a_gpu_asked_for_in_the_jobs_own_process_is_an_error_without_cuda(small_
     with pytest.raises(InputError, match="ray.use_gpu=true: this process sees no CUDA device"):
         run_baselines(config)
     assert not (tmp_path / "run").exists()
+
+
+def test_sweep_concurrency_counts_gpus_and_honours_the_users_cap():
+    """Sized from the CPUs present at the start, a sweep on an autoscaling cluster (its head alone at first)
+    ran one trial at a time however many it was allowed, and GPU trials were counted by CPUs only."""
+    from pipelines.tune import TuneJobConfig, trial_concurrency
+
+    head_alone = {"CPU": 1.0}
+    assert trial_concurrency(load_config(TuneJobConfig, None, ["max_concurrent_trials=8"]), head_alone) == 8
+    gpu_trials = load_config(TuneJobConfig, None, ["ray.num_workers=1", "ray.use_gpu=true", "ray.cpus_per_worker=1"])
+    assert trial_concurrency(gpu_trials, {"CPU": 64.0, "GPU": 4.0}) == 4
+    assert trial_concurrency(load_config(TuneJobConfig, None, ["ray.num_workers=2", "ray.cpus_per_worker=1"]),
+                             {"CPU": 16.0}) == 7
