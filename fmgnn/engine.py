@@ -20,6 +20,7 @@ once per group, not once per fold, and each task keeps its own checkpoints and r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -27,7 +28,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -36,6 +37,7 @@ from fmgnn.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
+Precision = Literal["fp32", "bf16"]
 PROGRESS_INTERVAL_S = 30.0  # a task that trains longer logs a progress line at least this often
 CHECKPOINT_FILE = "state.pt"
 RESULT_FILE = "result.json"  # in a task's output folder: the task is done
@@ -43,11 +45,29 @@ RESULT_FILE = "result.json"  # in a task's output folder: the task is done
 
 @dataclass
 class World:
-    """Where this process sits in its worker group."""
+    """Where this process sits in its worker group, and the arithmetic its training steps use
+    (``precision``: ``fp32``, or ``bf16`` autocast of the training forward passes)."""
 
     rank: int = 0
     size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: Precision = "fp32"
+
+
+def training_autocast(world: World) -> contextlib.AbstractContextManager:
+    """bf16 autocast of a training step's forward pass, or nothing (fp32). Validation and test run in
+    fp32: their metrics and exports are records, read on any machine."""
+    if world.precision == "bf16":
+        return torch.autocast(device_type=world.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def use_tensor_cores(device: torch.device) -> None:
+    """TF32 matmuls on CUDA (Ampere and later): float32 storage, 10-bit mantissa products, several times the
+    fp32 rate; no effect on the CPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 @dataclass
@@ -209,13 +229,14 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def train_epoch(task: TrainTask, model: nn.Module, optimizer: torch.optim.Optimizer,
-                batches: Iterable[Any], device: torch.device) -> dict[str, float]:
+                batches: Iterable[Any], world: World) -> dict[str, float]:
     """One pass over this rank's batches; mean loss (and its named parts) per item."""
     model.train()
     sums: dict[str, torch.Tensor | float] = {}
     count = 0
     for batch in batches:
-        loss = task.loss(model, to_device(batch, device))
+        with training_autocast(world):
+            loss = task.loss(model, to_device(batch, world.device))
         optimizer.zero_grad()
         loss.value.backward()
         optimizer.step()
@@ -241,7 +262,7 @@ def rank_zero_score(score: float, world: World) -> float:
 
 
 @torch.no_grad()
-def refresh_batch_norm(task: TrainTask, model: nn.Module, batches: Iterable[Any], device: torch.device) -> None:
+def refresh_batch_norm(task: TrainTask, model: nn.Module, batches: Iterable[Any], world: World) -> None:
     """BatchNorm's running statistics recomputed over ``batches`` with the weights as they are now.
 
     Running statistics are a moving average over the steps of training, each step with other weights; a
@@ -264,7 +285,8 @@ def refresh_batch_norm(task: TrainTask, model: nn.Module, batches: Iterable[Any]
     # runs that part only (``norm_forward``); any other runs its loss.
     forward = getattr(task, "norm_forward", None) or task.loss
     for batch in batches:
-        forward(model, to_device(batch, device))
+        with training_autocast(world):
+            forward(model, to_device(batch, world.device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
 
@@ -272,6 +294,7 @@ def refresh_batch_norm(task: TrainTask, model: nn.Module, batches: Iterable[Any]
 def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
     """Train ``task`` to its end (resuming from the run's checkpoint), test once, export; final metrics."""
     world = runtime.world
+    use_tensor_cores(world.device)
     seed_epoch(task.seed, -1)  # the same initial weights on every rank and in every runtime
     task.setup(world)
     model = task.build_model()
@@ -289,9 +312,9 @@ def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
     while not state.finished(task.epochs):
         epoch, started = state.epoch + 1, time.monotonic()
         generator = torch.Generator().manual_seed(seed_epoch(task.seed, epoch, world.rank))
-        losses = train_epoch(task, model, optimizer, task.batches(epoch, generator), world.device)
+        losses = train_epoch(task, model, optimizer, task.batches(epoch, generator), world)
         generator.manual_seed(seed_epoch(task.seed, epoch, world.rank))  # the epoch's batches again
-        refresh_batch_norm(task, model, task.batches(epoch, generator), world.device)
+        refresh_batch_norm(task, model, task.batches(epoch, generator), world)
         validation = task.validate(unwrap(model))
         state.seconds += time.monotonic() - started
         # Cumulative seconds per epoch: what comparisons at equal training time read.
@@ -348,8 +371,9 @@ class LocalRuntime:
     """One process, no Ray: the model on ``device``; checkpoints in ``checkpoint_dir`` (the latest only) when
     given; reports kept."""
 
-    def __init__(self, checkpoint_dir: Path | None = None, device: torch.device | None = None) -> None:
-        self.world = World(device=device or torch.device("cpu"))
+    def __init__(self, checkpoint_dir: Path | None = None, device: torch.device | None = None,
+                 precision: Precision = "fp32") -> None:
+        self.world = World(device=device or torch.device("cpu"), precision=precision)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.reports: list[dict[str, Any]] = []
 
@@ -369,7 +393,7 @@ class LocalRuntime:
             Path(tmp.name).replace(self.checkpoint_dir / CHECKPOINT_FILE)
 
 
-def run_local(tasks: list[TrainTask], checkpoint_dir: Path | None = None,
-              device: torch.device | None = None) -> list[dict[str, Any]]:
+def run_local(tasks: list[TrainTask], checkpoint_dir: Path | None = None, device: torch.device | None = None,
+              precision: Precision = "fp32") -> list[dict[str, Any]]:
     """``fit_tasks`` in this process: the plain loop of tests, benchmarks and ``ray.num_workers=0``."""
-    return fit_tasks(tasks, LocalRuntime(checkpoint_dir, device))
+    return fit_tasks(tasks, LocalRuntime(checkpoint_dir, device, precision))

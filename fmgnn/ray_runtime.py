@@ -17,16 +17,17 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from fmgnn.engine import CHECKPOINT_FILE, TrainTask, World, fit_tasks
+from fmgnn.engine import CHECKPOINT_FILE, Precision, TrainTask, World, fit_tasks
 from fmgnn.ray_logging import quiet_report_logs
 
 
 class RayTrainRuntime:
     """The loop's runtime inside a Ray Train worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, precision: Precision = "fp32") -> None:
         context = ray.train.get_context()
-        self.world = World(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
+        self.world = World(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device(),
+                           precision)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         # Ray: DDP when there is more than one worker; models that run a part per step (a sweep's fold set)
@@ -55,4 +56,4 @@ def train_worker(config: dict[str, Any]) -> None:
     """The training function of every fmgnn trainer: ``config["tasks"]`` one after another."""
     quiet_report_logs()
     tasks: list[TrainTask] = config["tasks"]
-    fit_tasks(tasks, RayTrainRuntime())
+    fit_tasks(tasks, RayTrainRuntime(config.get("precision", "fp32")))

@@ -50,8 +50,15 @@ C = TypeVar("C", bound=JobConfig)
 CONFIG_FILE = "config.yaml"
 VERSIONS_FILE = "versions.json"
 
-# How a job runs, never what it computes: free in every job.
+# How a job runs, never what it computes: free in every job; below them, the settings that do change results.
 RUNTIME_SETTINGS = ("ray", "tracking", "storage_path")
+RESULT_SETTINGS = ("ray.precision",)
+
+
+def is_free(key: str, free: tuple[str, ...]) -> bool:
+    """Whether the dotted ``key`` is one of ``free`` or below one, and not a result setting."""
+    changes_results = any(key == r or key.endswith(f".{r}") for r in RESULT_SETTINGS)  # a stage's too
+    return any(key == f or key.startswith(f"{f}.") for f in free) and not changes_results
 
 
 class Job(ABC, Generic[C]):
@@ -96,12 +103,12 @@ def changed_settings(saved: dict[str, Any], now: dict[str, Any], free: tuple[str
     """The dotted keys whose values differ between two configs, leaving out ``free`` ones and their children."""
     before, after = flatten(saved), flatten(now)
     changed = [k for k in sorted(set(before) | set(after)) if before.get(k, "<unset>") != after.get(k, "<unset>")]
-    return [k for k in changed if not any(k == f or k.startswith(f"{f}.") for f in free)]
+    return [k for k in changed if not is_free(k, free)]
 
 
 def settings_hash(config: dict[str, Any], free: tuple[str, ...]) -> str:
     """The hash of the settings that decide a run's results (every key but the free ones)."""
-    fixed = {k: v for k, v in flatten(config).items() if not any(k == f or k.startswith(f"{f}.") for f in free)}
+    fixed = {k: v for k, v in flatten(config).items() if not is_free(k, free)}
     return config_hash(fixed)
 
 

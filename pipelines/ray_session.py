@@ -12,6 +12,7 @@ import os
 import socket
 import tempfile
 from dataclasses import dataclass
+from typing import Literal
 
 import ray
 
@@ -36,6 +37,9 @@ class RayConfig:
             (2 s) caps a run at one epoch per 2 s because each report waits to be collected;
             the small epochs of brain-network cohorts take milliseconds.
         train_log_level: Level of Ray Train's own logs (it logs every report at INFO).
+        precision: ``fp32``, or ``bf16``: training forward passes under bf16 autocast (validation, test and
+            exports stay fp32). It changes results, so unlike the rest of ``ray`` it is not free to change
+            when a run folder is rerun.
         temp_dir: Session directory of an embedded instance; None: one per process
             (``/tmp/fmgnn-ray-<pid>``): two jobs started at once on one machine each run their own
             instance, and each instance's processes are pointed at their own dashboard.
@@ -50,6 +54,7 @@ class RayConfig:
     max_concurrent_runs: int = 2
     train_poll_interval_s: float = 0.1
     train_log_level: str = "WARNING"
+    precision: Literal["fp32", "bf16"] = "fp32"
     temp_dir: OptionalLocalPath = None
 
 

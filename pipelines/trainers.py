@@ -35,7 +35,7 @@ def make_trainer(tasks: list[TrainTask], name: str, config: RayConfig, storage_p
     """A TorchTrainer that runs ``tasks`` in order on ``config.num_workers`` workers; ``name`` makes reruns resume."""
     return TorchTrainer(
         train_worker,
-        train_loop_config={"tasks": tasks},
+        train_loop_config={"tasks": tasks, "precision": config.precision},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": config.cpus_per_worker}),
         run_config=RunConfig(
@@ -70,7 +70,7 @@ def run_stage(tasks: list[TrainTask], stage: str, config: RayConfig, storage_pat
     if config.num_workers == 0:  # in this process, on its GPU when ray.use_gpu asks for one
         device = local_device(config.use_gpu)
         for name, group in zip(names, groups):
-            run_local(group, Path(storage_path) / name, device)
+            run_local(group, Path(storage_path) / name, device, config.precision)
         return
     refs = [fit_remote.remote(make_trainer(group, name, config, storage_path))
             for name, group in zip(names, groups) if not all(is_done(t) for t in group)]

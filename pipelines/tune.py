@@ -163,7 +163,7 @@ def make_trainable(base: BLEGJobConfig, cohort_path: str, folds_ref: ray.ObjectR
         task = StudentFoldsTask(f"{name}-{trial}", cohort_path, base.graph, encoder_config, ray.get(folds_ref),
                                 stage3)
         if ray_config.num_workers == 0:  # the trial trains in its own process (tune/trial_runtime.py)
-            fit(task, TuneTrialRuntime(local_device(ray_config.use_gpu)))
+            fit(task, TuneTrialRuntime(local_device(ray_config.use_gpu), ray_config.precision))
             return
         # A deterministic run name per trial: a restored sweep resumes each trial from its checkpoint.
         trainer = make_trainer([task], task.name, ray_config, storage_path,

@@ -17,14 +17,14 @@ import torch
 from ray import tune
 from torch import nn
 
-from fmgnn.engine import CHECKPOINT_FILE, World
+from fmgnn.engine import CHECKPOINT_FILE, Precision, World
 
 
 class TuneTrialRuntime:
     """The loop's runtime in a Tune function trainable: one process, Tune's checkpoints and reports."""
 
-    def __init__(self, device: torch.device | None = None) -> None:
-        self.world = World(device=device or torch.device("cpu"))
+    def __init__(self, device: torch.device | None = None, precision: Precision = "fp32") -> None:
+        self.world = World(device=device or torch.device("cpu"), precision=precision)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         return model.to(self.world.device)
