@@ -1,6 +1,8 @@
 # make run   - create .venv with the pinned set (constraints.txt) and run the main job on a local Ray
 # make test  - create .venv with the pinned set and run the test suite
 # make test-fast - the tests without Ray (no Ray Train, no Ray Data): the edit loop, under 5 minutes
+# make test-gpu - the GPU tier with the machine's own Python (torch, PyG, transformers, scikit-learn, pytest;
+#                  no Ray, MLflow or vLLM needed): every task on the CPU and, where present, CUDA
 # make test-vllm - create .venv-vllm (vLLM's CPU build, constraints-vllm.txt) and run the vLLM tests
 # make bench - every benchmark of bench/ (figures recorded in bench/RESULTS.md); bench-vllm: the engine comparison
 PYTHON ?= python3
@@ -13,7 +15,7 @@ VLLM_STAMP := $(VLLM_VENV)/.fmgnn-installed
 # The report test renders HTML in headless Chromium: Debian's chromium package, installed when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-fast test-vllm bench bench-vllm chromium clean-venv
+.PHONY: run test test-fast test-gpu test-vllm bench bench-vllm chromium clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +36,9 @@ test: $(STAMP) chromium
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not ray and not slow"
+
+test-gpu:
+	$(PYTHON) -m pytest -m gpu -p no:cacheprovider tests/test_gpu_tier.py
 
 chromium:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
