@@ -37,11 +37,12 @@ TARGET_SCHEMA = pa.schema([
 @torch.no_grad()
 def teacher_vectors(model: GraphLanguageModel, text_encoder: TextEncoder, graphs: list[Data] | None,
                     prompts: list[str], pooling: Pooling, batch_size: int = 8,
-                    device: torch.device | None = None) -> np.ndarray:
-    """h_LM for every prompt (N, d), computed on ``device`` (default: the CPU); with ``graphs`` None the LM
-    reads the text alone."""
+                    device: torch.device | None = None, precision: str = "fp32") -> np.ndarray:
+    """h_LM for every prompt (N, d), computed on ``device`` (default: the CPU), in bf16 autocast with
+    ``precision="bf16"``; with ``graphs`` None the LM reads the text alone. Vectors come back as float32."""
     device = device or torch.device("cpu")
     model.to(device).eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     tokenizer = text_encoder.tokenizer
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.eos_token_id
     vectors = []
@@ -52,7 +53,8 @@ def teacher_vectors(model: GraphLanguageModel, text_encoder: TextEncoder, graphs
             ids = [s + [cls_id] for s in ids]
         text = {k: v.to(device) for k, v in text_encoder.pad(ids).items()}
         batch = Batch.from_data_list(graphs[start:start + batch_size]).to(device) if graphs is not None else None
-        hidden, mask = model.last_hidden(batch, text["input_ids"], text["attention_mask"])  # (B, S, d), (B, S)
+        with autocast:
+            hidden, mask = model.last_hidden(batch, text["input_ids"], text["attention_mask"])  # (B, S, d), (B, S)
         if pooling == "mean":
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             vectors.append((hidden * weights).sum(1) / weights.sum(1))

@@ -135,7 +135,8 @@ class ReconstructionTask(TokenReconstructionTask):
 
     def batches(self, epoch: int, generator: torch.Generator) -> Any:
         self.sampler.set_epoch(epoch)
-        for batch in DataLoader(self.train, batch_size=self.optim.batch_size, sampler=self.sampler):
+        for batch in DataLoader(self.train, batch_size=self.optim.batch_size, sampler=self.sampler,
+                                pin_memory=self.world.device.type == "cuda"):
             yield batch, window_mask(batch.num_nodes, batch.x.shape[1], self.spec.task.mask_ratio, generator,
                                      self.spec.task.mask_span)
 

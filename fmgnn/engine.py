@@ -220,7 +220,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if device.type == "cpu":
         return batch
     if hasattr(batch, "to"):
-        return batch.to(device)
+        return batch.to(device, non_blocking=True)  # overlaps the step when the loader pinned the batch
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):

@@ -115,7 +115,8 @@ class BLEGJobConfig:
 
 
 def teacher_targets(lm: LanguageModelConfig, encoder_dir: str | None, graphs: list | None, prompts: list[str],
-                   pooling: Pooling, batch_size: int, max_length: int, use_gpu: bool = False) -> np.ndarray:
+                   pooling: Pooling, batch_size: int, max_length: int, use_gpu: bool = False,
+                   precision: str = "fp32") -> np.ndarray:
     """h_LM of each prompt (with its graph, when given): one forward pass per batch, no gradients, on the GPU
     this task reserved when ``use_gpu``."""
     model, tokenizer, kind = load_language_model(lm)
@@ -123,7 +124,8 @@ def teacher_targets(lm: LanguageModelConfig, encoder_dir: str | None, graphs: li
     reader = GraphLanguageModel(encoder, model, kind)
     n_graph_tokens = graphs[0].num_nodes if graphs else 0
     text_encoder = TextEncoder(tokenizer, kind, max_length - n_graph_tokens)
-    return teacher_vectors(reader, text_encoder, graphs, prompts, pooling, batch_size, local_device(use_gpu))
+    return teacher_vectors(reader, text_encoder, graphs, prompts, pooling, batch_size, local_device(use_gpu),
+                           precision)
 
 
 teacher_remote = ray.remote(num_cpus=1)(teacher_targets)
@@ -241,7 +243,8 @@ class FoldRunner:
             lm = self.lm
         graphs = load_graphs(self.cohort, split.train, self.config.graph) if tuned else None
         args = (lm, str(stage2_dir / "encoder") if tuned else None, graphs, self.prompts(split.train),
-                self.config.pooling, self.config.teacher_batch_size, self.config.lm.max_length, self.config.ray.use_gpu)
+                self.config.pooling, self.config.teacher_batch_size, self.config.lm.max_length, self.config.ray.use_gpu,
+                self.config.ray.precision)
         if self.config.ray.num_workers == 0:
             return teacher_targets(*args)
         return teacher_remote.options(num_gpus=1 if self.config.ray.use_gpu else 0).remote(*args)

@@ -185,6 +185,9 @@ def test_bleg_stage2_and_the_teacher_on_every_device(cohort, tiny_llama, tmp_pat
         vectors[device] = teacher_vectors(reader, text, graphs, prompts, "last", 2, torch.device(device))
         on_cpu = teacher_vectors(reader, text, graphs, prompts, "last", 2, torch.device("cpu"))
         assert vectors[device].dtype == np.float32 and np.allclose(vectors[device], on_cpu, atol=1e-3)
+        in_bf16 = teacher_vectors(reader, text, graphs, prompts, "last", 2, torch.device(device), "bf16")
+        assert in_bf16.dtype == np.float32 and not np.array_equal(in_bf16, vectors[device])
+        assert np.allclose(in_bf16, vectors[device], rtol=0.05, atol=0.05)  # ray.precision=bf16
 
 
 def test_a_sweeps_fold_set_trains_on_every_device(cohort):
