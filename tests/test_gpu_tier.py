@@ -89,7 +89,7 @@ def fimp_nodes(source: str):
                                                                                 intermediate=16))
         train, val, test = split_nodes(task.num_nodes, 0, 0.2, 0.2)
         spec = NodeReconstructionSpec(task, train, val, test, 0.25, model,
-                                      ReconstructionTrainConfig(epochs=2, batch_size=32))
+                                      ReconstructionTrainConfig(epochs=1, batch_size=64))
         return NodeReconstructionTask(f"fimp-{source}", spec, output)
     return build
 
