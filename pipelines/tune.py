@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -164,10 +163,6 @@ def make_trainable(base: BLEGJobConfig, cohort_path: str, folds_ref: ray.ObjectR
         task = StudentFoldsTask(f"{name}-{trial}", cohort_path, base.graph, encoder_config, ray.get(folds_ref),
                                 stage3)
         if ray_config.num_workers == 0:  # the trial trains in its own process (tune/trial_runtime.py)
-            # The threads its CPUs allow, whatever Ray worker process it landed in: a reused process keeps
-            # the thread count of what ran there before, and float sums over another count of threads
-            # differ in their last digits (the leakage canary compares trials bit for bit).
-            torch.set_num_threads(max(1, int(ray_config.cpus_per_worker)))
             fit(task, TuneTrialRuntime(local_device(ray_config.use_gpu), ray_config.precision))
             return
         # A deterministic run name per trial: a restored sweep resumes each trial from its checkpoint.
