@@ -22,7 +22,6 @@ rerun, and its work. The recipe owns the scaffolding they share, in this order:
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
@@ -35,8 +34,6 @@ from fmgnn.tracking import JobRun, TrackingConfig, flatten
 
 if TYPE_CHECKING:
     from pipelines.ray_session import RayConfig
-
-log = logging.getLogger("fmgnn.job")
 
 class JobConfig(Protocol):
     """What the recipe reads of every job's config: how Ray runs it and where it is tracked."""
@@ -118,10 +115,11 @@ def check_rerun(job: Job, saved_path: Path) -> None:
         return
     saved = to_dict(load_config(job.config_class, saved_path))
     now = to_dict(job.config)
-    if settings_hash(saved, job.free_settings) == settings_hash(now, job.free_settings):
-        return
     changed = changed_settings(saved, now, job.free_settings)
-    shown = ", ".join(f"{k} ({flatten(saved).get(k)!r} -> {flatten(now).get(k)!r})" for k in changed[:8])
+    if not changed:
+        return
+    before, after = flatten(saved), flatten(now)
+    shown = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed[:8])
     more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
     raise InputError(f"{saved_path.parent}: holds a {job.command} run made with other settings: {shown}{more}. "
                      f"Its finished results are not reused for other settings: give another folder, or rerun with "
