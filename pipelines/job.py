@@ -35,6 +35,7 @@ from fmgnn.tracking import JobRun, TrackingConfig, flatten
 if TYPE_CHECKING:
     from pipelines.ray_session import RayConfig
 
+
 class JobConfig(Protocol):
     """What the recipe reads of every job's config: how Ray runs it and where it is tracked."""
 

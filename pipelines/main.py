@@ -214,7 +214,8 @@ class MainJob(Job[MainJobConfig]):
 
     def check_inputs(self) -> None:
         if self.config.cohort:  # a bad cohort fails here, before anything in out_dir is rewritten
-            check_cohort(Cohort(self.config.cohort), self.config)
+            self.cohort = Cohort(self.config.cohort)
+            check_cohort(self.cohort, self.config)
 
     def uses_ray(self) -> bool:
         return True  # one instance for every stage (the stages' own recipes then join it)
@@ -243,10 +244,11 @@ class MainJob(Job[MainJobConfig]):
 
         def ingest() -> Cohort:
             path = self.cohort_path()
-            if not config.cohort:
-                sample_cohort(config.synthetic, path)
-            cohort = Cohort(path)
-            check_cohort(cohort, config)
+            if config.cohort:
+                cohort = self.cohort  # opened and checked by check_inputs
+            else:
+                cohort = Cohort(sample_cohort(config.synthetic, path))
+                check_cohort(cohort, config)
             summary["cohort"] = cohort.summary()
             summary["graphs"] = graph_summary(cohort, config.bleg.graph)
             atomic_write_json(out_dir / "graphs.json", summary["graphs"])
