@@ -2,12 +2,16 @@
 
 AAL-90 is the 90 cerebral regions of the AAL atlas (Tzourio-Mazoyer et al., 2002) in the atlas's
 own order, the first 90 labels of AAL-116 (cerebellum and vermis left out), as BLEG uses it.
-The network grouping is the conventional lobe assignment of AAL regions. Centroid coordinates
+AAL-116 is the whole atlas: those 90, then its 26 cerebellar and vermis labels (91-116), the
+parcellation of ABIDE's and many brain-network collections' AAL matrices.
+The network grouping is the conventional lobe assignment of AAL regions, with a ``cerebellum``
+group for labels 91-116. Centroid coordinates
 are not bundled: a cohort that has them stores them in its metadata (``roi_coords``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from fmgnn.errors import InputError
@@ -35,10 +39,19 @@ _AAL_LOBE_OF_BASE = {
 }
 
 
+# AAL labels 91-116, in the atlas's order: the cerebellar hemispheres' lobules, then the vermis (no side).
+AAL_CEREBELLUM_NAMES: list[str] = [
+    f"Cerebelum_{lobule}_{side}" for lobule in ("Crus1", "Crus2", "3", "4_5", "6", "7b", "8", "9", "10")
+    for side in ("L", "R")
+] + [f"Vermis_{lobule}" for lobule in ("1_2", "3", "4_5", "6", "7", "8", "9", "10")]
+AAL116_ROI_NAMES: list[str] = AAL90_ROI_NAMES + AAL_CEREBELLUM_NAMES
+
+
 def _networks(names: list[str], lobe_of_base: dict[str, str]) -> dict[str, list[int]]:
     networks: dict[str, list[int]] = {}
     for index, name in enumerate(names):
-        networks.setdefault(lobe_of_base[name[:-2]], []).append(index)
+        lobe = "cerebellum" if name.startswith(("Cerebelum_", "Vermis_")) else lobe_of_base[name[:-2]]
+        networks.setdefault(lobe, []).append(index)
     return networks
 
 
@@ -57,15 +70,31 @@ class Atlas:
 
 
 AAL90 = Atlas("AAL-90", AAL90_ROI_NAMES, _networks(AAL90_ROI_NAMES, _AAL_LOBE_OF_BASE))
+AAL116 = Atlas("AAL-116", AAL116_ROI_NAMES, _networks(AAL116_ROI_NAMES, _AAL_LOBE_OF_BASE))
 
-ATLASES = {"AAL-90": AAL90}
+ATLASES = {"AAL-90": AAL90, "AAL-116": AAL116}
+
+
+def _spelling(name: str) -> str:
+    return re.sub(r"[-_ ]", "", name).upper()
+
+
+def known_atlas(name: str) -> Atlas | None:
+    """The bundled atlas of that name, however it is spelled (``AAL116``, ``aal-116``), else None."""
+    return next((atlas for key, atlas in ATLASES.items() if _spelling(key) == _spelling(name)), None)
 
 
 def get_atlas(name: str) -> Atlas:
-    try:
-        return ATLASES[name]
-    except KeyError:
-        raise InputError(f"unknown atlas {name!r}; known: {', '.join(ATLASES)}") from None
+    atlas = known_atlas(name)
+    if atlas is None:
+        raise InputError(f"unknown atlas {name!r}; known: {', '.join(ATLASES)}")
+    return atlas
+
+
+def numbered_atlas(name: str, n_rois: int) -> Atlas:
+    """An atlas known only by name (``CC200``): its regions numbered from 1 as the atlas numbers its labels."""
+    width = len(str(n_rois))
+    return Atlas(name, [f"{name}_{i:0{width}d}" for i in range(1, n_rois + 1)])
 
 
 def generic_atlas(n_rois: int, name: str = "unnamed") -> Atlas:
@@ -74,15 +103,18 @@ def generic_atlas(n_rois: int, name: str = "unnamed") -> Atlas:
 
 
 def named_atlas(name: str, regions: list[str] | str | None, n_rois: int,
-                header: list[str] | None = None) -> Atlas:
+                header: list[str] | None = None, number_unknown: bool = False) -> Atlas:
     """The atlas an ingest names: ``none`` (placeholder names, or the file header's), a known atlas, or any
     other name with its region names: a list, or a labels file (one name per line, or a TSV/CSV with a
-    ``name`` or ``label`` column), or the data file's header."""
+    ``name`` or ``label`` column), or the data file's header. With ``number_unknown`` an unknown atlas
+    without names gets numbered regions (``CC200_001``...) instead of an error."""
     if name == "none" and regions is None:
         return Atlas("unnamed", header) if header else generic_atlas(n_rois)
-    if name in ATLASES and regions is None:
-        return ATLASES[name]
+    if known_atlas(name) is not None and regions is None:
+        return known_atlas(name)
     names = read_region_names(regions) if regions is not None else header
+    if names is None and number_unknown:
+        return numbered_atlas(name, n_rois)
     if names is None:
         raise InputError(f"unknown atlas {name!r}: give its region names (atlas_regions=[...] or "
                          f"atlas_regions=labels.tsv), or use one of: {', '.join(ATLASES)}, none")

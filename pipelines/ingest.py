@@ -3,6 +3,10 @@
     python -m pipelines.ingest corrpops ../shared/data/corrpops/nmda_aal.npz -o cohorts/nmda_aal.parquet
     python -m pipelines.ingest braingb abide.npy -o cohorts/abide.parquet label_names=[control,autism]
     python -m pipelines.ingest bids data/my_study -o cohorts/study.parquet label_column=diagnosis
+    python -m pipelines.ingest matrices abide/matrices -o cohorts/abide.parquet participants=pheno.csv \
+        id_column=SUB_ID label_column=DX_GROUP site_column=SITE_ID atlas=AAL116
+    python -m pipelines.ingest series abide/rois_cc200 -o cohorts/nyu.parquet participants=pheno.csv \
+        id_column=FILE_ID label_column=DX_GROUP site_column=SITE_ID atlas=CC200
     python -m pipelines.ingest abide -o cohorts/abide.parquet data_dir=~/nilearn_data n_subjects=100
     python -m pipelines.ingest adhd -o cohorts/adhd.parquet data_dir=~/nilearn_data
     python -m pipelines.ingest synthetic -o cohorts/synthetic.parquet n_subjects=100000 store=fc
@@ -25,9 +29,11 @@ from fmgnn.config import config_from_dict
 from fmgnn.sources.bids import BidsConfig, ingest_bids
 from fmgnn.sources.braingb import BrainGBConfig, ingest_braingb
 from fmgnn.sources.corrpops import CorrpopsConfig, ingest_corrpops
+from fmgnn.sources.matrices import MatricesConfig, ingest_matrices
 from fmgnn.sources.nilearn_abide import AbideConfig, ingest_abide
 from fmgnn.sources.nilearn_adhd import AdhdConfig, ingest_adhd
 from fmgnn.sources.report import IngestReport
+from fmgnn.sources.series import SeriesConfig, ingest_series
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from pipelines.errors import exit_on_input_error
 
@@ -43,6 +49,8 @@ ADAPTERS: dict[str, Adapter] = {
     "corrpops": Adapter(CorrpopsConfig, ingest_corrpops, needs_source=True),
     "braingb": Adapter(BrainGBConfig, ingest_braingb, needs_source=True),
     "bids": Adapter(BidsConfig, ingest_bids, needs_source=True),
+    "matrices": Adapter(MatricesConfig, ingest_matrices, needs_source=True),
+    "series": Adapter(SeriesConfig, ingest_series, needs_source=True),
     "abide": Adapter(AbideConfig, ingest_abide, needs_source=False),
     "adhd": Adapter(AdhdConfig, ingest_adhd, needs_source=False),
     "synthetic": Adapter(SyntheticConfig, ingest_synthetic, needs_source=False),

@@ -28,11 +28,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fmgnn.atlas import ATLASES, named_atlas
+from fmgnn.atlas import known_atlas, named_atlas
 from fmgnn.cohort import CohortError, CohortMetadata, CohortWriter, Scan
 from fmgnn.sources.report import IngestReport
 
-SUFFIXES = {".csv": ",", ".tsv": "\t", ".npy": None, ".txt": None}
+# .1D: AFNI text as ABIDE Preprocessed (PCP) ships ROI time series, tab-separated under a "#1 #2 ..." header.
+SUFFIXES = {".csv": ",", ".tsv": "\t", ".1d": "\t", ".npy": None, ".txt": None}
 log = logging.getLogger(__name__)
 
 
@@ -80,7 +81,7 @@ def read_timeseries_file(path: Path) -> tuple[np.ndarray, list[str] | None]:
     with path.open(newline="") as handle:
         first = next(csv.reader(handle, delimiter=delimiter) if delimiter else iter([handle.readline().split()]), [])
     index_header = is_index_header(first)
-    if index_header:  # pandas' to_csv writes column numbers as a header: they are not a time point
+    if index_header and not first[0].strip().startswith("#"):  # pandas' to_csv writes column numbers: not a time point
         log.warning("%s: the first row (%s) numbers the columns; read as a header, not as a time point", path,
                     ", ".join(c.strip() for c in first[:4]) + (", ..." if len(first) > 4 else ""))
     has_header = index_header or any(not _is_number(cell) for cell in first)
@@ -92,8 +93,9 @@ def read_timeseries_file(path: Path) -> tuple[np.ndarray, list[str] | None]:
 
 
 def is_index_header(cells: list[str]) -> bool:
-    """A first row that is 0, 1, ..., R-1 (or 1, ..., R) written as integers: column numbers, not data."""
-    cells = [c.strip() for c in cells]
+    """A first row that is 0, 1, ..., R-1 (or 1, ..., R) written as integers (or AFNI's ``#1``...): column
+    numbers, not data."""
+    cells = [c.strip().removeprefix("#") for c in cells]
     if len(cells) < 2 or not all(re.fullmatch(r"\d+", c) for c in cells):
         return False
     numbers = [int(c) for c in cells]
@@ -200,7 +202,7 @@ def _add_scan(writer: CohortWriter | None, roi_names: list[str] | None, path: Pa
             label_names=label_names, task=config.task, networks=atlas.networks,
         )
         writer = CohortWriter(output, metadata, source=str(folder))
-    elif header and header != roi_names and config.atlas_regions is None and config.atlas not in ATLASES:
+    elif header and header != roi_names and config.atlas_regions is None and known_atlas(config.atlas) is None:
         raise CohortError(f"{path}: header regions differ from the first subject's")
     extra = row._asdict()
     age = extra.get("age") or None

@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from fmgnn.atlas import AAL90, generic_atlas
+from fmgnn.atlas import AAL90, AAL116
 from fmgnn.cohort import CohortError, CohortMetadata, CohortWriter, Scan
 from fmgnn.sources.report import IngestReport
 
@@ -73,7 +73,7 @@ def ingest_abide(output: str | Path, config: AbideConfig | None = None) -> Inges
     n_columns = np.atleast_2d(series[0]).shape[1]
     if n_columns != 116:
         raise CohortError(f"{data_dir}: rois_aal files have {n_columns} columns, expected the 116 AAL regions")
-    atlas = AAL90 if config.cerebral_only else generic_atlas(116, "AAL-116")
+    atlas = AAL90 if config.cerebral_only else AAL116
     metadata = CohortMetadata(
         name=config.name, atlas=atlas.name, roi_names=list(atlas.roi_names),
         label_names=ABIDE_LABEL_NAMES, task="healthy control vs autism spectrum disorder (ABIDE I, PCP)",
