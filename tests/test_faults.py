@@ -10,8 +10,6 @@ Here: a training worker process SIGKILLed on the embedded default resumes the sa
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,13 +21,9 @@ import pytest
 
 from bleg.augment.prompt import DEFAULT_PROMPT, PROMPTS
 from bleg.augment.store import OUTPUT_SCHEMA, PartWriter
+from tests.conftest import fmgnn_in_process as fmgnn
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def fmgnn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

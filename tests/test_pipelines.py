@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fmgnn.cohort import Cohort
+from tests.conftest import fmgnn_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,10 +27,10 @@ def test_ingest_corrpops_from_the_command_line(nmda_npz, tmp_path):
 
 def test_ingest_errors_are_one_clear_line(tmp_path):
     missing = str(tmp_path / "missing.npz")
-    result = run_module("pipelines.ingest", "corrpops", missing, "-o", str(tmp_path / "x.parquet"))
+    result = fmgnn_in_process("ingest", "corrpops", missing, "-o", str(tmp_path / "x.parquet"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"fmgnn ingest: error: {tmp_path / 'missing.npz'}: file not found"
-    result = run_module("pipelines.ingest", "synthetic", "-o", str(tmp_path / "x.parquet"), "n_subjects=ten")
+    result = fmgnn_in_process("ingest", "synthetic", "-o", str(tmp_path / "x.parquet"), "n_subjects=ten")
     assert result.returncode == 2 and "n_subjects: expected int, received 'ten'" in result.stderr
     assert not (tmp_path / "x.parquet").exists()
 
@@ -48,8 +49,7 @@ def test_train_errors_name_the_problem(tmp_path):
 
     from fmgnn.cohort import CohortMetadata, CohortWriter, Scan
 
-    result = run_module("pipelines.train", "baseline", f"cohort={tmp_path / 'none.parquet'}",
-                        f"run_dir={tmp_path / 'run'}")
+    result = fmgnn_in_process("train", "baseline", f"cohort={tmp_path / 'none.parquet'}", f"run_dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert result.stderr.strip() == f"fmgnn train: error: {tmp_path / 'none.parquet'}: cohort file not found"
     one_class = tmp_path / "one_class.parquet"
@@ -57,7 +57,7 @@ def test_train_errors_name_the_problem(tmp_path):
     with CohortWriter(one_class, metadata) as writer:
         for i in range(12):
             writer.add(Scan(f"s{i}", 0, timeseries=np.random.default_rng(i).normal(size=(10, 3))))
-    result = run_module("pipelines.train", "baseline", f"cohort={one_class}", f"run_dir={tmp_path / 'run'}")
+    result = fmgnn_in_process("train", "baseline", f"cohort={one_class}", f"run_dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert "the cohort has one class only (label 0 (hc))" in result.stderr
 
