@@ -115,8 +115,8 @@ def test_augment_rerun_refuses_changed_settings_and_resumes_with_free_ones(small
     assert first["rows_written"] == 4
     refused(run_augment, load_config(AugmentConfig, None, [*base, "prompt=v2", "describe.n_hubs=3"]),
             tmp_path / "aug", "prompt", "describe.n_hubs")
-    rest = run_augment(load_config(AugmentConfig, None, [*base, "limit=null", "rows_per_part=8"]))
-    assert rest["skipped_already_answered"] == 4 and rest["rows_written"] == 60 - 4
+    rest = run_augment(load_config(AugmentConfig, None, [*base, "limit=6", "rows_per_part=2"]))
+    assert rest["skipped_already_answered"] == 4 and rest["rows_written"] == 6
 
 
 def test_pretrain_rerun_refuses_changed_settings_and_resumes_with_free_ones(tmp_path):

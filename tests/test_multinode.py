@@ -24,6 +24,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 # Resumed runs reseed every epoch (fmgnn.train_state.seed_epoch) and reload optimizer and BatchNorm
 # state, so results should match to float32 rounding.
 TOLERANCE = 1e-5
+# Enough epochs that the node is killed with fold 0 part-trained (after its 3rd checkpoint), few enough that
+# the two 2-fold jobs (reference and killed) stay short: each epoch is a DDP step and a checkpoint.
+EPOCHS = 12
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def bleg_args(cohort: Path, texts: Path, run_dir: Path) -> list[str]:
     stage 2, whose 2-worker run is tested on the embedded instance in test_bleg_pipeline)."""
     return ["train", "bleg", f"cohort={cohort}", f"texts.output={texts}", f"run_dir={run_dir}",
             "variants=[align_only]", "folds.n_folds=2", "folds.seeds=[0]", "lm.max_length=160",
-            "stage3.epochs=30", "stage3.patience=30", "stage3.student.bottleneck=16",
+            f"stage3.epochs={EPOCHS}", f"stage3.patience={EPOCHS}", "stage3.student.bottleneck=16",
             "stage3.student.head_hidden=16", "ray.num_workers=2", "ray.cpus_per_worker=0.5",
             "ray.max_concurrent_runs=1"]  # one 2-worker group trains fold 0, then fold 1
 
@@ -90,7 +93,7 @@ def test_bleg_job_on_the_cluster(reference_run):
         assert (reference_run / "folds" / split / "teacher-align_only.parquet").is_file()
         assert (reference_run / "folds" / split / "align_only" / "model" / "config.json").is_file()
         result = json.loads((reference_run / "align_only" / f"{split}.json").read_text())
-        assert result["epochs_run"] == 30 and result["resumed_at"] == []
+        assert result["epochs_run"] == EPOCHS and result["resumed_at"] == []
         assert result["history"][0]["train_align"] > 0
 
 
@@ -135,7 +138,7 @@ def test_killed_worker_node_job_finishes_from_checkpoint(cluster, small_syntheti
         killed = json.loads((run_dir / "align_only" / f"{split}.json").read_text())
         uninterrupted = json.loads((reference_run / "align_only" / f"{split}.json").read_text())
         resumed += killed["resumed_at"]
-        assert killed["epochs_run"] == uninterrupted["epochs_run"] == 30
+        assert killed["epochs_run"] == uninterrupted["epochs_run"] == EPOCHS
         np.testing.assert_allclose(killed["test_probabilities"], uninterrupted["test_probabilities"],
                                    atol=TOLERANCE)
         for key in ("accuracy", "auc"):
