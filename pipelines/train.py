@@ -139,8 +139,9 @@ class BaselineJob(Job[BaselineJobConfig]):
         config, cohort, run_dir = self.config, self.cohort, self.folder
         splits = cohort_splits(cohort, config.folds)
         save_splits(splits, cohort, run_dir / "splits.json")
-        log.info("cohort %s: %d subjects, %d splits (%d folds x %d seeds)", cohort.metadata.name, len(cohort),
-                 len(splits), config.folds.n_folds, len(config.folds.seeds))
+        log.info("cohort %s: %d scans, %d splits (%s)", cohort.metadata.name, len(cohort), len(splits),
+                 "one per site" if config.folds.strategy == "leave_site_out"
+                 else f"{config.folds.n_folds} folds x {len(config.folds.seeds)} seeds")
         results: dict[str, Any] = {"cohort": cohort.summary(), "chance": majority_rate(cohort.labels(), splits),
                                    "models": {}}
         folds: dict[str, list[dict[str, Any]]] = {}

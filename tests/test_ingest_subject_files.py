@@ -50,6 +50,7 @@ def test_abide_matrices_command_as_written(beside_shared):
     assert "989 subjects, one scan each (control: 534, autism: 455)" in done.stdout
     cohort = Cohort(beside_shared / "cohorts" / "abide.parquet")
     assert (len(cohort), cohort.n_rois, len(set(cohort.sites()))) == (989, 116, 18)
+    assert cohort.metadata.name == "abide"  # the output's name, not the folder's (matrices)
     assert cohort.metadata.atlas == "AAL-116" and cohort.metadata.roi_names == AAL116.roi_names
     assert cohort.metadata.networks["cerebellum"] == list(range(90, 116))
     row = cohort.subject_ids().tolist().index("50002")  # PITT, autism, 16.77 years, male

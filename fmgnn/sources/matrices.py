@@ -86,7 +86,7 @@ def ingest_matrices(folder: str | Path, output: str | Path, config: MatricesConf
     subjects = match_subject_files(folder, config, MATRIX_SUFFIXES, report)
     invalid = Invalid(config.on_invalid, report)
     atlas = named_atlas(config.atlas, config.atlas_regions, atlas_size(config, subjects), number_unknown=True)
-    metadata = CohortMetadata(name=config.name or subjects.folder.name, atlas=atlas.name,
+    metadata = CohortMetadata(name=config.name or Path(output).stem, atlas=atlas.name,
                               roi_names=list(atlas.roi_names), label_names=subjects.label_names, task=config.task,
                               networks=atlas.networks, connectivity=config.connectivity)
     with CohortWriter(output, metadata, source=str(subjects.folder)) as writer:

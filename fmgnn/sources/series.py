@@ -73,7 +73,7 @@ def ingest_series(folder: str | Path, output: str | Path, config: SeriesConfig |
     if atlas.n_rois != first.shape[1]:
         raise CohortError(f"{subjects.files[0].path}: {first.shape[1]} regions but atlas {atlas.name} has "
                           f"{atlas.n_rois}")
-    metadata = CohortMetadata(name=config.name or subjects.folder.name, atlas=atlas.name,
+    metadata = CohortMetadata(name=config.name or Path(output).stem, atlas=atlas.name,
                               roi_names=list(atlas.roi_names), label_names=subjects.label_names, task=config.task,
                               networks=atlas.networks)
     constant: dict[str, list[str]] = {}

@@ -71,7 +71,7 @@ class SubjectFilesConfig:
         atlas_regions: Region names: a list, or a labels file (one name per line, or a TSV/CSV with a name
             or label column).
         on_invalid: ``error`` stops at the first invalid file or row; ``skip`` leaves each out and names it.
-        name: Cohort name; default: the folder's name.
+        name: Cohort name; default: the output file's name (``abide`` for ``-o cohorts/abide.parquet``).
         task: The classification task in words.
     """
 
