@@ -57,7 +57,8 @@ def scan_graph(series: np.ndarray, config: FMRITaskConfig, coords: np.ndarray | 
     t, r = series.shape
     if t < needed:
         raise CohortError(f"{where}: {t} time points, the task needs {needed} (window x n_windows)")
-    values = torch.as_tensor(series[:needed].T, dtype=torch.float32)  # (R, T)
+    # A copy: the series may be a read-only view of the cohort's Arrow buffer.
+    values = torch.tensor(series[:needed].T, dtype=torch.float32)  # (R, T)
     if config.normalize:
         values = (values - values.mean(1, keepdim=True)) / (values.std(1, keepdim=True) + 1e-6)
     if config.graph == "coords":
