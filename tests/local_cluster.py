@@ -23,13 +23,21 @@ import psutil
 LOOPBACK = "127.0.0.1"
 
 
+_HANDED_OUT: set[int] = set()  # every port given to a node: a node's worker ports are bound only when its workers start
+
+
 def free_ports(n: int) -> list[int]:
-    sockets = []
-    for _ in range(n):
+    """``n`` free loopback ports, none handed out before in this process (the OS may offer a port again once
+    its probing socket is closed: two components given one port made ``ray start`` fail in CI)."""
+    sockets, ports = [], []
+    while len(ports) < n:
         s = socket.socket()
         s.bind((LOOPBACK, 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
+        sockets.append(s)  # held open until all are chosen, so the OS offers each once
+        port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            ports.append(port)
+            _HANDED_OUT.add(port)
     for s in sockets:
         s.close()
     return ports
@@ -37,12 +45,12 @@ def free_ports(n: int) -> list[int]:
 
 def node_port_flags() -> tuple[list[str], int]:
     """``ray start`` flags that give a node ports of its own; returns them and the node manager port."""
-    node_manager, object_manager, agent_http, agent_grpc, metrics, runtime_env, first_worker = free_ports(7)
+    node_manager, object_manager, agent_http, agent_grpc, metrics, runtime_env, *workers = free_ports(6 + 16)
     flags = [f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
              f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
              f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
              # A worker-port list, not a range: ranges of two nodes could overlap.
-             f"--worker-port-list={','.join(str(p) for p in [first_worker, *free_ports(15)])}"]
+             f"--worker-port-list={','.join(map(str, workers))}"]
     return flags, node_manager
 
 
