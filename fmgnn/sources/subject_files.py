@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,7 +114,6 @@ class SubjectFiles:
     files: list[SubjectFile]
     label_names: list[str]
     table_sha256: str
-    notes: list[str] = field(default_factory=list)
 
 
 class Invalid:
@@ -288,7 +287,7 @@ def match_subject_files(folder: str | Path, config: SubjectFilesConfig, suffixes
     if unmatched > 0:
         report.notes.append(f"{unmatched} ids of {table_path} have no file in {folder} (not an error: a phenotype "
                             "table often covers a larger study)")
-    return SubjectFiles(folder, files, label_names, file_sha256(table_path), report.notes)
+    return SubjectFiles(folder, files, label_names, file_sha256(table_path))
 
 
 def read_mat_variable(path: Path, variable: str | None) -> np.ndarray:
