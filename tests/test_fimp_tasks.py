@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fimp.tasks.fmri import FMRITaskConfig, knn_edges, load_scans, reconstruction_metrics, scan_graph, window_mask
+from fimp.tasks.fmri import (FMRITaskConfig, knn_edges, load_scans, nearest_edges, reconstruction_metrics,
+                             scan_graph, window_mask)
 from fmgnn.cohort import Cohort, CohortError
 
 
@@ -17,6 +18,18 @@ def test_knn_edges_point_from_the_most_correlated_regions():
     edges = knn_edges(similarity, 2)
     into = {t: sorted(edges[0, edges[1] == t].tolist()) for t in range(4)}
     assert into == {0: [1, 3], 1: [0, 3], 2: [1, 3], 3: [0, 2]}  # never a self-loop
+
+
+def test_nearest_edges_are_the_dense_knn_edges_without_the_distance_matrix():
+    """The KD-tree's edges equal the dense path's on points without ties; a repeated point is never its own
+    neighbour, and a target has k sources."""
+    points = np.random.default_rng(0).random((300, 3))
+    dense = knn_edges(-torch.cdist(torch.as_tensor(points), torch.as_tensor(points)), 5)
+    tree = nearest_edges(points, 5)
+    as_set = lambda e: set(map(tuple, e.T.tolist()))  # noqa: E731
+    assert tree.shape == dense.shape == (2, 1500) and as_set(tree) == as_set(dense)
+    repeated = nearest_edges(np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [5.0, 5.0]]), 2)
+    assert (repeated[0] != repeated[1]).all() and torch.bincount(repeated[1]).tolist() == [2, 2, 2, 2]
 
 
 def test_scan_graph_windows_and_normalisation():

@@ -50,6 +50,25 @@ def knn_edges(similarity: Tensor, k: int) -> Tensor:
     return torch.stack([neighbours.reshape(-1), target])
 
 
+def nearest_edges(points: np.ndarray | Tensor, k: int) -> Tensor:
+    """Edges (2, N k) from each point's k nearest others in space (source = neighbour, target = point).
+
+    The edges of ``knn_edges(-cdist(points, points), k)`` without the N x N distance matrix: a KD-tree
+    query, O(N k) memory, for recordings of many vertices and tissues of many cells."""
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(points, dtype=np.float64)
+    n = len(points)
+    k = min(k, n - 1)
+    _, found = cKDTree(points).query(points, k=k + 1)  # (N, k + 1), each point among its own nearest
+    found = found.reshape(n, k + 1)
+    own = found == np.arange(n)[:, None]
+    own[~own.any(axis=1), -1] = True  # a point with k others at distance 0 before it: drop the farthest
+    neighbours = found[~own].reshape(n, k)
+    target = np.repeat(np.arange(n), k)
+    return torch.as_tensor(np.stack([neighbours.reshape(-1), target]), dtype=torch.long)
+
+
 def scan_graph(series: np.ndarray, config: FMRITaskConfig, coords: np.ndarray | None = None,
                where: str = "scan") -> Data:
     """``Data`` with ``x`` (R, f, w) windows and kNN ``edge_index``."""

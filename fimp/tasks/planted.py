@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fimp.tasks.fmri import knn_edges
+from fimp.tasks.fmri import nearest_edges
 from fimp.tasks.nodes import NodeTask
 
 PlantedKind = Literal["neighbour_copy", "within_node", "both"]
@@ -49,7 +49,7 @@ def planted_task(kind: PlantedKind, n_nodes: int = 2000, n_tokens: int = 24, n_s
                  k: int = 4, seed: int = 0) -> NodeTask:
     rng = np.random.default_rng(seed)
     points = torch.as_tensor(rng.random((n_nodes, 2)), dtype=torch.float32)
-    edge_index = knn_edges(-torch.cdist(points, points), k)
+    edge_index = nearest_edges(points, k)
     masks = conflict_free_masks(edge_index, n_nodes, n_tokens, n_sources, n_hidden, rng)
     values = torch.as_tensor(rng.standard_normal((n_nodes, n_tokens)), dtype=torch.float32)
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from fmgnn.config import LocalPath
-from fimp.tasks.fmri import knn_edges
+from fimp.tasks.fmri import nearest_edges
 from fimp.tasks.nodes import NodeTask
 from fmgnn.cohort import CohortError
 from fmgnn.io import package_path
@@ -121,8 +121,7 @@ def load_recording(config: RecordingTaskConfig) -> NodeTask:
         if not path.is_dir():
             raise CohortError(f"recording.path: {path} is not a folder (source=parcels reads timeseries.tsv and rois.tsv)")
         series, coords = read_parcels(path)
-        points = torch.as_tensor(coords)
-        edge_index = knn_edges(-torch.cdist(points, points), config.k)
+        edge_index = nearest_edges(coords, config.k)
     else:
         series, edge_index = read_surface(path, Path(package_path(config.mesh, "recording.mesh")))
     needed = config.window * config.n_windows

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fmgnn.config import LocalPath
-from fimp.tasks.fmri import knn_edges
+from fimp.tasks.fmri import nearest_edges
 from fimp.tasks.nodes import NodeTask
 from fmgnn.cohort import CohortError
 
@@ -87,7 +87,6 @@ def load_spatial(config: SpatialTaskConfig) -> NodeTask:
         raise CohortError(f"{path}: cell {row} has a missing or infinite value")
     if config.log1p:
         values = np.log1p(np.clip(values, 0, None))
-    points = torch.as_tensor(coords)
-    edges = knn_edges(-torch.cdist(points, points), config.k)
+    edges = nearest_edges(coords, config.k)
     return NodeTask(x=torch.as_tensor(values).unsqueeze(-1), edge_index=edges, token_names=genes,
                     name=path.stem, standardize=True)
