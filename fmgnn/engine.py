@@ -345,13 +345,19 @@ def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
 
 
 def fit_tasks(tasks: list[TrainTask], runtime: Runtime) -> list[dict[str, Any]]:
-    """Run tasks one after another in this worker group, skipping those whose output says they are done."""
+    """Run tasks one after another in this worker group, skipping those whose output says they are done.
+
+    What a task's ``setup`` loaded (its cohort, its graphs) is dropped once the task is done, so that a
+    group holds one task's data at a time, not every finished fold's."""
     results = []
     for task in tasks:
         if is_done(task):
             results.append(read_result(task.output))
             continue
+        configured = set(vars(task))
         results.append(fit(task, runtime))
+        for name in set(vars(task)) - configured:
+            delattr(task, name)
     return results
 
 

@@ -11,16 +11,23 @@ this process with no Ray Train at all (checkpoints under the storage path, resum
 
 from __future__ import annotations
 
+import logging
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from fmgnn.engine import TrainTask, is_done, local_device, run_local
+from fmgnn.errors import InputError
 from fmgnn.ray_runtime import train_worker
 from pipelines.ray_session import RayConfig
+
+log = logging.getLogger(__name__)
 
 
 def resolve_storage_path(storage_path: str | None, run_dir: str | Path) -> str:
@@ -28,6 +35,45 @@ def resolve_storage_path(storage_path: str | None, run_dir: str | Path) -> str:
     if storage_path and "://" in storage_path:
         return storage_path
     return str(Path(storage_path or Path(run_dir) / "ray_results").resolve())
+
+
+@ray.remote(num_cpus=0)
+def missing_files(paths: list[str]) -> list[str]:
+    return [path for path in paths if not os.path.exists(path)]
+
+
+def check_shared_folders(folders: list[str], timeout_s: float = 120.0) -> None:
+    """On a cluster of several nodes, each local folder that workers write and this driver reads must be one
+    folder on every node (a shared file system mounted at the same path): Ray Train checks no such thing,
+    and what a worker wrote on its own disk would be missing here. This driver writes a file in each
+    folder and a task on every node looks for it; a node that cannot see one is an error before training.
+    On one node, or with cloud URIs only, there is nothing to check."""
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    local = sorted({folder for folder in folders if "://" not in folder})
+    if len(nodes) < 2 or not local:
+        return
+    markers = []
+    for folder in local:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        marker = Path(folder) / f".fmgnn-shared-{uuid.uuid4().hex[:12]}"
+        marker.touch()
+        markers.append(str(marker))
+    try:
+        refs = {node["NodeManagerAddress"]: missing_files.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(markers)
+            for node in nodes}
+        missing = {address: ray.get(ref, timeout=timeout_s) for address, ref in refs.items()}
+    finally:
+        for marker in markers:
+            Path(marker).unlink(missing_ok=True)
+    unseen = sorted({str(Path(marker).parent) for found in missing.values() for marker in found})
+    if unseen:
+        blind = sorted(address for address, found in missing.items() if found)
+        raise InputError(f"storage_path / run_dir: {', '.join(unseen)} is not shared with the cluster's nodes "
+                         f"{', '.join(blind)}: on a cluster of {len(nodes)} nodes, run folders and checkpoints go on a "
+                         "file system every node mounts at the same path (/mnt/fmgnn in cluster/), and "
+                         "storage_path may be s3://... or gs://...")
+    log.info("shared folders checked on %d nodes: %s", len(nodes), ", ".join(local))
 
 
 def make_trainer(tasks: list[TrainTask], name: str, config: RayConfig, storage_path: str,
@@ -72,6 +118,7 @@ def run_stage(tasks: list[TrainTask], stage: str, config: RayConfig, storage_pat
         for name, group in zip(names, groups):
             run_local(group, Path(storage_path) / name, device, config.precision)
         return
+    check_shared_folders([storage_path, *(str(Path(t.output).parent) for t in tasks if t.output is not None)])
     refs = [fit_remote.remote(make_trainer(group, name, config, storage_path))
             for name, group in zip(names, groups) if not all(is_done(t) for t in group)]
     ray.get(refs)

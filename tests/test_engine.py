@@ -89,6 +89,7 @@ def test_tasks_of_a_stage_share_one_runtime_and_finished_ones_are_skipped(small_
         runtime.report = report
         fit_tasks(tasks, runtime)
     assert is_done(tasks[0]) and not is_done(tasks[1])
+    assert not hasattr(tasks[0], "train_graphs") and hasattr(tasks[1], "train_graphs")  # a done task is freed
     first = read_result(tasks[0].output)
     results = run_local([gcn_task(small_synthetic, fold=k, epochs=3, output=tmp_path / f"fold{k}")
                          for k in range(3)], tmp_path / "ckpt")

@@ -82,11 +82,15 @@ def test_augment_job_on_the_cluster(augmented, small_synthetic):
 def reference_run(cluster, small_synthetic, augmented, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("multinode") / "reference"
     job_id = run_job(cluster, bleg_args(small_synthetic, augmented, run_dir))
-    assert job_status(cluster, job_id) == "SUCCEEDED", job_client(cluster.dashboard).get_job_logs(job_id)
+    logs = job_client(cluster.dashboard).get_job_logs(job_id)
+    assert job_status(cluster, job_id) == "SUCCEEDED", logs
+    (run_dir / "job.log").write_text(logs)
     return run_dir
 
 
 def test_bleg_job_on_the_cluster(reference_run):
+    # Before training, each stage made sure both nodes see its folders (pipelines.trainers.check_shared_folders).
+    assert "shared folders checked on 2 nodes" in (reference_run / "job.log").read_text()
     summary = json.loads((reference_run / "metrics.json").read_text())
     assert set(summary["models"]) == {"align_only"}
     for split in ("seed0_fold0", "seed0_fold1"):
