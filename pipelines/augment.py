@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from bleg.augment.describe import DescribeConfig
+from bleg.augment.describe import INPUT_COLUMNS, DescribeConfig, describe_stage
 from bleg.augment.engines import ENGINE_RUNTIME_SETTINGS, EngineConfig, preflight, resolve_auto
 from bleg.augment.prompt import DEFAULT_PROMPT, get_prompt
 from bleg.augment.quality import QualityConfig
-from bleg.augment.stages import INPUT_COLUMNS, GenerateStage, describe_stage, parse_stage
+from bleg.augment.stages import GenerateStage, parse_stage
 from bleg.augment.cohort_quality import cohort_quality
 from bleg.augment.run_record import AugmentOutput
 from bleg.augment.store import PartWriter, drop_replaced_rows, read_keys
@@ -39,7 +39,7 @@ from fmgnn.errors import InputError
 from fmgnn.io import atomic_write_json
 from pipelines.command import job_main
 from pipelines.job import RUNTIME_SETTINGS, Job, run_job
-from pipelines.ray_session import RayConfig
+from pipelines.ray_session import RayConfig, node_resources
 
 log = logging.getLogger("fmgnn.augment")
 
@@ -89,31 +89,42 @@ def generate_with_rules(batch: dict[str, Any], **stage: Any) -> pa.Table:
     return GenerateStage(**stage)(batch)
 
 
-def build_dataset(config: AugmentConfig, cohort: Cohort, todo: set[str], seed: int) -> ray.data.Dataset:
+def replica_resources(engine: EngineConfig, ray_config: RayConfig) -> dict[str, Any]:
+    """The Ray resources of one engine replica: a vLLM replica holds ``tensor_parallel_size`` GPUs on a node
+    that advertises ``engine.node_resource`` (the vLLM image), or one CPU and vLLM's CPU environment on the CPU
+    build; a transformers replica what ``num_gpus``/``num_cpus`` ask, on the job's own nodes."""
+    if engine.kind != "vllm":
+        return {"num_gpus": engine.num_gpus or None, "num_cpus": engine.num_cpus,
+                "resources": node_resources(ray_config.node_resource)}
+    placed = {"resources": node_resources(engine.node_resource)}
+    if engine.device == "cpu":
+        from bleg.augment.engines.vllm import CPU_ENV
+
+        return {"num_cpus": 1, "runtime_env": {"env_vars": CPU_ENV}, **placed}
+    return {"num_gpus": engine.tensor_parallel_size, "num_cpus": engine.num_cpus, **placed,
+            **({"accelerator_type": engine.accelerator_type} if engine.accelerator_type else {})}
+
+
+def build_dataset(config: AugmentConfig, cohort: Cohort, todo: set[str]) -> ray.data.Dataset:
     """The lazy pipeline over the subjects in ``todo``. The label column is never read."""
     # Version-1 cohorts have no scan_id: their subject_id is the unique row id.
     key = "scan_id" if "scan_id" in cohort.schema.names else "subject_id"
     columns = [key if c == "scan_id" else c for c in INPUT_COLUMNS if c == "scan_id" or c in cohort.schema.names]
+    placed = node_resources(config.ray.node_resource)  # the graph code runs on the fmgnn image's nodes only
     ds = ray.data.read_parquet(str(cohort.path), columns=columns)
     if key != "scan_id":
         ds = ds.rename_columns({key: "scan_id"})
     if len(todo) < len(cohort):  # a batch-wise Arrow filter: a row-wise one would build Python lists of FC
-        ds = ds.map_batches(keep_subjects, batch_format="pyarrow", fn_kwargs={"subjects": sorted(todo)})
+        ds = ds.map_batches(keep_subjects, batch_format="pyarrow", fn_kwargs={"subjects": sorted(todo)},
+                            resources=placed)
     ds = ds.map_batches(describe_stage, batch_size=config.describe_batch_size, batch_format="numpy",
-                        fn_kwargs={"metadata": cohort.metadata, "config": config.describe})
+                        fn_kwargs={"metadata": cohort.metadata, "config": config.describe}, resources=placed)
     engine = config.engine
-    if engine.kind == "vllm":
-        from bleg.augment.engines.vllm import PromptStage, vllm_processor
-
-        ds = ds.map_batches(PromptStage, batch_size=engine.batch_size, batch_format="numpy", concurrency=1,
-                            fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata, "seed": seed,
-                                                   "prompt": config.prompt})
-        ds = vllm_processor(engine, config.prompt)(ds)
-    elif engine.kind == "rules":
+    if engine.kind == "rules":
         # No model to load: tasks on Ray's warm workers, not an actor pool that starts a process per run.
         ds = ds.map_batches(generate_with_rules, batch_size=engine.batch_size, batch_format="numpy",
                             fn_kwargs={"engine": engine, "metadata": cohort.metadata, "quality": config.quality,
-                                       "prompt": config.prompt}, num_cpus=engine.num_cpus)
+                                       "prompt": config.prompt}, num_cpus=engine.num_cpus, resources=placed)
     else:
         # One block per engine batch: a block leaves its task only when done, so a whole-file block
         # would show no progress (and trip Ray Data's no-progress timeout) until every subject is answered.
@@ -122,34 +133,30 @@ def build_dataset(config: AugmentConfig, cohort: Cohort, todo: set[str], seed: i
         ds = ds.map_batches(GenerateStage, batch_size=engine.batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"engine": engine, "metadata": cohort.metadata,
                                                    "quality": config.quality, "prompt": config.prompt},
-                            concurrency=engine.concurrency, num_gpus=engine.num_gpus or None,
-                            num_cpus=engine.num_cpus)
+                            concurrency=engine.concurrency, **replica_resources(engine, config.ray))
     return ds.map_batches(parse_stage, batch_format="numpy", fn_kwargs={"quality": config.quality,
-                                                                        "prompt": config.prompt})
+                                                                        "prompt": config.prompt}, resources=placed)
 
 
 @dataclass
-class PassResult:
+class WrittenRows:
     written: int = 0
     errors: int = 0
     output_tokens: int = 0
-    failed: set[str] = field(default_factory=set)
 
 
-def write_pass(dataset: ray.data.Dataset, writer: PartWriter, config: AugmentConfig, n_todo: int,
-               start: float) -> PassResult:
+def write_rows(dataset: ray.data.Dataset, writer: PartWriter, config: AugmentConfig, n_todo: int,
+               start: float) -> WrittenRows:
     """Stream the pipeline's rows into part files; only this driver writes, one atomic file at a time.
 
     Parts hold ``rows_per_part`` rows; rows that wait longer than ``flush_interval_s`` are written anyway.
     """
-    result = PassResult()
+    result = WrittenRows()
 
     def emit(batch: pa.Table) -> None:
         writer.write(batch)
         result.written += batch.num_rows
-        errors = batch.filter(pc.is_valid(batch["error"]))
-        result.errors += errors.num_rows
-        result.failed.update(errors["scan_id"].to_pylist())
+        result.errors += batch.num_rows - pc.sum(pc.is_null(batch["error"]).cast(pa.int64())).as_py()
         result.output_tokens += int(pc.sum(batch["output_tokens"]).as_py() or 0)
         log.info("augment: %d/%d subjects written (%.1f subjects/s, %d errors)", result.written, n_todo,
                  result.written / (time.monotonic() - start), result.errors)
@@ -219,21 +226,11 @@ class AugmentJob(Job[AugmentConfig]):
                  cohort.metadata.name, config.engine.kind, model, version, n_todo, len(done), len(failed),
                  " (retrying them)" if config.retry_failed else " (kept; retry_failed=true redoes them)")
         start = time.monotonic()
-        total, removed = PassResult(), 0
-        # In-process engines retry inside their stage; the vLLM processor retries in further passes.
-        passes = config.engine.max_attempts if config.engine.kind == "vllm" else 1
-        redo = (failed & todo) if config.retry_failed else set()
-        for attempt in range(passes):
-            if not todo:
-                break
-            writer = PartWriter(output.parts_dir, f"{run_id}{attempt}")
-            dataset = build_dataset(config, cohort, todo, config.engine.sampling.seed + attempt)
-            result = write_pass(dataset, writer, config, len(todo), start)
-            removed += drop_replaced_rows(output.parts_dir, redo, version, model, writer.run_id)
-            total.written += result.written if attempt == 0 else 0  # later passes replace rows, not add
-            total.output_tokens += result.output_tokens
-            total.errors = result.errors  # each pass redoes exactly the previous pass's failures
-            todo = redo = result.failed
+        writer = PartWriter(output.parts_dir, run_id)
+        # Every engine retries a rejected answer inside its stage (engine.max_attempts), with the model loaded.
+        total = write_rows(build_dataset(config, cohort, todo), writer, config, n_todo, start)
+        removed = drop_replaced_rows(output.parts_dir, failed & todo if config.retry_failed else set(), version,
+                                     model, writer.run_id)
         seconds = time.monotonic() - start
         summary = {
             "run_id": run_id, "cohort": str(cohort.path), "prompt_version": version, "model": model,

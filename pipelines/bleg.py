@@ -53,7 +53,7 @@ from fmgnn.plots import plot_confusion, plot_learning_curves, plot_roc
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.classification import format_table, paired_comparison, run_logistic, run_permutations
 from pipelines.job import RUNTIME_SETTINGS, Job, run_job
-from pipelines.ray_session import RayConfig
+from pipelines.ray_session import RayConfig, node_resources
 from pipelines.trainers import resolve_storage_path, run_stage
 
 log = logging.getLogger("fmgnn.bleg")
@@ -247,7 +247,8 @@ class FoldRunner:
                 self.config.ray.precision)
         if self.config.ray.num_workers == 0:
             return teacher_targets(*args)
-        return teacher_remote.options(num_gpus=1 if self.config.ray.use_gpu else 0).remote(*args)
+        return teacher_remote.options(num_gpus=1 if self.config.ray.use_gpu else 0,
+                                      resources=node_resources(self.config.ray.node_resource)).remote(*args)
 
 
 def fold_seed(split: Split) -> int:

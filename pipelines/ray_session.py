@@ -43,6 +43,10 @@ class RayConfig:
         temp_dir: Session directory of an embedded instance; None: one per process
             (``/tmp/fmgnn-ray-<pid>``): two jobs started at once on one machine each run their own
             instance, and each instance's processes are pointed at their own dashboard.
+        node_resource: A custom resource that the nodes running the fmgnn image advertise (``fmgnn_node``
+            in cluster/); every Ray Train worker, sweep trial, teacher and Ray Data task of the job asks
+            for a sliver of it, so that none lands on a node of another image (the vLLM nodes). None:
+            anywhere (one machine, or one image on every node).
     """
 
     address: str | None = None
@@ -56,6 +60,15 @@ class RayConfig:
     train_log_level: str = "WARNING"
     precision: Literal["fp32", "bf16"] = "fp32"
     temp_dir: OptionalLocalPath = None
+    node_resource: str | None = None
+
+
+NODE_RESOURCE_SHARE = 0.001  # what one process asks of a node resource: a node advertises thousands
+
+
+def node_resources(name: str | None) -> dict[str, float]:
+    """The Ray resources that place a process on the nodes that advertise ``name``; none without one."""
+    return {name: NODE_RESOURCE_SHARE} if name else {}
 
 
 def job_env_vars(config: RayConfig) -> dict[str, str]:

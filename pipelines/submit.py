@@ -73,13 +73,15 @@ def runtime_env(path: Path | None, working_dir: Path) -> dict[str, Any]:
 
 
 def submit(job_args: list[str], address: str | None = None, runtime_env_file: Path | None = RUNTIME_ENV,
-           working_dir: Path = REPO, submission_id: str | None = None) -> str:
-    """Submit ``fmgnn JOB_ARGS`` as a Ray job; returns its submission id."""
+           working_dir: Path = REPO, submission_id: str | None = None, driver_resource: str | None = None) -> str:
+    """Submit ``fmgnn JOB_ARGS`` as a Ray job; returns its submission id. With ``driver_resource`` the driver
+    reserves one unit of that resource (``fmgnn_driver``, which the heads in cluster/ advertise four of)."""
     if not job_args:
         raise InputError("give the job to run, e.g. fmgnn submit -- train bleg --config configs/bleg.yaml")
     entrypoint = shlex.join(["python", "-m", "pipelines.cli", *job_args])
     return job_client(address).submit_job(entrypoint=entrypoint, submission_id=submission_id,
-                                          runtime_env=runtime_env(runtime_env_file, working_dir))
+                                          runtime_env=runtime_env(runtime_env_file, working_dir),
+                                          entrypoint_resources={driver_resource: 1} if driver_resource else None)
 
 
 def follow(job_id: str, address: str | None = None, poll_s: float = 2.0, out=sys.stdout) -> str:
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None, command: str = "submit") -> int:
         parser.add_argument("--runtime-env", type=Path, default=RUNTIME_ENV)
         parser.add_argument("--working-dir", type=Path, default=REPO)
         parser.add_argument("--submission-id", help="a name for the job (default: Ray makes one)")
+        parser.add_argument("--driver-resource", help="a resource the driver reserves one of (cluster/: "
+                            "fmgnn_driver, on the head); default: none")
         parser.add_argument("--no-wait", action="store_true", help="return after submitting")
         parser.add_argument("job", nargs=argparse.REMAINDER, help="the fmgnn job and its arguments")
     elif command == "status":
@@ -123,7 +127,8 @@ def main(argv: list[str] | None = None, command: str = "submit") -> int:
 
     if command == "submit":
         job_args = args.job[1:] if args.job[:1] == ["--"] else args.job
-        job_id = submit(job_args, args.address, args.runtime_env, args.working_dir, args.submission_id)
+        job_id = submit(job_args, args.address, args.runtime_env, args.working_dir, args.submission_id,
+                        args.driver_resource)
         print(f"submitted {job_id}", flush=True)
         if args.no_wait:
             return 0

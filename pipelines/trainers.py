@@ -25,7 +25,7 @@ from ray.train.torch import TorchTrainer
 from fmgnn.engine import TrainTask, is_done, local_device, run_local
 from fmgnn.errors import InputError
 from fmgnn.ray_runtime import train_worker
-from pipelines.ray_session import RayConfig
+from pipelines.ray_session import RayConfig, node_resources
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ def make_trainer(tasks: list[TrainTask], name: str, config: RayConfig, storage_p
         train_worker,
         train_loop_config={"tasks": tasks, "precision": config.precision},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
-                                     resources_per_worker={"CPU": config.cpus_per_worker}),
+                                     resources_per_worker={"CPU": config.cpus_per_worker,
+                                                           **node_resources(config.node_resource)}),
         run_config=RunConfig(
             name=name, storage_path=storage_path,
             failure_config=FailureConfig(max_failures=config.max_failures),
@@ -119,6 +120,7 @@ def run_stage(tasks: list[TrainTask], stage: str, config: RayConfig, storage_pat
             run_local(group, Path(storage_path) / name, device, config.precision)
         return
     check_shared_folders([storage_path, *(str(Path(t.output).parent) for t in tasks if t.output is not None)])
-    refs = [fit_remote.remote(make_trainer(group, name, config, storage_path))
+    placed = fit_remote.options(resources=node_resources(config.node_resource))
+    refs = [placed.remote(make_trainer(group, name, config, storage_path))
             for name, group in zip(names, groups) if not all(is_done(t) for t in group)]
     ray.get(refs)

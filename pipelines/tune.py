@@ -53,7 +53,7 @@ from pipelines.bleg import BLEGJobConfig, fold_result, fold_seed
 from pipelines.classification import paired_comparison
 from pipelines.command import job_main
 from pipelines.job import RUNTIME_SETTINGS, Job, run_job
-from pipelines.ray_session import RayConfig
+from pipelines.ray_session import RayConfig, node_resources
 from pipelines.trainers import make_trainer, resolve_storage_path, run_stage
 from tune.space import search_space
 from tune.storage import check_restorable, storage_filesystem
@@ -142,7 +142,8 @@ def run_trials(config: TuneJobConfig, base: BLEGJobConfig, cohort_path: str, fol
     # trains itself (ray.num_workers=0) holds a worker's share.
     trains_itself = config.ray.num_workers == 0
     trial_cpus = config.ray.cpus_per_worker if trains_itself else 0.1
-    resources = {"CPU": trial_cpus, **({"GPU": 1} if trains_itself and config.ray.use_gpu else {})}
+    resources = {"CPU": trial_cpus, **({"GPU": 1} if trains_itself and config.ray.use_gpu else {}),
+                 **node_resources(config.ray.node_resource)}
     trainable = tune.with_resources(
         make_trainable(base, cohort_path, ray.put(folds), encoder_config, config.ray, storage_path, name),
         resources)

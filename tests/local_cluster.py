@@ -95,6 +95,7 @@ class LocalCluster:
     """``with LocalCluster(head_cpus=0) as cluster: cluster.add_node(4)``; ``cluster.dashboard`` for jobs."""
 
     head_cpus: int = 0
+    head_resources: dict[str, float] | None = None
     system_config: dict | None = None
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fmgnn-mn-", dir="/tmp")))
     nodes: list[Node] = field(default_factory=list)
@@ -126,6 +127,10 @@ class LocalCluster:
         head = ["--head", f"--port={self.gcs_port}", f"--num-cpus={self.head_cpus}", f"--temp-dir={self.temp_dir}",
                 "--include-dashboard=true", f"--dashboard-host={LOOPBACK}", f"--dashboard-port={self.dashboard_port}",
                 f"--ray-client-server-port={self.client_port}", *flags]
+        if self.head_resources:
+            import json
+
+            head.append(f"--resources={json.dumps(self.head_resources)}")
         if self.system_config:
             import json
 
@@ -134,8 +139,12 @@ class LocalCluster:
         self.nodes.append(Node(port, self.head_cpus))
         return self
 
-    def add_node(self, num_cpus: int) -> Node:
+    def add_node(self, num_cpus: int, resources: dict[str, float] | None = None) -> Node:
+        import json
+
         flags, port = node_port_flags()
+        if resources:
+            flags.append(f"--resources={json.dumps(resources)}")
         self._ray_start([f"--address={self.address}", f"--num-cpus={num_cpus}", *flags])
         node = Node(port, num_cpus)
         self.nodes.append(node)

@@ -1,6 +1,8 @@
 """Jobs on a real two-node Ray cluster, submitted through the Jobs API with the repo as working dir.
 
-The head has no CPUs for tasks (as in cluster/aws.yaml), so all training runs on the worker node.
+The head has no CPUs for tasks (as in cluster/aws.yaml), so all training runs on the worker node, which
+advertises the fmgnn image's node resource as the manifests' nodes do; every job asks for it
+(``ray.node_resource``), so each of its Ray processes must find a place there.
 Killing that node mid-training and bringing up a replacement (what the autoscaler does) must let the
 job finish from its last checkpoints with the same results as an uninterrupted run.
 """
@@ -27,20 +29,21 @@ TOLERANCE = 1e-5
 # Enough epochs that the node is killed with fold 0 part-trained (after its 3rd checkpoint), few enough that
 # the two 2-fold jobs (reference and killed) stay short: each epoch is a DDP step and a checkpoint.
 EPOCHS = 12
+NODE = {"fmgnn_node": 1000}  # as cluster/*.yaml's fmgnn-image nodes advertise it
 
 
 @pytest.fixture(scope="module")
 def cluster():
     # A dead node is noticed after 3 missed 1 s health checks instead of Ray's default 5 x 3 s.
-    with LocalCluster(head_cpus=0, system_config={"health_check_period_ms": 1000,
+    with LocalCluster(head_cpus=0, head_resources={"fmgnn_driver": 4}, system_config={"health_check_period_ms": 1000,
                                                   "health_check_failure_threshold": 3}) as local:
-        local.add_node(num_cpus=4)
+        local.add_node(num_cpus=4, resources=NODE)
         local.wait_for_nodes(2)
         yield local
 
 
 def run_job(cluster: LocalCluster, args: list[str], timeout_s: float = 420) -> str:
-    job_id = submit(args, address=cluster.dashboard)
+    job_id = submit(args, address=cluster.dashboard, driver_resource="fmgnn_driver")
     deadline = time.monotonic() + timeout_s
     while str(job_client(cluster.dashboard).get_job_status(job_id).value) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
         assert time.monotonic() < deadline, f"job {job_id} still running after {timeout_s} s"
@@ -59,15 +62,16 @@ def bleg_args(cohort: Path, texts: Path, run_dir: Path) -> list[str]:
             "variants=[align_only]", "folds.n_folds=2", "folds.seeds=[0]", "lm.max_length=160",
             f"stage3.epochs={EPOCHS}", f"stage3.patience={EPOCHS}", "stage3.student.bottleneck=16",
             "stage3.student.head_hidden=16", "ray.num_workers=2", "ray.cpus_per_worker=0.5",
-            "ray.max_concurrent_runs=1"]  # one 2-worker group trains fold 0, then fold 1
+            "ray.max_concurrent_runs=1", "ray.node_resource=fmgnn_node"]  # one 2-worker group: fold 0, then 1
 
 
 @pytest.fixture(scope="module")
 def augmented(cluster, small_synthetic, tmp_path_factory) -> Path:
     """Through the command line: ``fmgnn submit`` waits for the job and returns 0 when it succeeded."""
     output = tmp_path_factory.mktemp("multinode") / "texts"
-    assert submit_main(["--address", cluster.dashboard, "--", "augment", f"cohort={small_synthetic}",
-                        f"output={output}"]) == 0
+    assert submit_main(["--address", cluster.dashboard, "--driver-resource", "fmgnn_driver", "--", "augment",
+                        f"cohort={small_synthetic}",
+                        f"output={output}", "ray.node_resource=fmgnn_node"]) == 0
     return output
 
 
@@ -84,6 +88,7 @@ def reference_run(cluster, small_synthetic, augmented, tmp_path_factory) -> Path
     job_id = run_job(cluster, bleg_args(small_synthetic, augmented, run_dir))
     logs = job_client(cluster.dashboard).get_job_logs(job_id)
     assert job_status(cluster, job_id) == "SUCCEEDED", logs
+    assert job_client(cluster.dashboard).get_job_info(job_id).entrypoint_resources == {"fmgnn_driver": 1}
     (run_dir / "job.log").write_text(logs)
     return run_dir
 
@@ -126,7 +131,7 @@ def test_killed_worker_node_job_finishes_from_checkpoint(cluster, small_syntheti
     worker = next(node for node in cluster.nodes if node.num_cpus > 0)
     killed_at, killed_epoch = time.monotonic(), checkpointed_epoch(run_dir)
     worker.kill()
-    cluster.add_node(num_cpus=4)  # the autoscaler's replacement
+    cluster.add_node(num_cpus=4, resources=NODE)  # the autoscaler's replacement
 
     status = job_status(cluster, job_id)
     while status not in {"SUCCEEDED", "FAILED", "STOPPED"}:

@@ -55,6 +55,9 @@ class EngineConfig:
         chat_template: Apply the tokenizer's chat template (vLLM); off for a model without one.
         vllm_engine_kwargs: Extra ``vllm.LLM`` arguments (``dtype``, ``gpu_memory_utilization``...).
         log_engine_metrics: Export vLLM engine metrics to Ray's Prometheus endpoint (needs ``ray[serve]``).
+        node_resource: vLLM: a custom resource that the nodes running the vLLM image advertise (``vllm_node``
+            in cluster/), so that replicas land there; None: anywhere. Other engines run on the job's own
+            nodes (``ray.node_resource``).
         sampling: Sampling parameters.
     """
 
@@ -79,6 +82,7 @@ class EngineConfig:
     chat_template: bool = True
     vllm_engine_kwargs: dict[str, Any] = field(default_factory=dict)
     log_engine_metrics: bool = False
+    node_resource: str | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     @property
@@ -94,7 +98,8 @@ class EngineConfig:
 # path's answers.
 ENGINE_RUNTIME_SETTINGS = ("url", "api_key", "batch_size", "concurrency", "num_gpus", "num_cpus",
                            "tensor_parallel_size", "accelerator_type", "prefix_cache", "max_attempts",
-                           "max_concurrent_requests", "request_timeout_s", "device", "log_engine_metrics")
+                           "max_concurrent_requests", "request_timeout_s", "device", "log_engine_metrics",
+                           "node_resource")
 
 
 RETRY_TEMPERATURE = 0.7
