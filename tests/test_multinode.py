@@ -88,7 +88,6 @@ def reference_run(cluster, small_synthetic, augmented, tmp_path_factory) -> Path
     job_id = run_job(cluster, bleg_args(small_synthetic, augmented, run_dir))
     logs = job_client(cluster.dashboard).get_job_logs(job_id)
     assert job_status(cluster, job_id) == "SUCCEEDED", logs
-    assert job_client(cluster.dashboard).get_job_info(job_id).entrypoint_resources == {"fmgnn_driver": 1}
     (run_dir / "job.log").write_text(logs)
     return run_dir
 
