@@ -59,16 +59,18 @@ def check_shared_folders(folders: list[str], timeout_s: float = 120.0) -> None:
         marker.touch()
         markers.append(str(marker))
     try:
-        refs = {node["NodeManagerAddress"]: missing_files.options(
+        # By node id: nodes on one machine (a test cluster) share an address.
+        refs = {node["NodeID"]: missing_files.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(markers)
             for node in nodes}
-        missing = {address: ray.get(ref, timeout=timeout_s) for address, ref in refs.items()}
+        missing = {node_id: ray.get(ref, timeout=timeout_s) for node_id, ref in refs.items()}
     finally:
         for marker in markers:
             Path(marker).unlink(missing_ok=True)
     unseen = sorted({str(Path(marker).parent) for found in missing.values() for marker in found})
     if unseen:
-        blind = sorted(address for address, found in missing.items() if found)
+        blind = sorted(f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})" for node in nodes
+                       if missing[node["NodeID"]])
         raise InputError(f"storage_path / run_dir: {', '.join(unseen)} is not shared with the cluster's nodes "
                          f"{', '.join(blind)}: on a cluster of {len(nodes)} nodes, run folders and checkpoints go on a "
                          "file system every node mounts at the same path (/mnt/fmgnn in cluster/), and "
