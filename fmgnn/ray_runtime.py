@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray.cloudpickle
 import ray.train
 import ray.train.torch
 import torch
@@ -52,8 +53,13 @@ class RayTrainRuntime:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
+def pickle_tasks(tasks: list[TrainTask]) -> bytes:
+    """A trainer's tasks as bytes that only ``train_worker`` unpickles (see pipelines.trainers.make_trainer)."""
+    return ray.cloudpickle.dumps(tasks)
+
+
 def train_worker(config: dict[str, Any]) -> None:
-    """The training function of every fmgnn trainer: ``config["tasks"]`` one after another."""
+    """The training function of every fmgnn trainer: the pickled ``config["tasks"]`` one after another."""
     quiet_report_logs()
-    tasks: list[TrainTask] = config["tasks"]
+    tasks: list[TrainTask] = ray.cloudpickle.loads(config["tasks"])
     fit_tasks(tasks, RayTrainRuntime(config.get("precision", "fp32")))

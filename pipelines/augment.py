@@ -228,7 +228,10 @@ class AugmentJob(Job[AugmentConfig]):
         start = time.monotonic()
         writer = PartWriter(output.parts_dir, run_id)
         # Every engine retries a rejected answer inside its stage (engine.max_attempts), with the model loaded.
-        total = write_rows(build_dataset(config, cohort, todo), writer, config, n_todo, start)
+        # Nothing to do (a rerun of a finished run): no dataset, so no Ray workers start for it.
+        total = WrittenRows()
+        if todo:
+            total = write_rows(build_dataset(config, cohort, todo), writer, config, n_todo, start)
         removed = drop_replaced_rows(output.parts_dir, failed & todo if config.retry_failed else set(), version,
                                      model, writer.run_id)
         seconds = time.monotonic() - start

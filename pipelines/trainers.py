@@ -24,7 +24,7 @@ from ray.train.torch import TorchTrainer
 
 from fmgnn.engine import TrainTask, is_done, local_device, run_local
 from fmgnn.errors import InputError
-from fmgnn.ray_runtime import train_worker
+from fmgnn.ray_runtime import pickle_tasks, train_worker
 from pipelines.ray_session import RayConfig, node_resources
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,14 @@ def check_shared_folders(folders: list[str], timeout_s: float = 120.0) -> None:
 
 def make_trainer(tasks: list[TrainTask], name: str, config: RayConfig, storage_path: str,
                  callbacks: list[Any] | None = None) -> TorchTrainer:
-    """A TorchTrainer that runs ``tasks`` in order on ``config.num_workers`` workers; ``name`` makes reruns resume."""
+    """A TorchTrainer that runs ``tasks`` in order on ``config.num_workers`` workers; ``name`` makes reruns resume.
+
+    The tasks travel pickled: Ray Train's controller unpickles its run's config, and unpickling the tasks
+    themselves would import torch_geometric, transformers and scikit-learn into a process that never trains
+    (about 5 CPU-seconds for every trainer started)."""
     return TorchTrainer(
         train_worker,
-        train_loop_config={"tasks": tasks, "precision": config.precision},
+        train_loop_config={"tasks": pickle_tasks(tasks), "precision": config.precision},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": config.cpus_per_worker,
                                                            **node_resources(config.node_resource)}),

@@ -34,12 +34,14 @@ def fmgnn_in_process(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """ray.init costs seconds: start it once, with the job settings the pipelines use."""
+    """ray.init costs seconds: start it once, with the job settings the pipelines use. 4 logical CPUs, not the
+    embedded default's 8 on 2 cores: each logical CPU can be a worker process that imports torch when a Ray
+    Data stage starts, and 8 at once made an augmentation take 30 s instead of 23 (bench/RESULTS.md)."""
     import ray
 
     from pipelines.ray_session import RayConfig, start_ray
 
-    start_ray(RayConfig(num_cpus=8))
+    start_ray(RayConfig(num_cpus=4))
     yield ray
     ray.shutdown()
 

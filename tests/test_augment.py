@@ -283,7 +283,7 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(tmp_path):
         cohort, output = tmp_path / f"c{attempt}.parquet", tmp_path / f"aug{attempt}"
         ingest_synthetic(cohort, SyntheticConfig(n_subjects=n_subjects, n_timepoints=40, store="fc", seed=9))
         args = [f"cohort={cohort}", f"output={output}", "rows_per_part=8", "describe_batch_size=8",
-                "engine.batch_size=8", "ray.num_cpus=4"]
+                "engine.batch_size=8", "ray.num_cpus=2"]
         job = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, *args], start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 240

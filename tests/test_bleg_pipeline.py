@@ -279,7 +279,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(main_run, t
     for attempt in range(3):
         sweep = tmp_path / f"sweep{attempt}"
         args = [sys.executable, "-c", KILL_SWEEP, json.dumps(SPACE),
-                *sweep_overrides(run_dir, sweep, scheduler="fifo", num_samples=1, max_concurrent_trials=1)]
+                *sweep_overrides(run_dir, sweep, scheduler="fifo", num_samples=1, max_concurrent_trials=1),
+                "ray.num_cpus=2"]  # the driver's own embedded Ray: one trial at a time needs no more
         job = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         experiment = sweep / "ray_results" / "bleg"
         deadline = time.time() + 400

@@ -3,8 +3,10 @@ status 2, and every output already written stays byte for byte as it was.
 
 Killed work is tested where it happens: ``test_augment`` (kill -9 mid-augmentation, rerun: no row lost
 or duplicated), ``test_bleg_pipeline`` (kill -9 mid-sweep, restore), ``test_multinode`` (a worker node
-SIGKILLed with the training worker on it: the run resumes from its checkpoint with the same results).
-Here: a training worker process SIGKILLed on the embedded default resumes the same way.
+SIGKILLed with the training workers on it: the job finishes from its checkpoint on a replacement node).
+Here: one of two DDP training worker processes SIGKILLed on the embedded default: the run resumes from its
+checkpoint to the uninterrupted run's results, float for float (the multinode test checks that a job
+survives its node and resumes; the equality is checked here, where it costs one job less).
 """
 
 import json
@@ -131,12 +133,12 @@ def test_killed_training_worker_resumes_from_its_checkpoint(small_synthetic, ray
     cohort = Cohort(small_synthetic)
     split = make_splits(cohort.labels(), FoldConfig(n_folds=2, seeds=[0]))[0]
     task = StudentTask("student", str(small_synthetic), split, GraphConfig(),
-                       AlignmentConfig(lam=0.0, epochs=40, patience=100, student=StudentConfig(bottleneck=8,
+                       AlignmentConfig(lam=0.0, epochs=20, patience=100, student=StudentConfig(bottleneck=8,
                                                                                                head_hidden=8)),
                        GraphEncoderConfig(in_channels=cohort.n_rois, hidden=[16], out_channels=8))
 
-    def trainer(name: str):
-        return make_trainer([task], name, RayConfig(num_workers=1, cpus_per_worker=0.5, max_failures=2),
+    def trainer(name: str):  # two DDP workers: the group restarts whole, both ranks from rank 0's checkpoint
+        return make_trainer([task], name, RayConfig(num_workers=2, cpus_per_worker=0.5, max_failures=2),
                             str(tmp_path))
 
     reference = trainer("reference").fit().metrics
@@ -150,13 +152,13 @@ def test_killed_training_worker_resumes_from_its_checkpoint(small_synthetic, ray
     # The session's own instance by address: another Ray on the machine (a parallel job) must not confuse it.
     workers = list_actors(address=session.EMBEDDED_DASHBOARD, detail=True,
                           filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    assert len(workers) == 1
-    os.kill(workers[0].pid, signal.SIGKILL)
+    assert len(workers) == 2
+    os.kill(workers[1].pid, signal.SIGKILL)
     metrics, _ = ray.get(running, timeout=300)
 
-    assert registered_epoch(tmp_path / "killed") == 39  # the run went on to its last epoch
-    assert metrics["resumed_at"] and 3 <= metrics["resumed_at"][0] < 39  # from a checkpoint, not from scratch
-    assert [h["epoch"] for h in metrics["history"]] == list(range(40))
+    assert registered_epoch(tmp_path / "killed") == 19  # the run went on to its last epoch
+    assert metrics["resumed_at"] and 3 <= metrics["resumed_at"][0] < 19  # from a checkpoint, not from scratch
+    assert [h["epoch"] for h in metrics["history"]] == list(range(20))
     np.testing.assert_allclose([h["train_loss"] for h in metrics["history"]],
                                [h["train_loss"] for h in reference["history"]], atol=1e-5)
     np.testing.assert_allclose(metrics["test_probabilities"], reference["test_probabilities"], atol=1e-5)

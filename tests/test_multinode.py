@@ -4,7 +4,7 @@ The head has no CPUs for tasks (as in cluster/aws.yaml), so all training runs on
 advertises the fmgnn image's node resource as the manifests' nodes do; every job asks for it
 (``ray.node_resource``), so each of its Ray processes must find a place there.
 Killing that node mid-training and bringing up a replacement (what the autoscaler does) must let the
-job finish from its last checkpoints with the same results as an uninterrupted run.
+job finish from its last checkpoints.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bleg.augment.store import read_augmentations
@@ -23,11 +22,8 @@ from tests.local_cluster import LocalCluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-# Resumed runs reseed every epoch (fmgnn.train_state.seed_epoch) and reload optimizer and BatchNorm
-# state, so results should match to float32 rounding.
-TOLERANCE = 1e-5
 # Enough epochs that the node is killed with fold 0 part-trained (after its 3rd checkpoint), few enough that
-# the two 2-fold jobs (reference and killed) stay short: each epoch is a DDP step and a checkpoint.
+# the 2-fold job stays short: each epoch is a DDP step and a checkpoint.
 EPOCHS = 12
 NODE = {"fmgnn_node": 1000}  # as cluster/*.yaml's fmgnn-image nodes advertise it
 
@@ -82,29 +78,6 @@ def test_augment_job_on_the_cluster(augmented, small_synthetic):
     assert all(error is None for error in table["error"].to_pylist())
 
 
-@pytest.fixture(scope="module")
-def reference_run(cluster, small_synthetic, augmented, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("multinode") / "reference"
-    job_id = run_job(cluster, bleg_args(small_synthetic, augmented, run_dir))
-    logs = job_client(cluster.dashboard).get_job_logs(job_id)
-    assert job_status(cluster, job_id) == "SUCCEEDED", logs
-    (run_dir / "job.log").write_text(logs)
-    return run_dir
-
-
-def test_bleg_job_on_the_cluster(reference_run):
-    # Before training, each stage made sure both nodes see its folders (pipelines.trainers.check_shared_folders).
-    assert "shared folders checked on 2 nodes" in (reference_run / "job.log").read_text()
-    summary = json.loads((reference_run / "metrics.json").read_text())
-    assert set(summary["models"]) == {"align_only"}
-    for split in ("seed0_fold0", "seed0_fold1"):
-        assert (reference_run / "folds" / split / "teacher-align_only.parquet").is_file()
-        assert (reference_run / "folds" / split / "align_only" / "model" / "config.json").is_file()
-        result = json.loads((reference_run / "align_only" / f"{split}.json").read_text())
-        assert result["epochs_run"] == EPOCHS and result["resumed_at"] == []
-        assert result["history"][0]["train_align"] > 0
-
-
 def checkpointed_epoch(run_dir: Path) -> int:
     """The latest epoch Ray Train has registered a checkpoint of (its snapshot lists only finished ones)."""
     epochs = [-1]
@@ -116,9 +89,11 @@ def checkpointed_epoch(run_dir: Path) -> int:
     return max(epochs)
 
 
-def test_killed_worker_node_job_finishes_from_checkpoint(cluster, small_synthetic, augmented, reference_run, tmp_path):
+def test_bleg_job_survives_a_killed_worker_node_and_finishes_from_checkpoint(cluster, small_synthetic, augmented,
+                                                                              tmp_path):
     run_dir = tmp_path / "killed"
-    job_id = submit(bleg_args(small_synthetic, augmented, run_dir), address=cluster.dashboard)
+    job_id = submit(bleg_args(small_synthetic, augmented, run_dir), address=cluster.dashboard,
+                    driver_resource="fmgnn_driver")
 
     # Kill the node once fold 0 has checkpointed a few epochs and before it has finished.
     deadline = time.monotonic() + 300
@@ -141,17 +116,20 @@ def test_killed_worker_node_job_finishes_from_checkpoint(cluster, small_syntheti
     print(f"killed the worker node after epoch {killed_epoch} was checkpointed; the job finished "
           f"{time.monotonic() - killed_at:.0f} s later")
 
-    resumed = []
+    # Before training, each stage made sure both nodes see its folders (pipelines.trainers.check_shared_folders).
+    assert "shared folders checked on 2 nodes" in job_client(cluster.dashboard).get_job_logs(job_id)
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert set(summary["models"]) == {"align_only"}
+    resumed = {}
     for split in ("seed0_fold0", "seed0_fold1"):
-        killed = json.loads((run_dir / "align_only" / f"{split}.json").read_text())
-        uninterrupted = json.loads((reference_run / "align_only" / f"{split}.json").read_text())
-        resumed += killed["resumed_at"]
-        assert killed["epochs_run"] == uninterrupted["epochs_run"] == EPOCHS
-        np.testing.assert_allclose(killed["test_probabilities"], uninterrupted["test_probabilities"],
-                                   atol=TOLERANCE)
-        for key in ("accuracy", "auc"):
-            assert abs(killed["metrics"][key] - uninterrupted["metrics"][key]) <= TOLERANCE
-        np.testing.assert_allclose([h["val_loss"] for h in killed["history"]],
-                                   [h["val_loss"] for h in uninterrupted["history"]], atol=TOLERANCE)
-    # Fold 0 restarted from a checkpoint after epoch 0 rather than from scratch.
-    assert resumed and all(epoch > 0 for epoch in resumed), resumed
+        assert (run_dir / "folds" / split / "teacher-align_only.parquet").is_file()
+        assert (run_dir / "folds" / split / "align_only" / "model" / "config.json").is_file()
+        result = json.loads((run_dir / "align_only" / f"{split}.json").read_text())
+        assert result["epochs_run"] == EPOCHS and len(result["history"]) == EPOCHS
+        assert result["world_size"] == 2 and result["history"][0]["train_align"] > 0
+        resumed[split] = result["resumed_at"]
+    # Fold 0 restarted from a checkpoint on the replacement node rather than from scratch; fold 1 was not
+    # interrupted. That a resumed run equals the uninterrupted one, float for float, is checked where it costs
+    # one job less (test_faults: a DDP worker killed on the embedded default).
+    assert resumed["seed0_fold0"] and resumed["seed0_fold0"][0] > killed_epoch
+    assert resumed["seed0_fold1"] == []

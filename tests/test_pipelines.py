@@ -106,7 +106,10 @@ def test_two_jobs_started_at_once_on_one_machine_both_finish(small_synthetic, tm
     """Each embedded Ray is its own; Ray Train's actors of one must not look for the other's."""
     command = [sys.executable, "-m", "pipelines.train", "baseline", f"cohort={small_synthetic}", "models=[gcn]",
                "folds.n_folds=2", "gcn.epochs=1", "gcn.hidden=8", "ray.cpus_per_worker=0.5",
-               "ray.max_concurrent_runs=1"]  # one trainer per job
+               "ray.max_concurrent_runs=1",  # one trainer per job
+               # 2 logical CPUs each, not the default 4 per core: two instances on 2 cores would otherwise each
+               # start a burst of worker processes that import torch at once.
+               "ray.num_cpus=2"]
     jobs = [subprocess.Popen([*command, f"run_dir={tmp_path / f'run{i}'}"], cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [job.communicate(timeout=400)[0] for job in jobs]
