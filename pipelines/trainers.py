@@ -84,7 +84,7 @@ def make_trainer(tasks: list[TrainTask], name: str, config: RayConfig, storage_p
 
     The tasks travel pickled: Ray Train's controller unpickles its run's config, and unpickling the tasks
     themselves would import torch_geometric, transformers and scikit-learn into a process that never trains
-    (about 5 CPU-seconds for every trainer started)."""
+    (its CPU time per trainer: 8.3 s with them, 5.4-6.3 s without, bench/RESULTS.md)."""
     return TorchTrainer(
         train_worker,
         train_loop_config={"tasks": pickle_tasks(tasks), "precision": config.precision},

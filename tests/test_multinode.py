@@ -38,15 +38,6 @@ def cluster():
         yield local
 
 
-def run_job(cluster: LocalCluster, args: list[str], timeout_s: float = 420) -> str:
-    job_id = submit(args, address=cluster.dashboard, driver_resource="fmgnn_driver")
-    deadline = time.monotonic() + timeout_s
-    while str(job_client(cluster.dashboard).get_job_status(job_id).value) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
-        assert time.monotonic() < deadline, f"job {job_id} still running after {timeout_s} s"
-        time.sleep(1)
-    return job_id
-
-
 def job_status(cluster: LocalCluster, job_id: str) -> str:
     return str(job_client(cluster.dashboard).get_job_status(job_id).value)
 
