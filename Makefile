@@ -1,5 +1,6 @@
 # make run   - create .venv with the pinned set (constraints.txt) and run the main job on a local Ray
-# make test  - create .venv with the pinned set and run the test suite
+# make test  - create .venv with the pinned set and run the test suite, less the system tier
+# make test-system - the system tier: whole jobs and clusters killed or started in their own processes
 # make test-fast - the tests without Ray (no Ray Train, no Ray Data): the edit loop, under 5 minutes
 # make test-gpu - the GPU tier with the machine's own Python (torch, PyG, transformers, scikit-learn, pytest;
 #                  no Ray, MLflow or vLLM needed): every task on the CPU and, where present, CUDA
@@ -15,7 +16,7 @@ VLLM_STAMP := $(VLLM_VENV)/.fmgnn-installed
 # The report test renders HTML in headless Chromium: Debian's chromium package, installed when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-fast test-gpu test-vllm bench bench-vllm chromium clean-venv
+.PHONY: run test test-system test-fast test-gpu test-vllm bench bench-vllm chromium clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +33,11 @@ run: $(STAMP)
 	$(VENV)/bin/fmgnn run
 
 test: $(STAMP) chromium
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -m "not system"
+
+# Each of these starts its own Ray instances or kills a job's processes: minutes apiece on 2 cores.
+test-system: $(STAMP)
+	$(VENV)/bin/python -m pytest -m system
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not ray and not slow"

@@ -266,6 +266,7 @@ run_augment(load_config(AugmentConfig, None, sys.argv[1:]))
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(tmp_path):
     """Kill the whole job (driver and its Ray) while parts are being written, then rerun."""
     import os

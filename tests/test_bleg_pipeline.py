@@ -264,7 +264,8 @@ run_sweep(config)
 """
 
 
-@pytest.mark.timeout(1200)
+@pytest.mark.system
+@pytest.mark.timeout(1200)  # includes the main-job run, which make test-system runs for this test
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(main_run, tmp_path):
     import os
     import signal

@@ -117,6 +117,7 @@ def registered_epoch(run: Path) -> int:
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.system
 def test_killed_training_worker_resumes_from_its_checkpoint(small_synthetic, ray_session, tmp_path):
     import ray
     from ray.util.state import list_actors

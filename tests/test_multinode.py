@@ -20,7 +20,7 @@ from fmgnn.cohort import Cohort
 from pipelines.submit import job_client, submit, submit_main
 from tests.local_cluster import LocalCluster
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.system]
 
 # Enough epochs that the node is killed with fold 0 part-trained (after its 3rd checkpoint), few enough that
 # the 2-fold job stays short: each epoch is a DDP step and a checkpoint.

@@ -102,6 +102,7 @@ def test_only_input_errors_become_one_line_and_bugs_keep_their_traceback(capsys)
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.system
 def test_two_jobs_started_at_once_on_one_machine_both_finish(small_synthetic, tmp_path):
     """Each embedded Ray is its own; Ray Train's actors of one must not look for the other's."""
     command = [sys.executable, "-m", "pipelines.train", "baseline", f"cohort={small_synthetic}", "models=[gcn]",
