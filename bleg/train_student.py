@@ -23,6 +23,7 @@ from torch_geometric.data import Data
 from bleg.graph_encoder import GraphEncoderConfig, GraphTokenEncoder
 from bleg.student import AlignLoss, BLEGStudent, StudentConfig, alignment_loss
 from fmgnn.baselines.train_gcn import GraphClassificationTask, graph_forward, predict
+from fmgnn.cohort import Cohort
 from fmgnn.engine import BatchLoss, Validation, World
 from fmgnn.evaluation.metrics import classification_metrics
 from fmgnn.evaluation.splits import Split
@@ -70,14 +71,12 @@ def build_student(encoder: GraphEncoderConfig, encoder_state: dict[str, torch.Te
     return BLEGStudent(graph_encoder, student)
 
 
-def attach_targets(graphs: list[Data], subject_ids: list[str], targets: dict[str, np.ndarray],
-                   normalize: bool) -> None:
-    """Give every training graph its (standardised) teacher vector as ``graph.target`` (1, d)."""
-    vectors = np.stack([targets[s] for s in subject_ids])  # (N, d)
+def training_targets(scan_ids: list[str], targets: dict[str, np.ndarray], normalize: bool) -> np.ndarray:
+    """The teacher vectors (N, d) of the training scans ``scan_ids``, standardised per dimension over them."""
+    vectors = np.stack([targets[s] for s in scan_ids])  # (N, d)
     if normalize:  # statistics of the training subjects only
         vectors = (vectors - vectors.mean(0)) / (vectors.std(0) + 1e-6)
-    for graph, vector in zip(graphs, vectors):
-        graph.target = torch.as_tensor(vector, dtype=torch.float32).unsqueeze(0)
+    return vectors
 
 
 def student_loss(model: torch.nn.Module, batch: Data, config: AlignmentConfig) -> BatchLoss:
@@ -104,11 +103,16 @@ class StudentTask(GraphClassificationTask):
         self.config, self.encoder, self.encoder_state, self.targets = train, encoder, encoder_state, targets
 
     def setup(self, world: World) -> None:
+        if self.config.lam > 0:  # standardised over all training subjects, attached to each graph built
+            ids = Cohort(self.cohort_path).scan_ids()
+            self.target_of_row = dict(zip(self.split.train, training_targets(
+                [str(ids[i]) for i in self.split.train], self.targets, self.config.normalize_targets)))
         super().setup(world)
+
+    def decorate(self, graphs: list[Data], rows: np.ndarray) -> None:
         if self.config.lam > 0:
-            ids = self.cohort.scan_ids()
-            attach_targets(self.train_graphs, [str(ids[i]) for i in self.split.train], self.targets,
-                           self.config.normalize_targets)
+            for graph, row in zip(graphs, rows):
+                graph.target = torch.as_tensor(self.target_of_row[int(row)], dtype=torch.float32).unsqueeze(0)
 
     def build_model(self) -> BLEGStudent:
         return build_student(self.encoder, self.encoder_state, self.config, self.cohort.n_classes)
@@ -190,7 +194,8 @@ class StudentFoldsTask:
     def validate(self, model: FoldSet) -> Validation:
         losses, aucs = [], []
         for student, fold in zip(model.students, self.folds):
-            probabilities, y, loss = predict(student, fold.val_graphs, self.config.batch_size, fold.world.device)
+            batches = fold.val_graphs.batches(self.config.batch_size)
+            probabilities, y, loss = predict(student, batches, fold.world.device)
             losses.append(loss)
             aucs.append(classification_metrics(y, probabilities)["auc"])
         mean = float(np.mean(losses))

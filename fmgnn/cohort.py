@@ -383,6 +383,7 @@ class Cohort:
         if self.num_rows == 0:
             raise CohortError(f"{self.path}: the cohort is empty (no subjects)")
         self._table: pa.Table | None = None
+        self._starts: np.ndarray | None = None
 
     @property
     def table(self) -> pa.Table:
@@ -440,14 +441,51 @@ class Cohort:
         t = row.column("n_timepoints")[0].as_py()
         return values.to_numpy(zero_copy_only=False).reshape(t, self.n_rois)  # (T, R)
 
+    def _row_group_starts(self) -> np.ndarray:
+        """The first row of each Parquet row group, and the row count after the last."""
+        if self._starts is None:
+            metadata = pq.ParquetFile(self.path).metadata
+            self._starts = np.cumsum([0] + [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])
+        return self._starts
+
+    def row_groups(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The Parquet row group of each row (what a read of that row loads)."""
+        return np.searchsorted(self._row_group_starts(), np.asarray(indices, dtype=np.int64), side="right") - 1
+
+    def read_rows(self, indices: Sequence[int] | np.ndarray, columns: list[str]) -> pa.Table:
+        """``columns`` of the rows ``indices``, in that order, reading only the row groups that hold them.
+
+        A worker that trains on its shard of a cohort larger than its memory reads its rows this way: its
+        memory holds one row group at a time, never the file."""
+        if self._table is not None:
+            return self._table.select(columns).take(pa.array(np.asarray(indices, dtype=np.int64)))
+        indices = np.asarray(indices, dtype=np.int64)
+        starts, groups = self._row_group_starts(), self.row_groups(indices)
+        try:
+            parquet = pq.ParquetFile(self.path)
+            parts, order = [], []
+            for group in np.unique(groups):
+                at = np.flatnonzero(groups == group)
+                rows = parquet.read_row_group(int(group), columns=columns)
+                parts.append(rows.take(pa.array(indices[at] - starts[group])))
+                order.append(at)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise CohortError(f"{self.path}: the file is corrupt or truncated ({err})") from None
+        if not parts:
+            return pa.table({c: pa.array([], self.schema.field(c).type) for c in columns})
+        table = pa.concat_tables(parts)
+        return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
     def fc(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """FC matrices ``(N, R, R)``: stored triangles, or Pearson FC of the time series."""
+        """FC matrices ``(N, R, R)``: stored triangles, or Pearson FC of the time series. Only the row groups
+        holding ``indices`` are read (the whole file when None)."""
         if indices is None:
-            indices = np.arange(self.table.num_rows)
-        triu_column, timeseries_column = self.table.column("fc_triu"), self.table.column("timeseries")
+            indices = np.arange(self.num_rows)
+        rows = self.read_rows(indices, ["fc_triu", "timeseries"])
+        triu_column, timeseries_column = rows.column("fc_triu"), rows.column("timeseries")
         out = np.empty((len(indices), self.n_rois, self.n_rois), dtype=np.float32)
         for k, i in enumerate(indices):
-            triu, timeseries = triu_column[int(i)].values, timeseries_column[int(i)].values
+            triu, timeseries = triu_column[k].values, timeseries_column[k].values
             out[k] = scan_fc(None if triu is None else triu.to_numpy(zero_copy_only=False),
                              None if timeseries is None else timeseries.to_numpy(zero_copy_only=False),
                              self.n_rois, f"{self.path}: row {int(i)}")

@@ -38,6 +38,10 @@ class GraphConfig:
             like the edges; ``"identity"``: one-hot region index.
         edge_weight: Edge weight ``|r|`` (``"abs"``, safe for GCN normalisation, whose degrees
             must be positive), signed ``r`` (``"signed"``), or none (``"none"``: unweighted).
+        memory_mb: Graphs of one split part a training process keeps in memory (``fmgnn.graph_stream``):
+            a larger part is read from the cohort file and built a chunk at a time on every pass, its
+            training shard shuffled by row group and within chunks. It changes the order of training
+            batches when a part outgrows it, so a rerun with another value is refused.
     """
 
     density: float = 0.12
@@ -45,10 +49,13 @@ class GraphConfig:
     self_loops: bool = True
     node_features: Literal["fc_row", "binary", "identity"] = "fc_row"
     edge_weight: Literal["abs", "signed", "none"] = "abs"
+    memory_mb: float = 512.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.density <= 1.0:
             raise InputError(f"graph.density must be in (0, 1], received {self.density}")
+        if self.memory_mb <= 0:
+            raise InputError(f"graph.memory_mb must be positive, received {self.memory_mb}")
 
 
 def pearson_fc(timeseries: np.ndarray) -> np.ndarray:

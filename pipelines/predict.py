@@ -28,7 +28,8 @@ from fmgnn.baselines.train_gcn import predict
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import LocalPath, OptionalLocalPath, config_from_dict
 from fmgnn.evaluation.metrics import classification_metrics
-from fmgnn.graphs import GraphConfig, build_graphs
+from fmgnn.graph_stream import PartGraphs
+from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_path, atomic_write_json, environment_record
 from pipelines.command import job_main
 
@@ -71,8 +72,8 @@ def score(model_dir: Path, cohort: Cohort, batch_size: int) -> np.ndarray:
                           f"{model.encoder.config.in_channels} regions")
     if model.config.n_classes != cohort.n_classes:
         raise CohortError(f"{cohort.path}: {cohort.n_classes} classes, {model_dir} predicts {model.config.n_classes}")
-    graphs = build_graphs(cohort.fc(), cohort.labels(), graph)
-    probabilities, _, _ = predict(model, graphs, batch_size)
+    graphs = PartGraphs(cohort, np.arange(len(cohort)), graph)  # a chunk at a time when the cohort is large
+    probabilities, _, _ = predict(model, graphs.batches(batch_size))
     return probabilities
 
 

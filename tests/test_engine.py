@@ -111,7 +111,7 @@ def test_each_rank_trains_on_its_own_shard(small_synthetic):
     for rank in range(2):
         task = gcn_task(small_synthetic)
         task.setup(World(rank, 2))
-        shards.append({int(i) for i in task.sampler})
+        shards.append({int(i) for i in task.train_graphs.shard_positions(0, task.seed, rank, 2)})
     assert not shards[0] & shards[1]
     assert len(shards[0] | shards[1]) == len(gcn_task(small_synthetic).split.train)
 
