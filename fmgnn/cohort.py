@@ -501,13 +501,26 @@ class Cohort:
     def summary(self) -> dict[str, Any]:
         labels = self.labels()
         counts = {name: int((labels == k).sum()) for k, name in enumerate(self.metadata.label_names)}
-        table = self.table
         _, scans_per_subject = np.unique(self.subject_ids(), return_counts=True)
         return {
             "path": str(self.path), "name": self.metadata.name, "atlas": self.metadata.atlas,
-            "n_scans": table.num_rows, "n_subjects": int(len(scans_per_subject)),
+            "n_scans": self.num_rows, "n_subjects": int(len(scans_per_subject)),
             "max_scans_per_subject": int(scans_per_subject.max()), "n_rois": self.n_rois, "label_counts": counts,
             "connectivity": self.metadata.connectivity,
-            "has_timeseries": table.column("timeseries").null_count < table.num_rows,
-            "has_fc": table.column("fc_triu").null_count < table.num_rows,
+            "has_timeseries": self.null_count("timeseries") < self.num_rows,
+            "has_fc": self.null_count("fc_triu") < self.num_rows,
         }
+
+    def null_count(self, name: str) -> int:
+        """Rows without a value in column ``name``: from the file's statistics where it has them (the
+        time-series column of a large cohort is gigabytes), else from the column."""
+        if self._table is None:
+            metadata = pq.ParquetFile(self.path).metadata
+            column = self.schema.get_field_index(name)
+            leaves = [i for i in range(metadata.num_columns) if metadata.schema.column(i).path.split(".")[0] == name]
+            stats = [metadata.row_group(g).column(leaves[0]).statistics for g in range(metadata.num_row_groups)]
+            if column >= 0 and len(leaves) == 1 and all(s is not None and s.has_null_count for s in stats):
+                # A list column's leaf counts a null list as one null value; an empty list too, which fc and
+                # time series never are.
+                return int(sum(s.null_count for s in stats))
+        return self.column(name).null_count

@@ -261,6 +261,18 @@ def rank_zero_score(score: float, world: World) -> float:
     return float(value.item())
 
 
+def peak_rss_mb(world: World) -> float:
+    """The largest peak resident memory of this worker group's processes so far (MB): what a worker needs."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if world.size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return round(peak, 1)
+    value = torch.tensor([peak], dtype=torch.float64, device=world.device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return round(float(value.item()), 1)
+
+
 @torch.no_grad()
 def refresh_batch_norm(task: TrainTask, model: nn.Module, batches: Iterable[Any], world: World) -> None:
     """BatchNorm's running statistics recomputed over ``batches`` with the weights as they are now.
@@ -336,6 +348,7 @@ def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
     final = {"task": task.name, **state.history[-1], "best_score": state.best_score, "best_epoch": state.best_epoch,
              "history": state.history, "resumed_at": state.resumed_at, "seconds": round(state.seconds, 2), "done": True,
              "world_size": world.size, **task.test(unwrap(model))}
+    final["peak_rss_mb"] = peak_rss_mb(world)  # after the test part: the most this task made a worker hold
     if task.output is not None and world.rank == 0:
         with atomic_dir(Path(task.output)) as directory:
             task.export(unwrap(model), directory)
