@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
 from torch_geometric.data import Batch, Data
 
 from bleg.graph_encoder import GraphEncoderConfig, GraphTokenEncoder
 from bleg.instruction import GraphLanguageModel, TextEncoder
 from bleg.language_model import LanguageModelConfig, apply_finetune_mode, hidden_size, load_language_model, merged
 from bleg.texts import Description, question
-from fmgnn.baselines.train_gcn import load_graphs
 from fmgnn.cohort import Cohort
 from fmgnn.engine import BatchLoss, Validation, World, to_device, unwrap
 from fmgnn.evaluation.splits import Split
+from fmgnn.graph_stream import PartGraphs
 from fmgnn.graphs import GraphConfig
 
 
@@ -65,34 +66,6 @@ class InstructionSpec:
     seed: int = 0
 
 
-@dataclass
-class Example:
-    graph: Data
-    prompt: str
-    answer: str
-
-
-def make_examples(cohort: Cohort, indices: list[int], spec: InstructionSpec) -> list[Example]:
-    ids, labels, names = cohort.scan_ids(), cohort.labels(), cohort.metadata.label_names
-    prompt = question(cohort.metadata.task)
-    graphs = load_graphs(cohort, indices, spec.graph)
-    return [Example(graph, prompt, spec.descriptions[str(ids[i])].answer(names[labels[i]]))
-            for graph, i in zip(graphs, indices)]
-
-
-class Collate:
-    """A PyG batch of graphs plus padded token ids and answer labels; ``generator`` draws masked-LM positions."""
-
-    def __init__(self, text_encoder: TextEncoder, generator: torch.Generator) -> None:
-        self.text_encoder = text_encoder
-        self.generator = generator
-
-    def __call__(self, examples: list[Example]) -> dict:
-        pairs = [self.text_encoder.pair(e.prompt, e.answer, self.generator) for e in examples]
-        text = self.text_encoder.pad([p[0] for p in pairs], [p[1] for p in pairs])
-        return {"graphs": Batch.from_data_list([e.graph for e in examples]), **text}
-
-
 def batch_loss(model: torch.nn.Module, batch: dict[str, Any]) -> BatchLoss:
     loss = model(batch["graphs"], batch["input_ids"], batch["attention_mask"], batch["labels"])
     return BatchLoss(loss, len(batch["input_ids"]))
@@ -110,20 +83,32 @@ class InstructionTask:
 
     def setup(self, world: World) -> None:
         self.world = world
-        cohort = Cohort(self.spec.cohort_path)
-        self.n_rois = cohort.n_rois
-        self.train_examples = make_examples(cohort, self.spec.split.train, self.spec)
-        self.val_examples = make_examples(cohort, self.spec.split.val, self.spec)
-        # Ray: each worker tunes on its own shard of the training subjects.
-        self.sampler = DistributedSampler(self.train_examples, num_replicas=world.size, rank=world.rank,
-                                          shuffle=True, seed=self.seed)
+        spec = self.spec
+        cohort = Cohort(spec.cohort_path)
+        ids, labels, names = cohort.scan_ids(), cohort.labels(), cohort.metadata.label_names
+        self.n_rois, self.prompt = cohort.n_rois, question(cohort.metadata.task)
+        self.answers = {i: spec.descriptions[str(ids[i])].answer(names[labels[i]])
+                        for i in [*spec.split.train, *spec.split.val]}
+        # Held when they fit graph.memory_mb, streamed when not (fmgnn.graph_stream); each graph carries its
+        # answer text, and a batch its answers.
+        self.train_graphs = PartGraphs(cohort, spec.split.train, spec.graph, self.attach_answers)
+        self.val_graphs = PartGraphs(cohort, spec.split.val, spec.graph, self.attach_answers)
+
+    def attach_answers(self, graphs: list[Data], rows: np.ndarray) -> None:
+        for graph, row in zip(graphs, rows):
+            graph.answer = self.answers[int(row)]
+
+    def with_text(self, graphs: Batch, generator: torch.Generator) -> dict[str, Any]:
+        """A PyG batch of graphs plus padded token ids and answer labels; ``generator`` draws masked-LM positions."""
+        pairs = [self.text_encoder.pair(self.prompt, answer, generator) for answer in graphs.answer]
+        return {"graphs": graphs, **self.text_encoder.pad([p[0] for p in pairs], [p[1] for p in pairs])}
 
     def build_model(self) -> GraphLanguageModel:
         spec = self.spec
         lm, self.tokenizer, self.kind = load_language_model(spec.lm)
         lm = apply_finetune_mode(lm, spec.lm)
         encoder = GraphTokenEncoder(GraphEncoderConfig(
-            in_channels=self.train_examples[0].graph.num_node_features, hidden=spec.train.encoder_hidden,
+            in_channels=self.train_graphs.first().num_node_features, hidden=spec.train.encoder_hidden,
             out_channels=hidden_size(lm), dropout=spec.train.encoder_dropout))
         self.text_encoder = TextEncoder(self.tokenizer, self.kind, spec.lm.max_length - self.n_rois,
                                         spec.lm.mlm_probability)
@@ -143,10 +128,11 @@ class InstructionTask:
              {"params": [p for n, p in trained if not fresh(n)], "lr": self.spec.train.lr}],
             weight_decay=self.spec.train.weight_decay)
 
-    def batches(self, epoch: int, generator: torch.Generator) -> DataLoader:
-        self.sampler.set_epoch(epoch)
-        return DataLoader(self.train_examples, batch_size=self.spec.train.batch_size, sampler=self.sampler,
-                          collate_fn=Collate(self.text_encoder, generator))
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[dict[str, Any]]:
+        # Ray: each worker tunes on its own shard of the training subjects.
+        positions = self.train_graphs.shard_positions(epoch, self.seed, self.world.rank, self.world.size)
+        for graphs in self.train_graphs.ordered(positions, self.spec.train.batch_size):
+            yield self.with_text(graphs, generator)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> BatchLoss:
         return batch_loss(model, batch)
@@ -159,11 +145,11 @@ class InstructionTask:
     @torch.no_grad()
     def validate(self, model: torch.nn.Module) -> Validation:
         # The same masked positions every epoch, so that validation losses compare.
-        collate = Collate(self.text_encoder, torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
         model.eval()
         total, count = 0.0, 0
-        for batch in DataLoader(self.val_examples, batch_size=self.spec.train.batch_size, collate_fn=collate):
-            loss = batch_loss(model, to_device(batch, self.world.device))
+        for graphs in self.val_graphs.batches(self.spec.train.batch_size):
+            loss = batch_loss(model, to_device(self.with_text(graphs, generator), self.world.device))
             total, count = total + loss.value.item() * loss.size, count + loss.size
         val_loss = total / max(count, 1)
         return Validation(val_loss, {"val_loss": val_loss})

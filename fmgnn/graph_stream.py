@@ -64,8 +64,12 @@ class PartGraphs:
             self.decorate(graphs, rows)
         return graphs
 
+    def __getitem__(self, part: slice) -> list[Data]:
+        """The graphs of ``rows[part]``: held, or built now."""
+        return self.held[part] if self.held is not None else self.build(self.rows[part])
+
     def first(self) -> Data:
-        return self.held[0] if self.held is not None else self.build(self.rows[:1])[0]
+        return self[:1][0]
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         """Every graph once, in order (validation and test)."""
@@ -74,6 +78,10 @@ class PartGraphs:
     def ordered(self, positions: np.ndarray, batch_size: int) -> Iterator[Batch]:
         """Batches of the graphs at ``positions`` (indices into ``rows``), in that order; streamed parts
         read and build ``positions`` a chunk at a time."""
+        # torch's DataLoader, which these passes replace, drew one value of the global RNG per pass (its
+        # workers' base seed); drawn here too, so that the dropout draws that follow, and so the runs of
+        # parts that fit, are the same computation as before.
+        torch.empty((), dtype=torch.int64).random_()
         step = self.chunk if self.streamed else len(positions)
         step = max(batch_size, step - step % batch_size)  # chunks of whole batches: a batch never spans two
         for start in range(0, len(positions), step):

@@ -40,13 +40,13 @@ from bleg.texts import Description, TextsConfig, check_coverage, load_descriptio
 from bleg.train_instruction import InstructionConfig, InstructionSpec, InstructionTask
 from bleg.train_student import AlignmentConfig, StudentTask
 from fmgnn.baselines.logistic import LogisticConfig
-from fmgnn.baselines.train_gcn import load_graphs
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import LocalPath, OptionalLocalPath
 from fmgnn.engine import local_device, read_result
 from fmgnn.errors import InputError
 from fmgnn.evaluation.metrics import majority_rate, summarize
 from fmgnn.evaluation.splits import FoldConfig, Split, cohort_splits, save_splits
+from fmgnn.graph_stream import PartGraphs
 from fmgnn.graphs import GraphConfig
 from fmgnn.io import atomic_write_json
 from fmgnn.plots import plot_confusion, plot_learning_curves, plot_roc
@@ -114,15 +114,28 @@ class BLEGJobConfig:
         return bool({"align_only", "bleg"} & set(self.variants))
 
 
-def teacher_targets(lm: LanguageModelConfig, encoder_dir: str | None, graphs: list | None, prompts: list[str],
-                   pooling: Pooling, batch_size: int, max_length: int, use_gpu: bool = False,
-                   precision: str = "fp32") -> np.ndarray:
+@dataclass
+class TeacherGraphs:
+    """Which graphs a tuned teacher reads: built where it runs, from the cohort file, not shipped to it."""
+
+    cohort_path: str
+    rows: list[int]
+    graph: GraphConfig
+
+
+def teacher_targets(lm: LanguageModelConfig, encoder_dir: str | None, graphs: TeacherGraphs | None,
+                    prompts: list[str], pooling: Pooling, batch_size: int, max_length: int, use_gpu: bool = False,
+                    precision: str = "fp32") -> np.ndarray:
     """h_LM of each prompt (with its graph, when given): one forward pass per batch, no gradients, on the GPU
     this task reserved when ``use_gpu``."""
     model, tokenizer, kind = load_language_model(lm)
     encoder = GraphTokenEncoder.from_pretrained(encoder_dir) if encoder_dir else None
     reader = GraphLanguageModel(encoder, model, kind)
-    n_graph_tokens = graphs[0].num_nodes if graphs else 0
+    if graphs is not None:
+        cohort = Cohort(graphs.cohort_path)
+        graphs, n_graph_tokens = PartGraphs(cohort, graphs.rows, graphs.graph), cohort.n_rois
+    else:
+        n_graph_tokens = 0
     text_encoder = TextEncoder(tokenizer, kind, max_length - n_graph_tokens)
     return teacher_vectors(reader, text_encoder, graphs, prompts, pooling, batch_size, local_device(use_gpu),
                            precision)
@@ -241,7 +254,7 @@ class FoldRunner:
             lm = LanguageModelConfig(**{**self.lm.__dict__, "path": str(stage2_dir / "lm"), "kind": stage2["kind"]})
         else:
             lm = self.lm
-        graphs = load_graphs(self.cohort, split.train, self.config.graph) if tuned else None
+        graphs = TeacherGraphs(str(self.cohort.path.resolve()), split.train, self.config.graph) if tuned else None
         args = (lm, str(stage2_dir / "encoder") if tuned else None, graphs, self.prompts(split.train),
                 self.config.pooling, self.config.teacher_batch_size, self.config.lm.max_length, self.config.ray.use_gpu,
                 self.config.ray.precision)

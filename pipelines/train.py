@@ -103,7 +103,7 @@ def run_gcn(cohort: Cohort, splits: list[Split], config: BaselineJobConfig, out_
         result = fold_result(split, np.array(metrics["test_labels"]), np.array(metrics["test_probabilities"]),
                              best_epoch=metrics["best_epoch"], epochs_run=metrics["epoch"] + 1,
                              history=metrics["history"], resumed_at=metrics["resumed_at"],
-                             world_size=metrics.get("world_size", 1))
+                             world_size=metrics.get("world_size", 1), peak_rss_mb=metrics.get("peak_rss_mb"))
         atomic_write_json(out, result)
         results.append(result)
     log.info("gcn: %d folds done", len(results))
