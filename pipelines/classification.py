@@ -31,8 +31,16 @@ def fold_result(split: Split, y: np.ndarray, probabilities: np.ndarray, **extra:
             "test_labels": np.asarray(y).tolist(), "test_probabilities": np.asarray(probabilities).tolist(), **extra}
 
 
+def cohort_features(cohort: Cohort, chunk: int = 256) -> np.ndarray:
+    """Every scan's FC upper triangle (N, R (R - 1) / 2), read a chunk of scans at a time: the full (N, R, R)
+    matrices of a large cohort would not fit the driver."""
+    parts = [fc_features(cohort.fc(np.arange(start, min(start + chunk, len(cohort)))))
+             for start in range(0, len(cohort), chunk)]
+    return np.concatenate(parts)
+
+
 def run_logistic(cohort: Cohort, splits: list[Split], config: LogisticConfig, out_dir: Path) -> list[dict]:
-    features, labels = fc_features(cohort.fc()), cohort.labels()
+    features, labels = cohort_features(cohort), cohort.labels()
     results = []
     started = last = time.monotonic()
     for k, split in enumerate(splits):
