@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -98,6 +99,7 @@ def main() -> None:
     for n in args.subjects:
         cohort = cohort_of(n, work)
         run_dir = work / f"run-{n}-{args.label.replace(' ', '_')}-{args.memory_mb}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a finished run would be read back, not trained
         wall, driver_mb, worker_mb = run_job(cohort, run_dir, args)
         folds = [json.loads(p.read_text()) for p in sorted((run_dir / "gcn").glob("seed*.json"))]
         recorded = [f["peak_rss_mb"] for f in folds if f.get("peak_rss_mb")]

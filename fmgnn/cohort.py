@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fmgnn.errors import InputError
@@ -483,6 +484,14 @@ class Cohort:
             indices = np.arange(self.num_rows)
         rows = self.read_rows(indices, ["fc_triu", "timeseries"])
         triu_column, timeseries_column = rows.column("fc_triu"), rows.column("timeseries")
+        n_pairs = self.n_rois * (self.n_rois - 1) // 2
+        lists = pa.concat_arrays(triu_column.chunks) if triu_column.num_chunks else None
+        if lists is not None and lists.null_count == 0 and len(lists) and \
+                pc.min_max(pc.list_value_length(lists)).as_py() == {"min": n_pairs, "max": n_pairs}:
+            values = lists.flatten()
+            # Every row stores its triangle: one copy and one scatter for all of them (a large cohort's
+            # training passes read thousands of rows per chunk).
+            return triu_to_fc(values.to_numpy(zero_copy_only=False).reshape(len(indices), n_pairs), self.n_rois)
         out = np.empty((len(indices), self.n_rois, self.n_rois), dtype=np.float32)
         for k, i in enumerate(indices):
             triu, timeseries = triu_column[k].values, timeseries_column[k].values

@@ -91,10 +91,13 @@ def edge_mask(fc: torch.Tensor, config: GraphConfig) -> torch.Tensor:
     score = {"abs": pair_values.abs(), "positive": pair_values, "negative": -pair_values}[config.sign]
     n_pairs = pair_values.shape[1]
     k = max(1, int(round(config.density * n_pairs)))
-    # Stable sort keeps ties in pair order; topk's tie order is unspecified.
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]  # (B, k)
-    keep = torch.zeros_like(pair_values, dtype=torch.bool)
-    keep.scatter_(1, order, True)
+    # The k largest per subject, ties at the threshold taken in pair order (what a stable descending sort
+    # keeps; topk's tie order is unspecified): a selection, O(pairs), not a sort.
+    threshold = score.kthvalue(n_pairs - k + 1, dim=1, keepdim=True).values  # (B, 1): the k-th largest
+    above = score > threshold
+    ties = score == threshold
+    room = k - above.sum(1, keepdim=True)  # threshold values still to keep
+    keep = above | (ties & (ties.cumsum(1) <= room))
     adjacency = torch.zeros((b, r, r), dtype=torch.bool)
     adjacency[:, rows, cols] = keep
     adjacency = adjacency | adjacency.transpose(1, 2)
@@ -120,14 +123,21 @@ def build_graphs(fc: np.ndarray | torch.Tensor, labels: np.ndarray | None, confi
         raise ValueError(f"fc must have shape (B, R, R), received {tuple(fc_t.shape)}")
     adjacency = edge_mask(fc_t, config)  # (B, R, R)
     x = node_features(fc_t, adjacency, config)  # (B, R, F)
+    # Every subject's edges at once, in row-major order within each subject (what nonzero() per subject gives).
+    subject, source, target = adjacency.nonzero(as_tuple=True)  # (sum E,)
+    weights = fc_t[subject, source, target]
+    if config.edge_weight == "abs":
+        weights = weights.abs()
+    counts = torch.bincount(subject, minlength=fc_t.shape[0]).tolist()
+    edges = torch.stack([source, target]).split(counts, dim=1)
+    weights = weights.split(counts)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long) if labels is not None else None
     graphs = []
-    for i in range(fc_t.shape[0]):  # one Data per subject; the edge work above is batched
-        edge_index = adjacency[i].nonzero().t().contiguous()  # (2, E)
-        data = Data(x=x[i], edge_index=edge_index, num_nodes=fc_t.shape[1])
+    for i in range(fc_t.shape[0]):  # one Data per subject
+        data = Data(x=x[i], edge_index=edges[i].contiguous(), num_nodes=fc_t.shape[1])
         if config.edge_weight != "none":
-            weight = fc_t[i, edge_index[0], edge_index[1]]  # (E,)
-            data.edge_weight = weight.abs() if config.edge_weight == "abs" else weight
-        if labels is not None:
-            data.y = torch.tensor([int(labels[i])], dtype=torch.long)
+            data.edge_weight = weights[i]
+        if y is not None:
+            data.y = y[i:i + 1].clone()
         graphs.append(data)
     return graphs
