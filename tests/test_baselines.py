@@ -48,10 +48,13 @@ class PoisonedTestSubjects:
     def __init__(self, cohort: Cohort, test: list[int]) -> None:
         self.cohort, self.test = cohort, test
 
-    def fc(self) -> np.ndarray:
+    def __len__(self) -> int:
+        return len(self.cohort)
+
+    def fc(self, indices: np.ndarray | None = None) -> np.ndarray:
         fc = self.cohort.fc().copy()
         fc[self.test] = np.random.default_rng(0).normal(size=fc[self.test].shape) * 100
-        return fc
+        return fc if indices is None else fc[indices]
 
     def labels(self) -> np.ndarray:
         labels = self.cohort.labels().copy()
