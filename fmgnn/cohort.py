@@ -525,10 +525,10 @@ class Cohort:
         time-series column of a large cohort is gigabytes), else from the column."""
         if self._table is None:
             metadata = pq.ParquetFile(self.path).metadata
-            column = self.schema.get_field_index(name)
             leaves = [i for i in range(metadata.num_columns) if metadata.schema.column(i).path.split(".")[0] == name]
-            stats = [metadata.row_group(g).column(leaves[0]).statistics for g in range(metadata.num_row_groups)]
-            if column >= 0 and len(leaves) == 1 and all(s is not None and s.has_null_count for s in stats):
+            stats = [metadata.row_group(g).column(leaves[0]).statistics
+                     for g in range(metadata.num_row_groups)] if len(leaves) == 1 else [None]
+            if all(s is not None and s.has_null_count for s in stats):
                 # A list column's leaf counts a null list as one null value; an empty list too, which fc and
                 # time series never are.
                 return int(sum(s.null_count for s in stats))

@@ -131,13 +131,12 @@ def teacher_targets(lm: LanguageModelConfig, encoder_dir: str | None, graphs: Te
     model, tokenizer, kind = load_language_model(lm)
     encoder = GraphTokenEncoder.from_pretrained(encoder_dir) if encoder_dir else None
     reader = GraphLanguageModel(encoder, model, kind)
+    part, n_graph_tokens = None, 0
     if graphs is not None:
         cohort = Cohort(graphs.cohort_path)
-        graphs, n_graph_tokens = PartGraphs(cohort, graphs.rows, graphs.graph), cohort.n_rois
-    else:
-        n_graph_tokens = 0
+        part, n_graph_tokens = PartGraphs(cohort, graphs.rows, graphs.graph), cohort.n_rois
     text_encoder = TextEncoder(tokenizer, kind, max_length - n_graph_tokens)
-    return teacher_vectors(reader, text_encoder, graphs, prompts, pooling, batch_size, local_device(use_gpu),
+    return teacher_vectors(reader, text_encoder, part, prompts, pooling, batch_size, local_device(use_gpu),
                            precision)
 
 
