@@ -59,6 +59,10 @@ class ReconstructionConfig:
         per_token: The token models embed and decode each token position with its own linear map
             (genes: a gene's value means something else in every gene) instead of one shared map
             (fMRI windows, image patches: every token is the same kind of thing).
+        position: How the token models tell token positions apart: ``learned``, one vector per position
+            (tied to ``n_tokens``); or ``sinusoidal``, the fixed 1-D sine-cosine table of ViTMAE, which
+            BrainLM inherits: nothing to learn, so a model pretrained on one number of windows runs on
+            recordings of any other.
     """
 
     kind: ModelKind = "fimp"
@@ -73,6 +77,7 @@ class ReconstructionConfig:
     per_token: bool = False
     finetune: FinetuneMode = "full"
     lora_r: int = 8
+    position: Literal["learned", "sinusoidal"] = "learned"
 
 
 class TokenLinear(nn.Module):
@@ -97,6 +102,16 @@ class TokenLinear(nn.Module):
         return torch.einsum("nfi,foi->nfo", x, self.weight) + self.bias
 
 
+def sinusoidal_positions(n_positions: int, dim: int) -> Tensor:
+    """ViTMAE's 1-D sine-cosine position table (n_positions, dim): sines in the first half, cosines in the
+    second, frequencies 1 / 10000^(2i / dim)."""
+    if dim % 2:
+        raise ValueError(f"a sine-cosine table needs an even width, got {dim}")
+    frequencies = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = torch.arange(n_positions, dtype=torch.float64)[:, None] * frequencies[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
 class TokenModel(nn.Module):
     """``fimp`` and ``foundation``: token embedding, FIMP layers (or none), token decoder."""
 
@@ -106,8 +121,11 @@ class TokenModel(nn.Module):
         self.config = config
         self.embed = TokenLinear(config.n_tokens, config.token_values, d, config.per_token)
         self.mask_token = nn.Parameter(torch.zeros(d))
-        self.position = nn.Parameter(torch.zeros(config.n_tokens, d))
-        nn.init.normal_(self.position, std=0.02)
+        if config.position == "learned":
+            self.position = nn.Parameter(torch.zeros(config.n_tokens, d))
+            nn.init.normal_(self.position, std=0.02)
+        else:  # a function of the position, not a weight: kept out of the state dict
+            self.register_buffer("position", sinusoidal_positions(config.n_tokens, d), persistent=False)
         n_convs = config.fimp_layers if config.kind == "fimp" else 1
         root = config.kind == "fimp" and config.self_message == "root"
         self.convs = nn.ModuleList(FIMPFoundationConv(config.foundation, root) for _ in range(n_convs))

@@ -212,6 +212,7 @@ LocalPath = Annotated[str, LOCAL_PATH]
 OptionalLocalPath = Annotated[str | None, LOCAL_PATH]
 ModelPath = Annotated[str, MODEL_PATH]
 OptionalModelPath = Annotated[str | None, MODEL_PATH]
+PathOrKeyword = Annotated[str, MODEL_PATH]  # a data source: a local path, a URI, or a keyword (``synthetic``)
 
 
 def resolve_path(value: str, kind: str, base: Path) -> str:
@@ -241,4 +242,9 @@ def resolve_paths(cfg: T, base: str | Path | None = None) -> T:
             kinds = [m for m in hint.__metadata__ if m in (LOCAL_PATH, MODEL_PATH)]
             if kinds:
                 setattr(cfg, f.name, resolve_path(value, kinds[0], base))
+        elif isinstance(value, list) and typing.get_origin(hint) is list:  # list[LocalPath] and the like
+            (item,) = typing.get_args(hint)
+            kinds = [m for m in getattr(item, "__metadata__", ()) if m in (LOCAL_PATH, MODEL_PATH)]
+            if kinds:
+                setattr(cfg, f.name, [resolve_path(v, kinds[0], base) for v in value])
     return cfg

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fimp.hf_export import TOKENS_FILE, load_token_weights
+from fimp.hf_export import check_token_weights, load_foundation
 from fimp.reconstruction import TRIVIAL_KINDS, ReconstructionConfig, build_model
 from fimp.run_record import FIMPRun
 from fimp.tasks.fmri import FMRITaskConfig
@@ -48,7 +48,6 @@ from fimp.train_reconstruction import (
     ReconstructionTrainConfig,
     TokenReconstructionTask,
 )
-from fimp.weights import load_foundation_weights
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.config import LocalPath, OptionalLocalPath, OptionalModelPath
 from fmgnn.engine import RESULT_FILE, TrainTask, World, is_done, read_result
@@ -69,6 +68,7 @@ BASELINES = ("foundation", "mlp", "gcn", "sage", "gat", "gin", "gps")
 TASKS = ("fmri", "recording", "genes", "images")
 SERIES_TASKS = ("fmri", "recording")  # tokens are consecutive windows of one series: interpolation applies
 FROM_FOUNDATION = "foundation"  # pretrained=foundation: the same seed's foundation baseline
+PRETRAINED_MODELS = ("fimp_pretrained", "foundation_pretrained")  # start from ``pretrained``
 
 
 @dataclass
@@ -78,7 +78,8 @@ class FIMPJobConfig:
         cohort: fmri: cohort with time series; empty: a synthetic cohort written into run_dir (``synthetic``).
         synthetic: The built-in cohort when ``cohort`` is empty (its R^2 ceiling goes into metrics.json).
         run_dir: Output directory.
-        models: ``fimp`` (FIMP-base), ``fimp_pretrained`` (needs ``pretrained``), baselines, and the
+        models: ``fimp`` (FIMP-base), ``fimp_pretrained`` (needs ``pretrained``), baselines,
+            ``foundation_pretrained`` (the foundation model alone from a ``pretrained`` folder), and the
             trivial rows ``node_mean``, ``interpolation`` (fmri, recording) and ``frame_mean``
             (recording), scored without training. Empty: FIMP-base, every baseline and the trivial
             rows that fit the task.
@@ -124,7 +125,7 @@ class FIMPJobConfig:
         if not self.models:
             self.models = ["fimp", *BASELINES, "node_mean", *(["interpolation"] if self.task in SERIES_TASKS else []),
                            *(["frame_mean"] if self.task == "recording" else [])]
-        unknown = sorted(set(self.models) - {"fimp", "fimp_pretrained", *BASELINES, *TRIVIAL_KINDS})
+        unknown = sorted(set(self.models) - {*PRETRAINED_MODELS, "fimp", *BASELINES, *TRIVIAL_KINDS})
         if unknown:
             raise InputError(f"models: unknown {unknown}")
         if "interpolation" in self.models and self.task not in SERIES_TASKS:
@@ -136,6 +137,8 @@ class FIMPJobConfig:
         if "fimp_pretrained" in self.models and not self.pretrained:
             raise InputError("models: fimp_pretrained needs pretrained=<foundation model folder> or "
                              "pretrained=foundation")
+        if "foundation_pretrained" in self.models and self.pretrained in (None, FROM_FOUNDATION):
+            raise InputError("models: foundation_pretrained needs pretrained=<foundation model folder>")
         if self.pretrained == FROM_FOUNDATION and "fimp_pretrained" in self.models and "foundation" not in self.models:
             raise InputError("pretrained=foundation: add foundation to models (it is trained first)")
 
@@ -154,7 +157,7 @@ def split_scans(subjects: Sequence[str], seed: int, val_fraction: float,
 def check_pretrained(config: FIMPJobConfig, n_tokens: int, token_values: int) -> None:
     """A pretrained folder must have the task's token shape and the configured foundation model's shape;
     checked before anything is written (it would otherwise fail inside a worker as a size mismatch)."""
-    if "fimp_pretrained" not in config.models or config.pretrained in (None, FROM_FOUNDATION):
+    if not set(PRETRAINED_MODELS) & set(config.models) or config.pretrained in (None, FROM_FOUNDATION):
         return
     folder = Path(config.pretrained)
     if not (folder / "config.json").is_file():
@@ -166,31 +169,15 @@ def check_pretrained(config: FIMPJobConfig, n_tokens: int, token_values: int) ->
              "layers": ("num_hidden_layers", ours.layers), "intermediate": ("intermediate_size", ours.intermediate)}
     wrong = [f"model.foundation.{k}={mine} but the folder has {saved[key]}" for k, (key, mine) in shape.items()
              if key in saved and saved[key] != mine]
-    tokens = folder / TOKENS_FILE
-    if tokens.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(tokens), "pt") as f:
-            windows, values = f.get_slice("position").get_shape()[0], f.get_slice("embed.weight").get_shape()[-1]
-        if (windows, values) != (n_tokens, token_values):
-            wrong.append(f"it was pretrained on {windows} windows of {values} values, this task has {n_tokens} of "
-                         f"{token_values} (fmri.n_windows, fmri.window)")
+    wrong += check_token_weights(folder, ReconstructionConfig(**{**config.model.__dict__, "n_tokens": n_tokens,
+                                                                 "token_values": token_values}))
     if wrong:
         raise InputError(f"pretrained={folder}: " + "; ".join(wrong))
 
 
 def pretrained_state(config: FIMPJobConfig, model_config: ReconstructionConfig) -> dict:
-    """A FIMP model's initial weights with every FIMP layer's foundation layers from ``pretrained``."""
-    from transformers import AutoModel
-
-    foundation = AutoModel.from_pretrained(config.pretrained)
-    model = build_model(model_config)
-    for conv in model.convs:
-        load_foundation_weights(conv, foundation.state_dict(), "vit")
-    tokens = load_token_weights(config.pretrained)  # the pretraining model's embedding and decoder
-    if tokens is not None:
-        model.load_state_dict(tokens, strict=False)
-    return model.state_dict()
+    """A token model's initial weights with every FIMP layer's foundation layers from ``pretrained``."""
+    return load_foundation(build_model(model_config), config.pretrained).state_dict()
 
 
 def from_foundation_baseline(path: Path, model_config: ReconstructionConfig) -> dict:
@@ -319,13 +306,13 @@ class FIMPJob(Job[FIMPJobConfig]):
         """The training task of one model on one seed's split and masks."""
         config, data, record = self.config, self.tasks_data[seed], FIMPRun(self.folder)
         train, val, test = data.split(seed, config.val_fraction, config.test_fraction)
-        kind = "fimp" if model_name.startswith("fimp") else model_name
+        kind = "fimp" if model_name.startswith("fimp") else model_name.removesuffix("_pretrained")
         # model.finetune is how pretrained foundation layers train; every other model trains all its weights.
-        finetune = config.model.finetune if model_name == "fimp_pretrained" else "full"
+        finetune = config.model.finetune if model_name in PRETRAINED_MODELS else "full"
         model_config = ReconstructionConfig(**{**config.model.__dict__, "kind": kind, "n_tokens": data.n_tokens,
                                                "token_values": data.token_values, "finetune": finetune})
         init = None
-        if model_name == "fimp_pretrained":
+        if model_name in PRETRAINED_MODELS:
             init = (from_foundation_baseline(record.model_dir("foundation", seed) / "model.pt", model_config)
                     if config.pretrained == FROM_FOUNDATION else pretrained_state(config, model_config))
         name, output = f"{model_name}-seed{seed}", record.model_dir(model_name, seed)
@@ -405,6 +392,10 @@ def summarize_runs(run_dir: Path, config: FIMPJobConfig) -> dict[str, Any]:
         if "foundation" in config.models and "mlp" in config.models:
             # The token model's own check: both read exactly the node's own tokens, neither sees the graph.
             pairs.append(("foundation", "mlp", "foundation_vs_mlp"))
+        # What the pretrained weights give each token model over the same model from random weights.
+        pairs += [(pretrained, pretrained.removesuffix("_pretrained"), f"{pretrained}_vs_random_weights")
+                  for pretrained in PRETRAINED_MODELS
+                  if pretrained in config.models and pretrained.removesuffix("_pretrained") in config.models]
         for model, reference, key in pairs:
             summary[key] = {
                 "baseline": reference,

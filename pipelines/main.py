@@ -12,7 +12,8 @@ Stages, each a job of its own run in this process on one Ray instance, outputs u
    transformers when its package is installed, else the rules engine.
 3. ``bleg``: BLEG stages 2 and 3 with its ablations on the same folds (``bleg/``).
 4. ``tune``: a small Ray Tune sweep of stage 3 over ``bleg/``'s stage 2 (``tune/``).
-5. ``pretrain``: a BrainLM-style foundation model pretrained on a separate cohort (``foundation/``).
+5. ``pretrain``: a BrainLM-style foundation model pretrained on other data (``foundation/``): by default the real
+   recording brainspace ships, else a synthetic cohort of other subjects.
 6. ``fimp``: FIMP, FIMP from the pretrained model and a GNN on masked fMRI reconstruction (``fimp/``).
 7. ``report``: ``report.html`` (self-contained) and ``figures.json``.
 
@@ -43,7 +44,7 @@ from pipelines.augment import AugmentConfig, AugmentJob, run_augment
 from pipelines.bleg import BLEGJob, BLEGJobConfig, run_bleg
 from pipelines.command import job_main
 from pipelines.fimp import FIMPJob, FIMPJobConfig, run_fimp
-from pipelines.pretrain import PretrainConfig, PretrainJob, run_pretrain
+from pipelines.pretrain import SYNTHETIC, PretrainConfig, PretrainJob, corpus_sources, run_pretrain
 from pipelines.job import RUNTIME_SETTINGS, Job, run_job
 from pipelines.ray_session import RayConfig
 from pipelines.report import write_report
@@ -88,7 +89,8 @@ class MainJobConfig:
             raise InputError("stages: tune sweeps over the bleg stage's run; add bleg")
         if "tune" in self.stages and "bleg" not in self.bleg.variants:
             raise InputError("stages: tune reuses the bleg variant's stage 2; add bleg to bleg.variants")
-        if not self.cohort and not self.pretrain.cohort and self.pretrain.synthetic.seed == self.synthetic.seed:
+        same_seed = self.pretrain.synthetic.seed == self.synthetic.seed
+        if not self.cohort and SYNTHETIC in corpus_sources(self.pretrain) and same_seed:
             # Subject i of a synthetic cohort depends only on (seed, i): the same seed repeats subjects.
             raise InputError("pretrain.synthetic.seed: equal to synthetic.seed, so the pretraining cohort would "
                              "hold the sample cohort's subjects; choose another seed")

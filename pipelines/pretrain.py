@@ -1,10 +1,12 @@
 """``fmgnn pretrain``: a BrainLM-style masked autoencoder over ROI time-series windows, under Ray Train.
 
     fmgnn pretrain --config configs/pretrain.yaml output=models/brain-fm
+    fmgnn pretrain ... "corpus=[cohorts/nyu.parquet,cohorts/other.parquet,pkg://brainfc/data/rest01]"
     fmgnn pretrain ... init=/models/brainlm      # continue pretraining a downloaded BrainLM (ViTMAE folder)
 
-Each region's series is cut into windows (tokens); a share of windows is hidden behind a mask token
-and the transformer reconstructs them from the region's visible windows (no graph). The model is
+The corpus (``fimp/tasks/corpus.py``) is every region of every scan and every vertex of every recording
+given, each a sequence of windows (tokens); a share of windows is hidden behind a mask token and the
+transformer reconstructs them from the sequence's visible windows (no graph). The model is
 saved in Hugging Face ViT format (``fimp/hf_export.py``): ``fmgnn train fimp pretrained=<output>``
 initialises FIMP from it, and ``transformers.AutoModel.from_pretrained(output)`` loads it.
 A rerun with the same config returns the finished model; an interrupted one resumes from its last epoch.
@@ -13,29 +15,35 @@ A rerun with the same config returns the finished model; an interrupted one resu
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from fimp.foundation import FoundationConfig
-from fimp.hf_export import load_token_weights, save_foundation
+from fimp.hf_export import load_foundation, save_foundation
 from fimp.reconstruction import ReconstructionConfig, TokenModel
 from fimp.run_record import PretrainRun
 from fimp.tasks.fmri import FMRITaskConfig
-from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTask, ReconstructionTrainConfig
-from fimp.weights import load_foundation_weights
-from fmgnn.cohort import Cohort
-from fmgnn.config import LocalPath, OptionalLocalPath, OptionalModelPath, to_dict
+from fimp.tasks.corpus import Corpus, load_corpus
+from fimp.tasks.nodes import NodeTask
+from fimp.tasks.recording import BRAINSPACE_FSA5
+from fimp.train_node_reconstruction import NodeReconstructionSpec, NodeReconstructionTask
+from fimp.train_reconstruction import ReconstructionTrainConfig
+from fmgnn.config import LocalPath, OptionalLocalPath, OptionalModelPath, PathOrKeyword, to_dict
 from fmgnn.engine import read_result
+from fmgnn.errors import InputError
 from fmgnn.io import atomic_dir, atomic_write_json
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.command import job_main
-from pipelines.fimp import check_series_length, split_scans
+from pipelines.fimp import split_scans
 from pipelines.job import Job, run_job
 from pipelines.ray_session import RayConfig
 from pipelines.trainers import resolve_storage_path, run_stage
@@ -46,12 +54,20 @@ log = logging.getLogger("fmgnn.pretrain")
 @dataclass
 class PretrainConfig:
     """Args:
-        cohort: Cohort with time series; empty: a synthetic cohort (``synthetic``) written into output.
+        corpus: What to pretrain on, any mix of cohort Parquet files with time series, ``parcels`` folders and
+            ``.lh.mgz`` surface recordings (``pkg://`` paths read files shipped in Python packages), and
+            ``synthetic``, the built-in cohort (``synthetic``) written into the run folder. Empty: the real
+            recording that ships with an installed package (brainspace's fsaverage5 recording) when there
+            is one, the built-in cohort otherwise; the run record names what was used.
         synthetic: Size of the built-in cohort.
         output: Folder of the pretrained model (Hugging Face format).
         init: A foundation model folder (ViT/ViTMAE, BrainLM) to continue from; None: random weights.
         name: Ray Train run name (a rerun with the same name resumes).
-        val_fraction: Scans held out to pick the epoch.
+        val_fraction: Subjects held out to pick the epoch (every scan of a subject on one side).
+        train_subjects: Pretrain on this many of the training subjects (drawn with ``seed``; the held-out
+            subjects stay the same); 0: all. For curves of transfer against the amount of pretraining data.
+        position: Token positions (``ReconstructionConfig.position``): ``sinusoidal``, a fixed table, so the
+            model runs on recordings with any number of windows; ``learned`` ties it to ``fmri.n_windows``.
         seed: Split and initialisation seed.
         fmri: Windows and masking (BrainLM: 20 points per window, mask ratio 0.2).
         foundation: Transformer shape (BrainLM small: hidden 256, 4 layers, 4 heads, MLP 1024).
@@ -59,12 +75,14 @@ class PretrainConfig:
         storage_path: Checkpoints (local or s3://, gs://); None: ``<output>.ray_results``.
     """
 
-    cohort: LocalPath = ""
+    corpus: list[PathOrKeyword] = field(default_factory=list)
     synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(n_subjects=200, n_timepoints=200))
     output: LocalPath = "models/brain-fm"
     init: OptionalModelPath = None
     name: str = "pretrain"
     val_fraction: float = 0.1
+    train_subjects: int = 0
+    position: Literal["learned", "sinusoidal"] = "sinusoidal"
     seed: int = 0
     fmri: FMRITaskConfig = field(default_factory=FMRITaskConfig)
     foundation: FoundationConfig = field(default_factory=FoundationConfig)
@@ -77,19 +95,34 @@ class PretrainConfig:
 def initial_state(config: PretrainConfig, model_config: ReconstructionConfig) -> dict[str, torch.Tensor] | None:
     if not config.init:
         return None
-    from transformers import AutoModel
-
-    model = TokenModel(model_config)
-    load_foundation_weights(model.convs[0], AutoModel.from_pretrained(config.init).state_dict(), "vit")
-    tokens = load_token_weights(config.init)
-    if tokens is not None:
-        model.load_state_dict(tokens, strict=False)
-    return model.state_dict()
+    return load_foundation(TokenModel(model_config), config.init).state_dict()
 
 
 def model_settings(config: PretrainConfig) -> dict[str, Any]:
     """The settings that decide the pretrained model (not where its runs are tracked or how Ray runs it)."""
     return {k: v for k, v in to_dict(config).items() if k not in ("tracking", "ray", "storage_path")}
+
+
+def subject_subset(subjects: Sequence[str], scans: list[int], n_subjects: int, seed: int) -> list[int]:
+    """The scans of ``n_subjects`` of the subjects that ``scans`` cover, drawn with ``seed``."""
+    covered = sorted({subjects[i] for i in scans})
+    if n_subjects > len(covered):
+        raise InputError(f"train_subjects={n_subjects}: the training part has {len(covered)} subjects")
+    chosen = set(np.random.default_rng(seed).choice(covered, size=n_subjects, replace=False).tolist())
+    return [i for i in scans if subjects[i] in chosen]
+
+
+SYNTHETIC = "synthetic"  # a corpus entry: the built-in cohort
+SHIPPED_RECORDING = BRAINSPACE_FSA5  # the real recording a default install ships (brainspace, --no-deps)
+
+
+def shipped_recording_installed() -> bool:
+    return importlib.util.find_spec(SHIPPED_RECORDING.removeprefix("pkg://").split("/")[0]) is not None
+
+
+def corpus_sources(config: PretrainConfig) -> list[str]:
+    """The corpus as given, the empty default made explicit."""
+    return config.corpus or ([SHIPPED_RECORDING] if shipped_recording_installed() else [SYNTHETIC])
 
 
 class PretrainJob(Job[PretrainConfig]):
@@ -102,38 +135,55 @@ class PretrainJob(Job[PretrainConfig]):
     def folder(self) -> Path:
         return PretrainRun(self.config.output).path
 
+    @property
+    def sources(self) -> list[str]:
+        return corpus_sources(self.config)
+
+    @property
+    def synthetic_path(self) -> Path:
+        return self.folder / "synthetic.parquet"
+
+    def corpus_paths(self) -> list[str]:
+        return [str(self.synthetic_path) if p == SYNTHETIC else p for p in self.sources]
+
     def check_inputs(self) -> None:
-        if self.config.cohort:  # the built-in cohort is written by the run itself
-            check_series_length(Cohort(self.config.cohort), self.config.fmri)
+        # Read before anything is written; the built-in cohort is written by the run itself, and read then.
+        self.corpus = None if SYNTHETIC in self.sources else self.load_corpus()
+
+    def load_corpus(self) -> Corpus:
+        return load_corpus(self.corpus_paths(), self.config.fmri.window, self.config.fmri.n_windows, "corpus")
 
     def inputs(self) -> dict[str, Any]:
-        return {"cohort": self.cohort_path(), "init": self.config.init}
+        return {"corpus": self.corpus_paths(), "init": self.config.init}
 
     def outputs(self) -> list[str]:
         return [PretrainRun(self.config.output).metrics_path().name, self.config.output]
-
-    def cohort_path(self) -> Path:
-        return Path(self.config.cohort) if self.config.cohort else self.folder / "synthetic.parquet"
 
     def run(self, tracking: JobRun) -> dict[str, Any]:
         config, record = self.config, PretrainRun(self.config.output)
         if record.finished():  # the recipe has checked that it was made with these settings
             log.info("%s: already pretrained with this config", record.model_dir)
             return record.metrics()
-        cohort_path = self.cohort_path()
-        if not config.cohort and not cohort_path.is_file():
-            ingest_synthetic(cohort_path, config.synthetic)
-        cohort = Cohort(cohort_path)
-        check_series_length(cohort, config.fmri)
-        train, val, _ = split_scans(cohort.subject_ids(), config.seed, config.val_fraction, 0.0)
+        if SYNTHETIC in self.sources and not self.synthetic_path.is_file():
+            ingest_synthetic(self.synthetic_path, config.synthetic)
+        corpus = self.corpus or self.load_corpus()
+        train, val, _ = split_scans(corpus.groups, config.seed, config.val_fraction, 0.0)
+        if config.train_subjects:
+            train = subject_subset(corpus.subjects, train, config.train_subjects, config.seed)
+        log.info("pretraining on %d sequences of %d subjects, %d held out", len(train),
+                 len(set(corpus.subjects[train])), len(val))
         model_config = ReconstructionConfig(kind="foundation", n_tokens=config.fmri.n_windows,
-                                            token_values=config.fmri.window, foundation=config.foundation)
-        # Pretraining has no test scans: the held-out validation scans are also what is reported.
-        spec = ReconstructionSpec(str(cohort_path), train, val, val, config.fmri, model_config, config.optim,
-                                  initial_state(config, model_config), config.seed)
+                                            token_values=config.fmri.window, foundation=config.foundation,
+                                            position=config.position)
+        sequences = NodeTask(x=corpus.x, edge_index=torch.empty(2, 0, dtype=torch.long),
+                             token_names=[f"window{t}" for t in range(config.fmri.n_windows)], name="corpus",
+                             span_masks=config.fmri.mask_span)
+        # Pretraining has no test part: the held-out validation sequences are also what is reported.
+        spec = NodeReconstructionSpec(sequences, train, val, val, config.fmri.mask_ratio, model_config, config.optim,
+                                      initial_state(config, model_config), config.seed)
         # The settings' hash in the run name: a checkpoint of other settings is never resumed.
         digest = hashlib.sha256(json.dumps(model_settings(config), sort_keys=True).encode()).hexdigest()[:8]
-        task = ReconstructionTask(f"{config.name}-{digest}", spec, output=self.folder / "trained")
+        task = NodeReconstructionTask(f"{config.name}-{digest}", spec, output=self.folder / "trained")
         run_stage([task], task.name, config.ray, resolve_storage_path(config.storage_path, self.folder))
         metrics = read_result(task.output)
         model = TokenModel(model_config)
@@ -141,10 +191,13 @@ class PretrainJob(Job[PretrainConfig]):
         with atomic_dir(record.model_dir) as tmp:
             save_foundation(model, tmp)
             (tmp / "fmgnn_pretrain.json").write_text(json.dumps({
-                "cohort": str(cohort_path), "fmri": config.fmri.__dict__, "init": config.init,
+                "corpus": [asdict(source) for source in corpus.sources], "fmri": config.fmri.__dict__,
+                "init": config.init, "position": config.position, "train_sequences": len(train),
+                "train_subjects": len(set(corpus.subjects[train])), "val_sequences": len(val),
                 "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
                 "best_epoch": metrics["best_epoch"]}, indent=2))
         summary = {"output": str(record.model_dir), "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
+                   "corpus": [asdict(source) for source in corpus.sources],
                    "epochs": len(metrics["history"]), "history": metrics["history"]}
         atomic_write_json(record.metrics_path(), summary)
         tracking.log_tasks([task])

@@ -88,7 +88,8 @@ MAIN_JOB_SMALL = [
     "bleg.stage2.encoder_hidden=[32]", "bleg.stage3.epochs=4", "bleg.stage3.student.bottleneck=16",
     "bleg.stage3.student.head_hidden=16", "bleg.lm.max_length=160", "bleg.ray.max_concurrent_runs=1",
     "bleg.ray.num_workers=2", "bleg.ray.cpus_per_worker=0.5",
-    "tune.num_samples=2", "tune.space.stage3.epochs=4", "tune.grace_period=2", "pretrain.synthetic.n_subjects=12",
+    "tune.num_samples=2", "tune.space.stage3.epochs=4", "tune.grace_period=2", "pretrain.corpus=[synthetic]",
+    "pretrain.synthetic.n_subjects=12",
     "pretrain.optim.epochs=2", "pretrain.foundation.hidden=16", "pretrain.foundation.intermediate=32",
     "pretrain.foundation.layers=1", "pretrain.ray.num_workers=0", "fimp.optim.epochs=2", "fimp.model.gnn_hidden=16",
     "fimp.ray.num_workers=0"]

@@ -206,3 +206,73 @@ def test_fimp_job_starts_from_a_brainlm_style_vitmae_folder_and_trains_what_fine
     every = sum(v.numel() for k, v in state.items())
     layer = sum(v.numel() for k, v in state.items() if ".layers." in k and "lora_" not in k)
     assert trained == every - layer - 2 * 32  # the foundation layers and final LayerNorm did not train
+
+
+def test_sinusoidal_positions_are_fixed_and_the_same_for_any_number_of_windows():
+    from fimp.reconstruction import ReconstructionConfig, TokenModel, sinusoidal_positions
+
+    table = sinusoidal_positions(6, 8)
+    torch.testing.assert_close(table[:4], sinusoidal_positions(4, 8))  # a window's position, not the count
+    assert table[0].tolist() == [0.0] * 4 + [1.0] * 4  # sin 0 and cos 0
+    assert table[3, 0].item() == pytest.approx(torch.sin(torch.tensor(3.0)).item())  # frequency 1 first
+    assert len({tuple(row.tolist()) for row in table}) == 6
+    model = TokenModel(ReconstructionConfig(kind="foundation", n_tokens=6, token_values=5, position="sinusoidal",
+                                            foundation=FoundationConfig(hidden=8, heads=2, layers=1, intermediate=16)))
+    assert "position" not in model.state_dict() and "position" not in dict(model.named_parameters())
+
+
+def test_a_model_pretrained_on_few_windows_with_one_map_runs_on_more_windows_with_a_map_each(tmp_path):
+    """A sine-cosine model pretrained on 4 windows of 10 values with shared maps, loaded into tasks of 6
+    windows: the per-token model gets the shared map at every position, so it predicts exactly what the
+    shared model does; every weight that is not a token map is the pretrained one."""
+    from fimp.hf_export import check_token_weights, load_foundation, save_foundation
+    from fimp.reconstruction import ReconstructionConfig, TokenModel
+
+    torch.manual_seed(5)
+    shape = dict(kind="foundation", token_values=10, position="sinusoidal",
+                 foundation=FoundationConfig(hidden=16, heads=2, layers=2, intermediate=32))
+    pretrained = TokenModel(ReconstructionConfig(n_tokens=4, **shape))
+    for p in pretrained.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    save_foundation(pretrained, tmp_path / "fm")
+
+    shared_config = ReconstructionConfig(n_tokens=6, **shape)
+    per_token_config = ReconstructionConfig(n_tokens=6, per_token=True, **shape)
+    assert check_token_weights(tmp_path / "fm", per_token_config) == []
+    shared = load_foundation(TokenModel(shared_config), tmp_path / "fm").eval()
+    per_token = load_foundation(TokenModel(per_token_config), tmp_path / "fm").eval()
+    assert per_token.embed.weight.shape == (6, 16, 10)
+    x, mask = torch.randn(5, 6, 10), torch.rand(5, 6) < 0.3
+    no_edges = torch.empty(2, 0, dtype=torch.long)
+    torch.testing.assert_close(per_token(x, mask, no_edges), shared(x, mask, no_edges))
+    torch.testing.assert_close(shared.mask_token, pretrained.mask_token)
+    h = torch.randn(2, 6, 16)
+    torch.testing.assert_close(shared.convs[0].node_outputs(h), pretrained.convs[0].node_outputs(h))
+    # Learned positions start where the fixed table is: the same predictions, and only they then train.
+    learned = load_foundation(TokenModel(ReconstructionConfig(n_tokens=6, per_token=True, **{
+        **shape, "position": "learned"})), tmp_path / "fm").eval()
+    assert isinstance(learned.position, nn.Parameter)
+    torch.testing.assert_close(learned(x, mask, no_edges), shared(x, mask, no_edges))
+
+
+def test_token_weights_that_do_not_fit_the_task_are_named(tmp_path):
+    from fimp.hf_export import check_token_weights, save_foundation
+    from fimp.reconstruction import ReconstructionConfig, TokenModel
+
+    foundation = FoundationConfig(hidden=8, heads=2, layers=1, intermediate=16)
+    save_foundation(TokenModel(ReconstructionConfig(kind="foundation", n_tokens=4, token_values=10,
+                                                    foundation=foundation)), tmp_path / "learned")
+    save_foundation(TokenModel(ReconstructionConfig(kind="foundation", n_tokens=4, token_values=10, per_token=True,
+                                                    position="sinusoidal", foundation=foundation)), tmp_path / "maps")
+
+    def reasons(folder: str, **task) -> str:
+        return "; ".join(check_token_weights(tmp_path / folder, ReconstructionConfig(**{
+            "n_tokens": 4, "token_values": 10, "foundation": foundation, **task})))
+
+    assert reasons("learned") == "" and reasons("maps", per_token=True, position="sinusoidal") == ""
+    assert "learned positions are for 4 windows, this task has 6" in reasons("learned", n_tokens=6)
+    assert "model.position=learned" in reasons("learned", position="sinusoidal")
+    assert reasons("maps", per_token=True) == ""  # learned positions start from the sine-cosine table
+    assert "windows of 10 values, this task's have 20" in reasons("learned", token_values=20)
+    assert "model.per_token=true" in reasons("maps", position="sinusoidal")
+    assert "for 4 windows, this task has 5" in reasons("maps", per_token=True, position="sinusoidal", n_tokens=5)

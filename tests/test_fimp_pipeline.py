@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fmgnn.config import load_config
+from fmgnn.errors import InputError
 from pipelines.fimp import FIMPJobConfig, run_fimp, split_scans
 from pipelines.pretrain import PretrainConfig, run_pretrain
 
@@ -32,19 +33,26 @@ def test_split_scans_is_a_partition_fixed_by_the_seed_and_keeps_subjects_togethe
 
 def test_pretrain_then_fimp_from_pretrained_weights_against_baselines(small_synthetic, ray_session, tmp_path):
     pretrained = run_pretrain(load_config(PretrainConfig, None, [
-        f"cohort={small_synthetic}", f"output={tmp_path / 'fm'}", *SHAPE, f"foundation={FOUNDATION}",
+        f"corpus=[{small_synthetic}]", f"output={tmp_path / 'fm'}", *SHAPE, f"foundation={FOUNDATION}",
         "optim.epochs=2", "ray.num_workers=1", "ray.cpus_per_worker=0.5"]))
     assert (tmp_path / "fm" / "config.json").is_file() and (tmp_path / "fm" / "fimp_tokens.safetensors").is_file()
     assert pretrained["epochs"] == 2
 
     overrides = [f"cohort={small_synthetic}", f"run_dir={tmp_path / 'run'}", f"pretrained={tmp_path / 'fm'}",
-                 "models=[fimp,fimp_pretrained,mlp,gin]", "seeds=[0]", *SHAPE, f"model.foundation={FOUNDATION}",
+                 "models=[fimp,fimp_pretrained,foundation,foundation_pretrained,mlp,gin]", "seeds=[0]", *SHAPE,
+                 f"model.foundation={FOUNDATION}",
                  "model.gnn_hidden=32", "optim.epochs=2", "ray.num_workers=2", "ray.cpus_per_worker=0.5",
-                 "ray.max_concurrent_runs=1"]  # one worker group for the four models
+                 "ray.max_concurrent_runs=1"]  # one worker group for the six models
+    with pytest.raises(InputError, match="pretrained on windows of 10 values, this task's have 5"):
+        run_fimp(load_config(FIMPJobConfig, None, [*overrides, "fmri.window=5", "fmri.n_windows=8"]))
     summary = run_fimp(load_config(FIMPJobConfig, None, overrides))
-    assert set(summary["models"]) == {"fimp", "fimp_pretrained", "mlp", "gin"}
+    assert set(summary["models"]) == {"fimp", "fimp_pretrained", "foundation", "foundation_pretrained", "mlp", "gin"}
     assert summary["fimp_vs_best_baseline"]["baseline"] == \
-        max(["mlp", "gin"], key=lambda m: summary["models"][m]["r2"]["mean"])
+        max(["foundation", "mlp", "gin"], key=lambda m: summary["models"][m]["r2"]["mean"])
+    for model in ("fimp", "foundation"):  # what the pretrained weights give, paired with the same model from random
+        gain = summary[f"{model}_pretrained_vs_random_weights"]
+        assert gain["baseline"] == model and gain["r2"]["differences"] == pytest.approx(
+            [summary["models"][f"{model}_pretrained"]["r2"]["mean"] - summary["models"][model]["r2"]["mean"]])
     result = json.loads((tmp_path / "run" / "fimp_pretrained" / "seed0.json").read_text())
     assert len(result["history"]) == 2 and result["n_test"] == 9
     baseline = json.loads((tmp_path / "run" / summary["fimp_pretrained_vs_best_baseline"]["baseline"] /

@@ -45,9 +45,11 @@ class NodeTask:
 
 
 def split_nodes(n: int, seed: int, val_fraction: float, test_fraction: float) -> tuple[list[int], list[int], list[int]]:
-    """Random train / validation / test indices, fixed by ``seed``."""
+    """Random train / validation / test indices, fixed by ``seed``; a part of a positive fraction has at least one
+    index, and ``test_fraction=0`` none (pretraining has no test part)."""
     order = np.random.default_rng(seed).permutation(n).tolist()
-    n_test, n_val = max(1, round(test_fraction * n)), max(1, round(val_fraction * n))
+    n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
+    n_val = max(1, round(val_fraction * n))
     return sorted(order[n_test + n_val:]), sorted(order[n_test:n_test + n_val]), sorted(order[:n_test])
 
 

@@ -86,19 +86,36 @@ def read_parcels(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return series, coords
 
 
+def hemisphere_paths(path: Path) -> list[Path]:
+    """Both hemispheres' files of a left-hemisphere path (``.lh.`` and ``.rh.``), checked to exist."""
+    paths = [Path(str(path).replace(".lh.", f".{hemisphere}.")) for hemisphere in ("lh", "rh")]
+    for each in paths:
+        if not each.is_file():
+            raise CohortError(f"{each}: no such file (a surface recording is read as both hemispheres, .lh. and .rh.)")
+    return paths
+
+
+def read_hemisphere(path: Path) -> np.ndarray:
+    """(vertices, frames) of one hemisphere's FreeSurfer recording."""
+    import nibabel
+
+    values = np.asarray(nibabel.load(path).dataobj, dtype=np.float32)
+    return values.reshape(values.shape[0], -1)
+
+
+def read_surface_series(recording: Path) -> np.ndarray:
+    """(frames, vertices) of both hemispheres without constant vertices (the medial wall carries no signal)."""
+    values = [read_hemisphere(path) for path in hemisphere_paths(recording)]
+    return np.concatenate([v[v.std(axis=1) > 0] for v in values]).T
+
+
 def read_surface(recording: Path, mesh: Path) -> tuple[np.ndarray, Tensor]:
     """(frames, vertices) series of both hemispheres without constant vertices, and the mesh's edges."""
     import nibabel
 
     series, edges, offset = [], [], 0
-    for hemisphere in ("lh", "rh"):
-        data_path = Path(str(recording).replace(".lh.", f".{hemisphere}."))
-        mesh_path = Path(str(mesh).replace(".lh.", f".{hemisphere}."))
-        for path in (data_path, mesh_path):
-            if not path.is_file():
-                raise CohortError(f"{path}: no such file (the surface task reads both hemispheres, .lh. and .rh.)")
-        values = np.asarray(nibabel.load(data_path).dataobj, dtype=np.float32)
-        values = values.reshape(values.shape[0], -1)  # (vertices, frames)
+    for data_path, mesh_path in zip(hemisphere_paths(recording), hemisphere_paths(mesh)):
+        values = read_hemisphere(data_path)
         faces = nibabel.load(mesh_path).agg_data("triangle")
         if faces is None or faces.max() >= len(values):
             raise CohortError(f"{mesh_path}: no triangles for the {len(values)} vertices of {data_path.name}")
