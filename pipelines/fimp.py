@@ -435,12 +435,13 @@ def at_equal_time(model: str, reference: str, runs: dict[str, dict[str, dict]], 
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    lines = [f"{'model':<18}{'MSE':>20}{'R^2':>20}{'parameters':>12}{'seconds':>10}"]
+    lines = [f"{'model':<22}{'MSE':>20}{'R^2':>20}{'parameters':>12}{'seconds':>10}"]
     for name, m in summary["models"].items():
-        lines.append(f"{name:<18}{mean_std(m['mse'], 4):>20}{mean_std(m['r2']):>20}"
+        lines.append(f"{name:<22}{mean_std(m['mse'], 4):>20}{mean_std(m['r2']):>20}"
                      f"{m.get('n_parameters') or '':>12}{m['seconds']:>10.0f}")
     for key, value in summary.items():
-        if key.endswith(("_vs_best_baseline", "_vs_mlp")):  # paired over seeds; for MSE a negative one is the gain
+        if key.endswith(("_vs_best_baseline", "_vs_mlp", "_vs_random_weights")):  # paired over seeds; for MSE a
+            # negative difference is the gain
             lines += [from_dict(value[m]).line() for m in ("r2", "mse")]
             lines.append(f"{key.split('_vs_')[0]} against {value['baseline']}: "
                          f"{format_relative(value.get('relative_r2'))}")

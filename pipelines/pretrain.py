@@ -32,7 +32,6 @@ from fimp.reconstruction import ReconstructionConfig, TokenModel
 from fimp.run_record import PretrainRun
 from fimp.tasks.fmri import FMRITaskConfig
 from fimp.tasks.corpus import Corpus, load_corpus
-from fimp.tasks.nodes import NodeTask
 from fimp.tasks.recording import BRAINSPACE_FSA5
 from fimp.train_node_reconstruction import NodeReconstructionSpec, NodeReconstructionTask
 from fimp.train_reconstruction import ReconstructionTrainConfig
@@ -175,11 +174,8 @@ class PretrainJob(Job[PretrainConfig]):
         model_config = ReconstructionConfig(kind="foundation", n_tokens=config.fmri.n_windows,
                                             token_values=config.fmri.window, foundation=config.foundation,
                                             position=config.position)
-        sequences = NodeTask(x=corpus.x, edge_index=torch.empty(2, 0, dtype=torch.long),
-                             token_names=[f"window{t}" for t in range(config.fmri.n_windows)], name="corpus",
-                             span_masks=config.fmri.mask_span)
         # Pretraining has no test part: the held-out validation sequences are also what is reported.
-        spec = NodeReconstructionSpec(sequences, train, val, val, config.fmri.mask_ratio, model_config, config.optim,
+        spec = NodeReconstructionSpec(corpus.node_task(config.fmri.mask_span), train, val, val, config.fmri.mask_ratio, model_config, config.optim,
                                       initial_state(config, model_config), config.seed)
         # The settings' hash in the run name: a checkpoint of other settings is never resumed.
         digest = hashlib.sha256(json.dumps(model_settings(config), sort_keys=True).encode()).hexdigest()[:8]

@@ -203,13 +203,15 @@ def fimp_section(out_dir: Path, figures: Figures) -> Section | None:
     section = Section("FIMP: masked fMRI window reconstruction (test scans)")
     section.tables.append(Table("reconstruction of the hidden windows", ["model", "MSE", "R^2", "seconds"], [
         [name, _mean_std(m, "mse"), _mean_std(m, "r2"), m["seconds"]] for name, m in metrics["models"].items()]))
-    comparisons = {k: v for k, v in metrics.items() if k.endswith(("_vs_best_baseline", "_vs_mlp"))}
+    comparisons = {k: v for k, v in metrics.items()
+                   if k.endswith(("_vs_best_baseline", "_vs_mlp", "_vs_random_weights"))}
     paired = [v[m] for v in comparisons.values() for m in ("r2", "mse")]
     paired += [v["equal_time"]["val_r2"] for v in comparisons.values() if "val_r2" in v.get("equal_time", {})]
     if paired:
         section.tables.append(paired_table(
-            "against the best baseline, and the foundation model alone against the MLP (the same tokens), paired "
-            "over seeds; for MSE, negative is better; val_r2: validation R^2 within the baseline's training time",
+            "against the best baseline, the foundation model alone against the MLP (the same tokens), and each "
+            "pretrained model against itself from random weights, paired over seeds; for MSE, negative is better; "
+            "val_r2: validation R^2 within the baseline's training time",
             paired))
         for key, value in metrics.items():
             if key.endswith("_vs_best_baseline"):
@@ -217,9 +219,11 @@ def fimp_section(out_dir: Path, figures: Figures) -> Section | None:
                                      f"{format_relative(value.get('relative_r2'))}.")
     pretrain = PretrainRun(out_dir / "foundation").metrics()
     if pretrain:
-        section.notes.append(f"Foundation model pretrained on a separate cohort (masked windows, no graph): "
-                             f"held-out MSE {pretrain['val_mse']:.4f}, R^2 {pretrain['val_r2']:.3f}, "
-                             f"{pretrain['epochs']} epochs.")
+        corpus = "; ".join(f"{source['path']} ({source['kind']}, {source['subjects']} subjects, "
+                           f"{source['sequences']} sequences)" for source in pretrain.get("corpus", []))
+        section.notes.append(f"Foundation model pretrained on other data than FIMP's (masked windows, no graph): "
+                             f"{corpus or 'a separate cohort'}; held-out MSE {pretrain['val_mse']:.4f}, "
+                             f"R^2 {pretrain['val_r2']:.3f}, {pretrain['epochs']} epochs.")
         figures["pretrain_curve"] = {"kind": "curves", "title": "foundation pretraining", "x": "epoch",
                                      "y": ["train_loss", "val_loss"],
                                      "series": {"foundation": mean_curves([pretrain], ("train_loss", "val_loss"))}}

@@ -129,7 +129,7 @@ def test_fimp_job_checks_lengths_and_pretrained_shapes_before_it_writes(small_sy
     save_foundation(model, tmp_path / "fm")
     shape = ["model.foundation={hidden: 16, heads: 2, layers: 1, intermediate: 32}", f"pretrained={tmp_path / 'fm'}",
              "models=[fimp_pretrained,mlp]"]
-    with pytest.raises(InputError, match=r"pretrained on 4 windows of 10 values, this task has 5 of 10"):
+    with pytest.raises(InputError, match=r"its learned positions are for 4 windows, this task has 5"):
         run_fimp(load_config(FIMPJobConfig, None, [*base, *shape, f"run_dir={tmp_path / 'p'}", "fmri.n_windows=5"]))
     with pytest.raises(InputError, match=r"model.foundation.hidden=32 but the folder has 16"):
         run_fimp(load_config(FIMPJobConfig, None, [*base, *shape, f"run_dir={tmp_path / 'p'}", "fmri.n_windows=4",

@@ -75,6 +75,24 @@ def fimp_scans(kind: str):
     return build
 
 
+def pretraining(cohort_path: Path, output: Path | None):
+    """``fmgnn pretrain``'s task: the foundation model alone on the cohort's regions as a corpus of sequences."""
+    from fimp.foundation import FoundationConfig
+    from fimp.reconstruction import ReconstructionConfig
+    from fimp.tasks.corpus import load_corpus
+    from fimp.train_node_reconstruction import NodeReconstructionSpec, NodeReconstructionTask
+    from fimp.train_reconstruction import ReconstructionTrainConfig
+    from pipelines.fimp import split_scans
+
+    corpus = load_corpus([str(cohort_path)], window=10, n_windows=4)
+    train, val, _ = split_scans(corpus.groups, 0, 0.25, 0.0)
+    model = ReconstructionConfig(kind="foundation", n_tokens=4, token_values=10, position="sinusoidal",
+                                 foundation=FoundationConfig(hidden=8, heads=2, layers=1, intermediate=16))
+    spec = NodeReconstructionSpec(corpus.node_task(span_masks=True), train, val, val, 0.25, model,
+                                  ReconstructionTrainConfig(epochs=2, batch_size=256))
+    return NodeReconstructionTask("pretraining", spec, output)
+
+
 def fimp_nodes(source: str):
     def build(cohort_path: Path, output: Path | None):
         from fimp.foundation import FoundationConfig
@@ -113,7 +131,7 @@ def node_task(source: str):
     return load_spatial(SpatialTaskConfig(path=str(genes), k=4))
 
 
-TASKS = {"gcn": gcn, "bleg_stage3": stage3, "fimp_scans": fimp_scans("fimp"), "pretraining": fimp_scans("foundation"),
+TASKS = {"gcn": gcn, "bleg_stage3": stage3, "fimp_scans": fimp_scans("fimp"), "pretraining": pretraining,
          "fimp_genes": fimp_nodes("genes"), "fimp_images": fimp_nodes("images"),
          "fimp_recording": fimp_nodes("recording")}
 

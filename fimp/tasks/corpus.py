@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fimp.tasks.nodes import NodeTask
 from fimp.tasks.recording import read_parcels, read_surface_series
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.io import package_path
@@ -48,6 +49,12 @@ class Corpus:
     subjects: np.ndarray  # (N,) the subject of each sequence, prefixed by its source
     groups: np.ndarray  # (N,) what a split keeps together (the subject; the sequence's node with one subject)
     sources: list[CorpusSource]
+
+    def node_task(self, span_masks: bool) -> NodeTask:
+        """The corpus as nodes without edges: what the node reconstruction task trains the foundation model on."""
+        return NodeTask(x=self.x, edge_index=torch.empty(2, 0, dtype=torch.long),
+                        token_names=[f"window{t}" for t in range(self.x.shape[1])], name="corpus",
+                        span_masks=span_masks)
 
 
 def cut_sequences(series: np.ndarray, window: int, n_windows: int) -> np.ndarray:
