@@ -175,8 +175,8 @@ class PretrainJob(Job[PretrainConfig]):
                                             token_values=config.fmri.window, foundation=config.foundation,
                                             position=config.position)
         # Pretraining has no test part: the held-out validation sequences are also what is reported.
-        spec = NodeReconstructionSpec(corpus.node_task(config.fmri.mask_span), train, val, val, config.fmri.mask_ratio, model_config, config.optim,
-                                      initial_state(config, model_config), config.seed)
+        spec = NodeReconstructionSpec(corpus.node_task(config.fmri.mask_span), train, val, val, config.fmri.mask_ratio,
+                                      model_config, config.optim, initial_state(config, model_config), config.seed)
         # The settings' hash in the run name: a checkpoint of other settings is never resumed.
         digest = hashlib.sha256(json.dumps(model_settings(config), sort_keys=True).encode()).hexdigest()[:8]
         task = NodeReconstructionTask(f"{config.name}-{digest}", spec, output=self.folder / "trained")
