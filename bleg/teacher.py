@@ -14,6 +14,7 @@ texts are never read. The cache is keyed by subject, split and model.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -35,24 +36,27 @@ TARGET_SCHEMA = pa.schema([
 
 
 @torch.no_grad()
-def teacher_vectors(model: GraphLanguageModel, text_encoder: TextEncoder, graphs: list[Data] | None,
+def teacher_vectors(model: GraphLanguageModel, text_encoder: TextEncoder, graph_batches: Iterable[Batch] | None,
                     prompts: list[str], pooling: Pooling, batch_size: int = 8,
                     device: torch.device | None = None, precision: str = "fp32") -> np.ndarray:
     """h_LM for every prompt (N, d), computed on ``device`` (default: the CPU), in bf16 autocast with
-    ``precision="bf16"``; with ``graphs`` None the LM reads the text alone. Vectors come back as float32."""
+    ``precision="bf16"``. ``graph_batches`` holds the prompts' graphs in batches of ``batch_size``, in the
+    prompts' order (``PartGraphs.batches``, which builds a streamed part a chunk at a time, or ``batched``);
+    with None the LM reads the text alone. Vectors come back as float32."""
     device = device or torch.device("cpu")
     model.to(device).eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     tokenizer = text_encoder.tokenizer
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.eos_token_id
     vectors = []
+    graph_batches = iter(graph_batches) if graph_batches is not None else None
     for start in range(0, len(prompts), batch_size):
         room = text_encoder.max_text_length - 1  # keep a place for the CLS token
         ids = [text_encoder.prompt_ids(p)[:room] for p in prompts[start:start + batch_size]]
         if pooling == "cls":
             ids = [s + [cls_id] for s in ids]
         text = {k: v.to(device) for k, v in text_encoder.pad(ids).items()}
-        batch = Batch.from_data_list(graphs[start:start + batch_size]).to(device) if graphs is not None else None
+        batch = next(graph_batches).to(device) if graph_batches is not None else None
         with autocast:
             hidden, mask = model.last_hidden(batch, text["input_ids"], text["attention_mask"])  # (B, S, d), (B, S)
         if pooling == "mean":
@@ -62,6 +66,11 @@ def teacher_vectors(model: GraphLanguageModel, text_encoder: TextEncoder, graphs
             last = mask.sum(1) - 1  # (B,)
             vectors.append(hidden[torch.arange(len(ids), device=device), last])
     return torch.cat(vectors).float().cpu().numpy()
+
+
+def batched(graphs: Sequence[Data], batch_size: int) -> list[Batch]:
+    """``graphs`` in batches of ``batch_size``, for ``teacher_vectors``."""
+    return [Batch.from_data_list(list(graphs[i:i + batch_size])) for i in range(0, len(graphs), batch_size)]
 
 
 def write_targets(path: Path, scan_ids: list[str], vectors: np.ndarray, split: str, model: str,

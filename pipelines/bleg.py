@@ -131,12 +131,12 @@ def teacher_targets(lm: LanguageModelConfig, encoder_dir: str | None, graphs: Te
     model, tokenizer, kind = load_language_model(lm)
     encoder = GraphTokenEncoder.from_pretrained(encoder_dir) if encoder_dir else None
     reader = GraphLanguageModel(encoder, model, kind)
-    part, n_graph_tokens = None, 0
-    if graphs is not None:
+    batches, n_graph_tokens = None, 0
+    if graphs is not None:  # a streamed part is read and built a chunk at a time, in the prompts' order
         cohort = Cohort(graphs.cohort_path)
-        part, n_graph_tokens = PartGraphs(cohort, graphs.rows, graphs.graph), cohort.n_rois
+        batches, n_graph_tokens = PartGraphs(cohort, graphs.rows, graphs.graph).batches(batch_size), cohort.n_rois
     text_encoder = TextEncoder(tokenizer, kind, max_length - n_graph_tokens)
-    return teacher_vectors(reader, text_encoder, part, prompts, pooling, batch_size, local_device(use_gpu),
+    return teacher_vectors(reader, text_encoder, batches, prompts, pooling, batch_size, local_device(use_gpu),
                            precision)
 
 

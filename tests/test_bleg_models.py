@@ -21,7 +21,7 @@ from bleg.language_model import (
     resolve_source,
 )
 from bleg.student import BLEGStudent, StudentConfig, alignment_loss
-from bleg.teacher import read_targets, teacher_vectors, write_targets
+from bleg.teacher import batched, read_targets, teacher_vectors, write_targets
 from bleg.texts import Description, TextsConfig, check_coverage, load_descriptions
 from fmgnn.cohort import CohortError
 from fmgnn.errors import InputError
@@ -161,7 +161,8 @@ def test_real_smollm2_from_gguf_runs_stage2_and_teacher(tmp_path):
     loss = glm(graphs, batch["input_ids"], batch["attention_mask"], batch["labels"])
     loss.backward()
     assert torch.isfinite(loss) and 0 < loss.item() < 20
-    vectors = teacher_vectors(glm, text, random_graphs(2), ["Frontal hubs.", "A modular network, weak hubs."], "last")
+    prompts = ["Frontal hubs.", "A modular network, weak hubs."]
+    vectors = teacher_vectors(glm, text, batched(random_graphs(2), 8), prompts, "last")
     assert vectors.shape == (2, 576) and np.isfinite(vectors).all()
 
 
@@ -173,11 +174,12 @@ def test_teacher_pooling_does_not_depend_on_padding(tiny_causal):
     graphs = random_graphs(3)
     prompts = ["A modular network.", "Hubs in Insula_L and strong frontal connections to the temporal lobe.", "Q"]
     for pooling in ("last", "mean", "cls"):
-        together = teacher_vectors(glm, text, graphs, prompts, pooling, batch_size=3)
-        alone = np.concatenate([teacher_vectors(glm, text, [g], [p], pooling) for g, p in zip(graphs, prompts)])
+        together = teacher_vectors(glm, text, batched(graphs, 3), prompts, pooling, batch_size=3)
+        alone = np.concatenate([teacher_vectors(glm, text, batched([g], 8), [p], pooling)
+                                for g, p in zip(graphs, prompts)])
         np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)
-    assert not np.allclose(teacher_vectors(glm, text, graphs, prompts, "last"),
-                           teacher_vectors(glm, text, graphs, prompts, "mean"))
+    assert not np.allclose(teacher_vectors(glm, text, batched(graphs, 8), prompts, "last"),
+                           teacher_vectors(glm, text, batched(graphs, 8), prompts, "mean"))
 
 
 def test_teacher_cache_is_keyed_by_split_model_and_pooling(tmp_path):

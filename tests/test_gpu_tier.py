@@ -177,11 +177,11 @@ def test_bleg_stage2_and_the_teacher_on_every_device(cohort, tiny_llama, tmp_pat
     from bleg.graph_encoder import GraphTokenEncoder
     from bleg.instruction import GraphLanguageModel, TextEncoder
     from bleg.language_model import LanguageModelConfig, load_language_model
-    from bleg.teacher import teacher_vectors
+    from bleg.teacher import batched, teacher_vectors
     from bleg.texts import Description
     from bleg.train_instruction import InstructionConfig, InstructionSpec, InstructionTask
-    from fmgnn.baselines.train_gcn import load_graphs
     from fmgnn.cohort import Cohort
+    from fmgnn.graph_stream import PartGraphs
 
     data = Cohort(cohort)
     split = split_of(cohort)
@@ -197,13 +197,13 @@ def test_bleg_stage2_and_the_teacher_on_every_device(cohort, tiny_llama, tmp_pat
         model, tokenizer, kind = load_language_model(LanguageModelConfig(path=str(tmp_path / device / "lm"),
                                                                          max_length=256))
         reader = GraphLanguageModel(GraphTokenEncoder.from_pretrained(tmp_path / device / "encoder"), model, kind)
-        graphs = load_graphs(data, split.train[:4], GraphConfig())
+        graphs = PartGraphs(data, split.train[:4], GraphConfig())[:]
         prompts = [texts[ids[i]].text() for i in split.train[:4]]
         text = TextEncoder(tokenizer, kind, 256 - data.n_rois)
-        vectors[device] = teacher_vectors(reader, text, graphs, prompts, "last", 2, torch.device(device))
-        on_cpu = teacher_vectors(reader, text, graphs, prompts, "last", 2, torch.device("cpu"))
+        vectors[device] = teacher_vectors(reader, text, batched(graphs, 2), prompts, "last", 2, torch.device(device))
+        on_cpu = teacher_vectors(reader, text, batched(graphs, 2), prompts, "last", 2, torch.device("cpu"))
         assert vectors[device].dtype == np.float32 and np.allclose(vectors[device], on_cpu, atol=1e-3)
-        in_bf16 = teacher_vectors(reader, text, graphs, prompts, "last", 2, torch.device(device), "bf16")
+        in_bf16 = teacher_vectors(reader, text, batched(graphs, 2), prompts, "last", 2, torch.device(device), "bf16")
         assert in_bf16.dtype == np.float32 and not np.array_equal(in_bf16, vectors[device])
         assert np.allclose(in_bf16, vectors[device], rtol=0.05, atol=0.05)  # ray.precision=bf16
 

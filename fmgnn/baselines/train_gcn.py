@@ -21,11 +21,7 @@ from fmgnn.engine import BatchLoss, Validation, World
 from fmgnn.evaluation.metrics import classification_metrics
 from fmgnn.evaluation.splits import Split
 from fmgnn.graph_stream import PartGraphs
-from fmgnn.graphs import GraphConfig, build_graphs
-
-
-def load_graphs(cohort: Cohort, indices: list[int], graph_config: GraphConfig) -> list[Data]:
-    return build_graphs(cohort.fc(indices), cohort.labels()[indices], graph_config)
+from fmgnn.graphs import GraphConfig
 
 
 def graph_forward(model: torch.nn.Module, batch: Data) -> Any:
