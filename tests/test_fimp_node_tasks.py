@@ -12,7 +12,8 @@ import torch
 from fimp.foundation import FoundationConfig
 from fimp.reconstruction import ReconstructionConfig, build_model
 from fimp.tasks.fmri import window_mask
-from fimp.tasks.images import ImageTaskConfig, load_images, read_idx_images, to_patches, visible_distances
+from fimp.tasks.images import (ImageTaskConfig, load_images, read_idx_images, read_images, to_patches,
+                               visible_distances, visible_neighbours)
 from fimp.tasks.nodes import held_out_masks, neighbourhood, scale_tokens, split_nodes
 from fimp.tasks.spatial import SpatialTaskConfig, load_spatial
 from fimp.train_node_reconstruction import message_hops, run_on
@@ -85,6 +86,16 @@ def test_patches_round_trip_and_the_graph_ignores_hidden_pixels():
     changed = patches.clone()
     changed[:, 0] = torch.rand(5, 4)  # only hidden patches change
     assert torch.allclose(visible_distances(patches, masks), visible_distances(changed, masks))
+
+
+def test_image_neighbours_a_block_at_a_time_are_the_dense_matrix_s():
+    from fimp.tasks.fmri import knn_edges
+
+    x = to_patches(read_images(ImageTaskConfig(limit=300)), 2)
+    masks = torch.rand(300, 16, generator=torch.Generator().manual_seed(0)) < 0.25
+    dense = knn_edges(-visible_distances(x, masks), 8)
+    for block_pairs in (300 * 7, 300 * 64, 300 * 300):  # blocks of 7 and 64 images (uneven last), and one block
+        assert torch.equal(visible_neighbours(x, masks, 8, block_pairs), dense)
 
 
 def test_digits_task_fixed_masks_per_seed():
