@@ -1,21 +1,24 @@
 """One reconstruction model on one split of scans as a task of the training loop (``fmgnn.engine``).
 
-Training masks are drawn afresh every batch from the engine's per-epoch generator; validation and
-test masks are fixed by the split's seed, so every model of a seed is scored on the same hidden
-windows. The epoch with the lowest validation MSE is kept and the test scans are scored once, at the end.
+Each worker reads only its shard of the training scans (every size-th scan, padded so that every rank
+runs as many steps, as ``DistributedSampler`` pads) and shuffles it every epoch; with one worker the
+order is ``DistributedSampler``'s, exactly. Training masks are drawn afresh every batch from the engine's
+per-epoch generator; validation and test masks are fixed by the split's seed, so every model of a seed is
+scored on the same hidden windows. The epoch with the lowest validation MSE is kept and the test scans
+are scored once, at the end.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
 from fimp.reconstruction import ReconstructionConfig, apply_model_finetune, build_model, masked_mse
@@ -40,6 +43,13 @@ class ReconstructionTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     patience: int = 8
+
+
+def rank_shard(rows: list[int], rank: int, size: int) -> list[int]:
+    """Rank ``rank``'s fixed share of ``rows``: every size-th row, the short shards padded with their own first
+    rows so that every rank has ``ceil(len(rows) / size)`` (DDP's ranks must step together)."""
+    mine = rows[rank::size]
+    return mine + mine[:math.ceil(len(rows) / size) - len(mine)]
 
 
 @dataclass
@@ -124,19 +134,20 @@ class ReconstructionTask(TokenReconstructionTask):
     def setup(self, world: World) -> None:
         self.world = world
         cohort = Cohort(self.spec.cohort_path)
-        self.train = load_scans(cohort, self.spec.train, self.spec.task)
+        self.train = load_scans(cohort, rank_shard(self.spec.train, world.rank, world.size), self.spec.task)
         self.parts = {"val": load_scans(cohort, self.spec.val, self.spec.task),
                       "test": load_scans(cohort, self.spec.test, self.spec.task)}
-        self.masks = {part: fixed_masks(graphs, self.spec.task.mask_ratio, offset + self.spec.seed, self.spec.task.mask_span)
+        task = self.spec.task
+        self.masks = {part: fixed_masks(graphs, task.mask_ratio, offset + self.spec.seed, task.mask_span)
                       for (part, graphs), offset in zip(self.parts.items(), (10_000, 20_000))}
-        # Ray: each worker trains on its own shard of the training scans.
-        self.sampler = DistributedSampler(self.train, num_replicas=world.size, rank=world.rank, shuffle=True,
-                                          seed=self.seed)
 
     def batches(self, epoch: int, generator: torch.Generator) -> Any:
-        self.sampler.set_epoch(epoch)
-        for batch in DataLoader(self.train, batch_size=self.optim.batch_size, sampler=self.sampler,
-                                pin_memory=self.world.device.type == "cuda"):
+        # torch's DataLoader, which this loop replaces, drew one value of the global RNG per pass; drawn here
+        # too, so that the draws that follow (dropout) are those of runs before the shards.
+        torch.empty((), dtype=torch.int64).random_()
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.seed + epoch))
+        for start in range(0, len(order), self.optim.batch_size):
+            batch = Batch.from_data_list([self.train[i] for i in order[start:start + self.optim.batch_size]])
             yield batch, window_mask(batch.num_nodes, batch.x.shape[1], self.spec.task.mask_ratio, generator,
                                      self.spec.task.mask_span)
 

@@ -170,3 +170,27 @@ def test_gps_under_ddp_keeps_each_scans_batch_vector(small_synthetic):
         dist.destroy_process_group()
     torch.testing.assert_close(under_ddp, alone)
     assert not torch.allclose(mixed, alone, atol=1e-4)  # the batch vector matters, so the check has teeth
+
+
+def test_each_worker_reads_only_its_shard_of_the_training_scans(small_synthetic):
+    from fimp.reconstruction import ReconstructionConfig
+    from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTask, rank_shard
+    from fmgnn.engine import World
+
+    rows = list(range(3, 14))  # 11 rows over 3 ranks: 4 each, the short shards padded with their own rows
+    shards = [rank_shard(rows, rank, 3) for rank in range(3)]
+    assert [len(s) for s in shards] == [4, 4, 4] and sorted(set(sum(shards, []))) == rows
+    assert shards[2] == [5, 8, 11, 5] and rank_shard(rows, 0, 1) == rows
+    config = FMRITaskConfig(window=10, n_windows=4, k=4)
+    spec = ReconstructionSpec(str(small_synthetic), list(range(40)), [40, 41], [42, 43], config,
+                              ReconstructionConfig(kind="mlp", n_tokens=4, token_values=10))
+    task = ReconstructionTask("shard", spec)
+    task.setup(World(rank=1, size=2))
+    expected = load_scans(Cohort(small_synthetic), list(range(1, 40, 2)), config)
+    assert len(task.train) == 20 and all(torch.equal(a.x, b.x) for a, b in zip(task.train, expected))
+    epoch0 = [batch.x.clone() for batch, _ in task.batches(0, torch.Generator().manual_seed(0))]
+    assert sum(len(x) for x in epoch0) == 20 * Cohort(small_synthetic).n_rois
+    again = [batch.x for batch, _ in task.batches(0, torch.Generator().manual_seed(0))]
+    other = [batch.x for batch, _ in task.batches(1, torch.Generator().manual_seed(0))]
+    assert all(torch.equal(a, b) for a, b in zip(epoch0, again))
+    assert not all(torch.equal(a, b) for a, b in zip(epoch0, other))  # reshuffled every epoch
