@@ -21,12 +21,14 @@ REST01 = "pkg://brainfc/data/rest01"  # 100 parcels x 150 frames
 def test_a_long_series_gives_every_whole_stretch_of_each_node_z_scored():
     frames, nodes = 47, 3
     series = np.arange(frames * nodes, dtype=np.float64).reshape(frames, nodes) ** 1.5
-    cut = cut_sequences(series, window=5, n_windows=3)  # 15 frames a sequence: 3 stretches, 2 frames left
-    assert cut.shape == (9, 3, 5)
+    series[15:30, 1] = 7.0  # node 1 is constant in stretch 1
+    cut, constant = cut_sequences(series, window=5, n_windows=3)  # 15 frames a sequence: 3 stretches, 2 left
+    assert cut.shape == (9, 3, 5) and constant.tolist() == [False] * 4 + [True] + [False] * 4
+    assert not cut[4].any()
     for stretch in range(3):
         for node in range(nodes):
             expected = series[stretch * 15:(stretch + 1) * 15, node]
-            expected = (expected - expected.mean()) / (expected.std(ddof=1) + 1e-6)
+            expected = (expected - expected.mean()) / (expected.std(ddof=1) + 1e-6)  # zeros where constant
             np.testing.assert_allclose(cut[stretch * nodes + node].reshape(-1), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -8,9 +8,10 @@ autoencoder reads one parcel's series), so a corpus is a bag of sequences (N, f,
 - a recording, read as the recording task reads it (``fimp/tasks/recording.py``): a ``parcels`` folder
   (``timeseries.tsv`` and ``rois.tsv``) or a FreeSurfer ``.mgz`` surface recording (both hemispheres, the
   medial wall dropped).
-Each sequence is z-scored over its own frames (as the FIMP tasks do). A series longer than one sequence
-gives every whole, non-overlapping stretch of ``window * n_windows`` frames; a shorter one is an error
-naming it. Sequences carry their subject (a scan's subject; a recording is one subject) so that a
+Each sequence is z-scored over its own frames (as the FIMP tasks do); a constant one (a region outside the
+brain mask, the medial wall) carries nothing to reconstruct and is dropped, counted per source. A series
+longer than one sequence gives every whole, non-overlapping stretch of ``window * n_windows`` frames; a
+shorter one is an error naming it. Sequences carry their subject (a scan's subject; a recording is one subject) so that a
 validation split keeps subjects apart.
 """
 
@@ -34,13 +35,15 @@ log = logging.getLogger("fmgnn.pretrain")
 
 @dataclass
 class CorpusSource:
-    """What one source gave: its path, kind, subjects, sequences, and the frames each series had."""
+    """What one source gave: its path, kind, subjects, sequences, the longest series' frames, and how many
+    constant sequences were dropped."""
 
     path: str
     kind: str
     subjects: int
     sequences: int
     frames: int
+    constant_dropped: int = 0
 
 
 @dataclass
@@ -57,16 +60,17 @@ class Corpus:
                         span_masks=span_masks)
 
 
-def cut_sequences(series: np.ndarray, window: int, n_windows: int) -> np.ndarray:
-    """(frames, nodes) -> (stretches * nodes, n_windows, window): every whole stretch of ``window * n_windows``
-    frames, each node's z-scored over its frames; stretch-major (stretch 0's nodes first)."""
+def cut_sequences(series: np.ndarray, window: int, n_windows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(frames, nodes) -> every whole stretch of ``window * n_windows`` frames of every node, z-scored over its
+    frames, (stretches * nodes, n_windows, window), stretch-major (stretch 0's nodes first); and which of
+    them are constant (std 0: all zeros after scaling)."""
     needed = window * n_windows
     stretches = len(series) // needed
     values = series[:stretches * needed].T.reshape(series.shape[1], stretches, needed).transpose(1, 0, 2)
     values = values.reshape(-1, needed).astype(np.float32)
-    # ddof=1: torch's std, which the FIMP tasks z-score with.
-    values = (values - values.mean(1, keepdims=True)) / (values.std(1, keepdims=True, ddof=1) + 1e-6)
-    return values.reshape(-1, n_windows, window)
+    std = values.std(1, keepdims=True, ddof=1)  # ddof=1: torch's std, which the FIMP tasks z-score with
+    values = (values - values.mean(1, keepdims=True)) / (std + 1e-6)
+    return values.reshape(-1, n_windows, window), std[:, 0] == 0
 
 
 def read_source(path: str, field: str) -> tuple[str, list[tuple[str, np.ndarray]]]:
@@ -91,21 +95,22 @@ def load_corpus(paths: list[str], window: int, n_windows: int, field: str = "cor
     x, subjects, nodes, sources = [], [], [], []
     for path in paths:
         kind, series = read_source(path, field)
-        count = 0
+        count = dropped = 0
         for subject, values in series:
             if len(values) < needed:
                 raise CohortError(f"{field}: {path}: {subject} has {len(values)} frames; a sequence needs {needed} "
                                   f"(window {window} x n_windows {n_windows})")
             if not np.isfinite(values).all():
                 raise CohortError(f"{field}: {path}: {subject} has a missing or infinite value")
-            sequences = cut_sequences(values, window, n_windows)
-            x.append(sequences)
-            count += len(sequences)
-            subjects += [f"{path}:{subject}"] * len(sequences)
-            nodes += [f"{path}:{subject}:{n}" for n in np.tile(np.arange(values.shape[1]), len(values) // needed)]
-        sources.append(CorpusSource(path, kind, len(series), count, int(max(len(v) for _, v in series))))
-        log.info("corpus: %s (%s): %d subjects, %d sequences of %d frames", path, kind, sources[-1].subjects,
-                 sources[-1].sequences, needed)
+            sequences, constant = cut_sequences(values, window, n_windows)
+            node_of = np.tile(np.arange(values.shape[1]), len(values) // needed)[~constant]
+            x.append(sequences[~constant])
+            count, dropped = count + len(x[-1]), dropped + int(constant.sum())
+            subjects += [f"{path}:{subject}"] * len(x[-1])
+            nodes += [f"{path}:{subject}:{n}" for n in node_of]
+        sources.append(CorpusSource(path, kind, len(series), count, int(max(len(v) for _, v in series)), dropped))
+        log.info("corpus: %s (%s): %d subjects, %d sequences of %d frames (%d constant ones dropped)", path, kind,
+                 sources[-1].subjects, sources[-1].sequences, needed, dropped)
     subjects = np.asarray(subjects)
     one_subject = len(set(subjects)) < 2
     if one_subject:
