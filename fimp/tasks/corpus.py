@@ -11,8 +11,8 @@ autoencoder reads one parcel's series), so a corpus is a bag of sequences (N, f,
 Each sequence is z-scored over its own frames (as the FIMP tasks do); a constant one (a region outside the
 brain mask, the medial wall) carries nothing to reconstruct and is dropped, counted per source. A series
 longer than one sequence gives every whole, non-overlapping stretch of ``window * n_windows`` frames; a
-shorter one is an error naming it. Sequences carry their subject (a scan's subject; a recording is one subject) so that a
-validation split keeps subjects apart.
+shorter one is an error naming it. Sequences carry their subject (a scan's subject; a recording is one
+subject) so that a validation split keeps subjects apart.
 """
 
 from __future__ import annotations
