@@ -194,6 +194,7 @@ class PretrainJob(Job[PretrainConfig]):
                 "best_epoch": metrics["best_epoch"]}, indent=2))
         summary = {"output": str(record.model_dir), "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
                    "corpus": [asdict(source) for source in corpus.sources],
+                   "train_subjects": len(set(corpus.subjects[train])), "train_sequences": len(train),
                    "epochs": len(metrics["history"]), "history": metrics["history"]}
         atomic_write_json(record.metrics_path(), summary)
         tracking.log_tasks([task])
