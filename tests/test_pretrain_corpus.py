@@ -76,4 +76,4 @@ def test_pretrain_on_a_cohort_and_a_recording_records_its_corpus_and_its_data_si
                                                              "train_subjects=5"]))
     few = json.loads((tmp_path / "few" / "fmgnn_pretrain.json").read_text())
     assert few["train_subjects"] == 5 and few["val_sequences"] == record["val_sequences"]
-    assert small["epochs"] == 1 and small["train_subjects"] == 5 and summary["train_subjects"] == 54
+    assert small["epochs"] == 1 and small["train_subjects"] == 5 and summary["train_subjects"] == 55
