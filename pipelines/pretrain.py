@@ -148,6 +148,16 @@ class PretrainJob(Job[PretrainConfig]):
     def check_inputs(self) -> None:
         # Read before anything is written; the built-in cohort is written by the run itself, and read then.
         self.corpus = None if SYNTHETIC in self.sources else self.load_corpus()
+        if self.corpus is not None:
+            self.split(self.corpus)  # train_subjects larger than the training part is refused here
+
+    def split(self, corpus: Corpus) -> tuple[list[int], list[int]]:
+        """Training and held-out sequences: subjects apart, ``train_subjects`` of the training ones."""
+        config = self.config
+        train, val, _ = split_scans(corpus.groups, config.seed, config.val_fraction, 0.0)
+        if config.train_subjects:
+            train = subject_subset(corpus.subjects, train, config.train_subjects, config.seed)
+        return train, val
 
     def load_corpus(self) -> Corpus:
         return load_corpus(self.corpus_paths(), self.config.fmri.window, self.config.fmri.n_windows, "corpus")
@@ -166,9 +176,7 @@ class PretrainJob(Job[PretrainConfig]):
         if SYNTHETIC in self.sources and not self.synthetic_path.is_file():
             ingest_synthetic(self.synthetic_path, config.synthetic)
         corpus = self.corpus or self.load_corpus()
-        train, val, _ = split_scans(corpus.groups, config.seed, config.val_fraction, 0.0)
-        if config.train_subjects:
-            train = subject_subset(corpus.subjects, train, config.train_subjects, config.seed)
+        train, val = self.split(corpus)
         log.info("pretraining on %d sequences of %d subjects, %d held out", len(train),
                  len(set(corpus.subjects[train])), len(val))
         model_config = ReconstructionConfig(kind="foundation", n_tokens=config.fmri.n_windows,

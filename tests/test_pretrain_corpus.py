@@ -11,6 +11,7 @@ import torch
 from fimp.tasks.corpus import cut_sequences, load_corpus
 from fmgnn.cohort import CohortError
 from fmgnn.config import load_config
+from fmgnn.errors import InputError
 from pipelines.fimp import split_scans
 from pipelines.pretrain import SHIPPED_RECORDING, SYNTHETIC, PretrainConfig, corpus_sources, run_pretrain, \
     shipped_recording_installed
@@ -76,4 +77,7 @@ def test_pretrain_on_a_cohort_and_a_recording_records_its_corpus_and_its_data_si
                                                              "train_subjects=5"]))
     few = json.loads((tmp_path / "few" / "fmgnn_pretrain.json").read_text())
     assert few["train_subjects"] == 5 and few["val_sequences"] == record["val_sequences"]
+    with pytest.raises(InputError, match="train_subjects=99: the training part has 55 subjects"):
+        run_pretrain(load_config(PretrainConfig, None, [*common, f"output={tmp_path / 'many'}", "train_subjects=99"]))
+    assert not (tmp_path / "many.run").exists()  # refused before anything was written
     assert small["epochs"] == 1 and small["train_subjects"] == 5 and summary["train_subjects"] == 55
