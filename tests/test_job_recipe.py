@@ -122,8 +122,9 @@ def test_augment_rerun_refuses_changed_settings_and_resumes_with_free_ones(small
 def test_pretrain_rerun_refuses_changed_settings_and_resumes_with_free_ones(tmp_path):
     from pipelines.pretrain import PretrainConfig, run_pretrain
 
-    base = [f"output={tmp_path / 'fm'}", "synthetic.n_subjects=8", "synthetic.n_timepoints=40", "fmri.n_windows=2",
-            "foundation.hidden=16", "foundation.intermediate=32", "foundation.layers=1", "foundation.heads=2",
+    base = [f"output={tmp_path / 'fm'}", "corpus=[synthetic]", "synthetic.n_subjects=8", "synthetic.n_timepoints=40",
+            "fmri.n_windows=2", "foundation.hidden=16", "foundation.intermediate=32", "foundation.layers=1",
+            "foundation.heads=2",
             "optim.epochs=1", "ray.num_workers=0"]
     first = run_pretrain(load_config(PretrainConfig, None, base))
     record = tmp_path / "fm.run"
