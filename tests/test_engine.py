@@ -144,8 +144,12 @@ def test_long_training_logs_progress(small_synthetic, monkeypatch, caplog):
     monkeypatch.setattr(fmgnn.engine, "PROGRESS_INTERVAL_S", 0.0)  # every epoch counts as long
     with caplog.at_level("INFO", logger="fmgnn.engine"):
         fit(gcn_task(small_synthetic, epochs=3, name="gcn-progress"), LocalRuntime())
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gcn-progress: epoch")]
-    assert len(lines) == 3 and lines[0].startswith("gcn-progress: epoch 1 of at most 3, train loss ")
+    messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gcn-progress: epoch")]
+    epochs = [m for m in messages if " of at most " in m]
+    assert len(epochs) == 3 and epochs[0].startswith("gcn-progress: epoch 1 of at most 3, train loss ")
+    # and within an epoch, once a batch has taken the interval (stage 2 on a large cohort: minutes a batch)
+    within = [m for m in messages if "trained so far" in m]
+    assert within and within[0].startswith("gcn-progress: epoch 1, 1 batches ("), within
 
 
 class RankDependentTask:

@@ -65,7 +65,8 @@ def test_the_default_corpus_is_the_shipped_recording_when_installed():
     assert corpus_sources(PretrainConfig(corpus=["a.parquet"])) == ["a.parquet"]
 
 
-def test_pretrain_on_a_cohort_and_a_recording_records_its_corpus_and_its_data_size(small_synthetic, tmp_path):
+def test_pretrain_on_a_cohort_and_a_recording_records_its_corpus_and_its_data_size(small_synthetic, tmp_path,
+                                                                                      monkeypatch):
     common = [f"corpus=[{small_synthetic},{REST01}]", "fmri.window=10", "fmri.n_windows=5", "optim.epochs=1",
               "optim.batch_size=128", "foundation={hidden: 16, heads: 2, layers: 1, intermediate: 32}",
               "ray.num_workers=0"]
@@ -81,3 +82,11 @@ def test_pretrain_on_a_cohort_and_a_recording_records_its_corpus_and_its_data_si
         run_pretrain(load_config(PretrainConfig, None, [*common, f"output={tmp_path / 'many'}", "train_subjects=99"]))
     assert not (tmp_path / "many.run").exists()  # refused before anything was written
     assert small["epochs"] == 1 and small["train_subjects"] == 5 and summary["train_subjects"] == 55
+
+    def unread(*args, **kwargs):
+        raise AssertionError("a finished pretraining read its corpus again")
+
+    monkeypatch.setattr("pipelines.pretrain.load_corpus", unread)
+    again = run_pretrain(load_config(PretrainConfig, None, [*common, f"output={tmp_path / 'few'}",
+                                                             "train_subjects=5"]))
+    assert again["val_mse"] == small["val_mse"]
