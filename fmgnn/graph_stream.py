@@ -8,11 +8,15 @@ memory budget (``GraphConfig.memory_mb``, per part and process):
 - **held**: built once and kept; a training pass shuffles them as ``DistributedSampler`` does (the same
   permutation for the same seed and epoch, the same shard per rank), so runs that fit are unchanged by
   the streaming path;
-- **streamed**: read from the cohort file and built a chunk at a time on every pass, a chunk being at
-  most the budget's worth of graphs. A training pass shuffles the order of the shard's Parquet row
-  groups, then the rows within each chunk (a block shuffle: what Ray Data's local shuffle buffer and
-  WebDataset do, since a row-level global shuffle would read a row group per row). Memory then does
-  not grow with the cohort.
+- **streamed**: read from the cohort file and built a chunk at a time, a chunk being at most the
+  budget's worth of graphs. A training pass shuffles the order of the shard's Parquet row groups, then
+  the rows within each chunk (a block shuffle: what Ray Data's local shuffle buffer and WebDataset do,
+  since a row-level global shuffle would read a row group per row). Memory then does not grow with the
+  cohort. Each graph is built once: its tensors are spilled to a file on the process's local disk
+  (``GraphSpill``, in the system temporary folder) and later passes read them back, since every epoch
+  passes over the shard twice (training, then the BatchNorm refresh) and building took 0.27 of a
+  pass's 0.60 s and reading the row groups 0.23 (bench/RESULTS.md). A disk that fills stops the spill,
+  with a warning, and the graphs not spilled are built on every pass as before.
 
 A rank's shard is every ``size``-th row of the part, padded by repeating its first rows so that every
 rank takes the same number of steps (DDP needs it, and ``DistributedSampler`` does the same).
@@ -20,8 +24,14 @@ rank takes the same number of steps (DDP needs it, and ``DistributedSampler`` do
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
+import tempfile
+import weakref
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,11 +42,82 @@ from fmgnn.graphs import GraphConfig, build_graphs
 
 Decorate = Callable[[list[Data], np.ndarray], None]  # adds fields to the graphs of the given cohort rows
 
+log = logging.getLogger("fmgnn.graphs")
+
 
 def graph_bytes(n_rois: int, config: GraphConfig) -> int:
     """What one graph and the FC it is built from take in memory, roughly (bytes)."""
     edges = config.density * n_rois * (n_rois - 1) + (n_rois if config.self_loops else 0)
     return 2 * 4 * n_rois * n_rois + int(edges) * (2 * 8 + 4)  # FC and node features; edge index and weight
+
+
+class GraphSpill:
+    """Built graphs written to one local file and read back by position: a streamed part's later passes.
+
+    A graph's tensors lie one after another in the file; what it holds (each field's name, dtype and
+    shape, or a plain value) is a layout shared by every graph of the same shapes, so the index costs 12
+    bytes a graph. The folder is removed with the object."""
+
+    def __init__(self, n: int) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="fmgnn-graphs-"))
+        self.file = open(self.folder / "graphs.bin", "w+b")  # noqa: SIM115 (open for the object's life)
+        weakref.finalize(self, GraphSpill.remove, self.file, self.folder)
+        self.offsets = np.full(n, -1, dtype=np.int64)
+        self.layout_of = np.zeros(n, dtype=np.int32)
+        self.layouts: list[tuple[tuple[str, Any, Any], ...]] = []
+        self.layout_ids: dict[tuple, int] = {}
+        self.size = 0
+        self.full = False
+
+    @staticmethod
+    def remove(file: Any, folder: Path) -> None:
+        file.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def __contains__(self, position: int) -> bool:
+        return self.offsets[position] >= 0
+
+    def put(self, position: int, graph: Data) -> None:
+        if self.full or position in self:
+            return
+        layout, chunks = [], []
+        for key, value in graph.items():
+            if torch.is_tensor(value):
+                value = value.detach().cpu().contiguous()
+                layout.append((key, value.dtype, tuple(value.shape)))
+                chunks.append(value.view(torch.uint8).reshape(-1).numpy().tobytes() if value.numel() else b"")
+            else:
+                layout.append((key, None, value))
+        layout = tuple(layout)
+        try:
+            self.file.seek(self.size)
+            for chunk in chunks:
+                self.file.write(chunk)
+        except OSError as error:  # a full disk: the part is built on every pass from here on, as without
+            self.full = True
+            log.warning("graphs of a streamed part no longer spilled to %s (%s); they are built on every pass",
+                        self.folder, error)
+            return
+        if layout not in self.layout_ids:
+            self.layout_ids[layout] = len(self.layouts)
+            self.layouts.append(layout)
+        self.offsets[position], self.layout_of[position] = self.size, self.layout_ids[layout]
+        self.size += sum(len(c) for c in chunks)
+
+    def get(self, position: int) -> Data:
+        layout = self.layouts[self.layout_of[position]]
+        sizes = [math.prod(shape) * dtype.itemsize if dtype is not None else 0 for _, dtype, shape in layout]
+        self.file.seek(self.offsets[position])
+        buffer = bytearray(self.file.read(sum(sizes)))
+        graph, start = Data(), 0
+        for (key, dtype, shape), size in zip(layout, sizes):
+            if dtype is None:
+                graph[key] = shape
+                continue
+            graph[key] = torch.frombuffer(buffer, dtype=dtype, count=size // dtype.itemsize, offset=start
+                                          ).reshape(shape) if size else torch.empty(shape, dtype=dtype)
+            start += size
+        return graph
 
 
 class PartGraphs:
@@ -50,6 +131,7 @@ class PartGraphs:
         self.labels = cohort.labels()
         self.chunk = max(1, int(config.memory_mb * 2**20 // graph_bytes(cohort.n_rois, config)))
         self.held = self.build(self.rows) if len(self.rows) <= self.chunk else None
+        self.spill = GraphSpill(len(self.rows)) if self.held is None else None
 
     @property
     def streamed(self) -> bool:
@@ -86,9 +168,17 @@ class PartGraphs:
         step = max(batch_size, step - step % batch_size)  # chunks of whole batches: a batch never spans two
         for start in range(0, len(positions), step):
             window = positions[start:start + step]
-            graphs = [self.held[p] for p in window] if not self.streamed else self.build(self.rows[window])
+            graphs = [self.held[p] for p in window] if not self.streamed else self.read(window)
             for first in range(0, len(graphs), batch_size):
                 yield Batch.from_data_list(graphs[first:first + batch_size])
+
+    def read(self, positions: np.ndarray) -> list[Data]:
+        """A streamed part's graphs at ``positions``: read from the spill, the others built and spilled."""
+        missing = np.unique([p for p in positions if p not in self.spill])
+        built = dict(zip(missing.tolist(), self.build(self.rows[missing]))) if len(missing) else {}
+        for position, graph in built.items():
+            self.spill.put(position, graph)
+        return [built[p] if p in built else self.spill.get(p) for p in positions.tolist()]
 
     def shard_positions(self, epoch: int, seed: int, rank: int, size: int) -> np.ndarray:
         """This rank's positions for one training pass, shuffled (see the module docstring)."""

@@ -66,6 +66,66 @@ def test_a_streamed_part_builds_the_same_graphs_a_chunk_at_a_time(grouped):
     assert cohort._table is None
 
 
+def graph_fields(graph):
+    return {key: value.tolist() if torch.is_tensor(value) else value for key, value in graph.items()}
+
+
+def test_a_streamed_part_builds_each_graph_once_and_reads_later_passes_from_its_spill(grouped, monkeypatch):
+    """Every epoch passes over the shard twice (training, the BatchNorm refresh): the second pass and every
+    later one read the spilled graphs back, equal field for field (a decorated field included)."""
+    import fmgnn.graph_stream
+
+    built_rows = []
+
+    def counted(fc, labels, config):
+        built_rows.extend([len(fc)])
+        return build_graphs(fc, labels, config)
+
+    def decorate(graphs, rows):
+        for graph, row in zip(graphs, rows):
+            graph.target = torch.full((1, 3), float(row))
+
+    monkeypatch.setattr(fmgnn.graph_stream, "build_graphs", counted)
+    cohort = Cohort(grouped)
+    rows = list(range(1, 59, 2))
+    part = PartGraphs(cohort, rows, streamed_config(8), decorate)
+    fresh = [graph_fields(g) for g in part.build(part.rows)]  # built directly, never spilled
+    built_rows.clear()
+    positions = part.shard_positions(0, 0, 0, 1)
+    first = [g for batch in part.ordered(positions, 4) for g in batch.to_data_list()]
+    assert sum(built_rows) == len(rows)  # each graph built once (the shard has no padding with one rank)
+    second = [g for batch in part.ordered(positions, 4) for g in batch.to_data_list()]
+    later = [g for batch in part.batches(4) for g in batch.to_data_list()]
+    assert sum(built_rows) == len(rows)  # nothing built again
+    assert [graph_fields(g) for g in first] == [graph_fields(g) for g in second] == [fresh[p] for p in positions]
+    assert [graph_fields(g) for g in later] == fresh
+    folder = part.spill.folder
+    assert folder.is_dir()
+    del part, first, second, later
+    import gc
+    gc.collect()
+    assert not folder.exists()  # the spill goes with its part
+
+
+def test_a_spill_that_cannot_write_builds_on_every_pass(grouped, caplog):
+    cohort = Cohort(grouped)
+    rows = list(range(0, 40))
+    part = PartGraphs(cohort, rows, streamed_config(8))
+
+    class FullDisk:
+        def seek(self, offset):
+            pass
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    part.spill.file = FullDisk()
+    with caplog.at_level("WARNING", logger="fmgnn.graphs"):
+        graphs = [g for batch in part.batches(8) for g in batch.to_data_list()]
+    assert part.spill.full and "no longer spilled" in caplog.text and not (part.spill.offsets >= 0).any()
+    assert [graph_fields(g) for g in graphs] == [graph_fields(g) for g in part.build(part.rows)]
+
+
 def test_streamed_shards_cover_the_part_once_per_rank_and_shuffle_by_row_group(grouped):
     cohort = Cohort(grouped)
     part = PartGraphs(cohort, list(range(60)), streamed_config(16))
