@@ -59,20 +59,19 @@ def stage3(cohort_path: Path, output: Path | None):
                        output=output)
 
 
-def fimp_scans(kind: str):
-    def build(cohort_path: Path, output: Path | None):
-        from fimp.foundation import FoundationConfig
-        from fimp.reconstruction import ReconstructionConfig
-        from fimp.tasks.fmri import FMRITaskConfig
-        from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTask, ReconstructionTrainConfig
+def fimp_scans(cohort_path: Path, output: Path | None):
+    """FIMP's reconstruction task on a cohort's scans."""
+    from fimp.foundation import FoundationConfig
+    from fimp.reconstruction import ReconstructionConfig
+    from fimp.tasks.fmri import FMRITaskConfig
+    from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTask, ReconstructionTrainConfig
 
-        fmri = FMRITaskConfig(window=10, n_windows=4, k=4)
-        model = ReconstructionConfig(kind=kind, n_tokens=4, token_values=10, gnn_hidden=8,
-                                     foundation=FoundationConfig(hidden=8, heads=2, layers=1, intermediate=16))
-        spec = ReconstructionSpec(str(cohort_path), list(range(12)), list(range(12, 18)), list(range(18, 24)), fmri,
-                                  model, ReconstructionTrainConfig(epochs=2, batch_size=4))
-        return ReconstructionTask(kind, spec, output)
-    return build
+    fmri = FMRITaskConfig(window=10, n_windows=4, k=4)
+    model = ReconstructionConfig(kind="fimp", n_tokens=4, token_values=10, gnn_hidden=8,
+                                 foundation=FoundationConfig(hidden=8, heads=2, layers=1, intermediate=16))
+    spec = ReconstructionSpec(str(cohort_path), list(range(12)), list(range(12, 18)), list(range(18, 24)), fmri,
+                              model, ReconstructionTrainConfig(epochs=2, batch_size=4))
+    return ReconstructionTask("fimp", spec, output)
 
 
 def pretraining(cohort_path: Path, output: Path | None):
@@ -131,7 +130,7 @@ def node_task(source: str):
     return load_spatial(SpatialTaskConfig(path=str(genes), k=4))
 
 
-TASKS = {"gcn": gcn, "bleg_stage3": stage3, "fimp_scans": fimp_scans("fimp"), "pretraining": pretraining,
+TASKS = {"gcn": gcn, "bleg_stage3": stage3, "fimp_scans": fimp_scans, "pretraining": pretraining,
          "fimp_genes": fimp_nodes("genes"), "fimp_images": fimp_nodes("images"),
          "fimp_recording": fimp_nodes("recording")}
 
