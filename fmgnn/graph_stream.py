@@ -106,8 +106,8 @@ class GraphSpill:
         self.size += sum(len(c) for c in chunks)
 
     def get(self, positions: list[int]) -> list[Data]:
-        """The graphs at ``positions``, read into one buffer: one allocation a window, which goes back to the
-        system whole once its graphs are batched (a buffer per graph fragmented the heap: +30-85 MB)."""
+        """The graphs at ``positions``, read into one buffer: one allocation a window, not one a graph (their
+        tensors are views of it until they are batched)."""
         layouts = [self.layouts[self.layout_of[p]] for p in positions]
         sizes = [[-(-math.prod(shape) * dtype.itemsize // 8) * 8 if dtype is not None else 0
                   for _, dtype, shape in layout] for layout in layouts]
