@@ -229,7 +229,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def train_epoch(task: TrainTask, model: nn.Module, optimizer: torch.optim.Optimizer,
-                batches: Iterable[Any], world: World, epoch: int = 0) -> dict[str, float]:
+                batches: Iterable[Any], world: World, epoch: int) -> dict[str, float]:
     """One pass over this rank's batches; mean loss (and its named parts) per item."""
     model.train()
     sums: dict[str, torch.Tensor | float] = {}

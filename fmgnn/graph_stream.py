@@ -183,7 +183,7 @@ class PartGraphs:
 
     def read(self, positions: np.ndarray) -> list[Data]:
         """A streamed part's graphs at ``positions``: read from the spill, the others built and spilled."""
-        missing = np.unique([p for p in positions if p not in self.spill])
+        missing = np.unique(positions[self.spill.offsets[positions] < 0])
         built = dict(zip(missing.tolist(), self.build(self.rows[missing]))) if len(missing) else {}
         for position, graph in built.items():
             self.spill.put(position, graph)

@@ -78,7 +78,7 @@ def test_a_streamed_part_builds_each_graph_once_and_reads_later_passes_from_its_
     built_rows = []
 
     def counted(fc, labels, config):
-        built_rows.extend([len(fc)])
+        built_rows.append(len(fc))
         return build_graphs(fc, labels, config)
 
     def decorate(graphs, rows):
