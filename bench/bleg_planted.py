@@ -39,7 +39,11 @@ def planted_labels(descriptions: list[dict], measure: str, threshold: float | No
     engine's own level bound makes the label a word of the text, e.g. clustering 0.55 for "high local
     segregation"); for ``strongest_network``, where
     the network with the highest within-network coupling (what the rules texts name) is one of a set of
-    networks chosen to split the cohort about in half."""
+    networks chosen to split the cohort about in half; for ``hub_hemisphere``, where the first hub the texts name
+    is a left-hemisphere region (``_L``)."""
+    if measure == "hub_hemisphere":  # the region the texts name first among the hubs, and its side
+        labels = np.array([d["hubs"][0]["region"].endswith("_L") for d in descriptions], dtype=np.int64)
+        return labels, f"label 1 where the first hub is a left region: {labels.sum()} of {len(labels)}"
     if measure != "strongest_network":
         values = np.array([d[measure] for d in descriptions])
         bound = np.median(values) if threshold is None else threshold
