@@ -306,9 +306,6 @@ class BLEGJob(Job[BLEGJobConfig]):
                 self.splits = [Split(s.seed, s.fold, [i for i in s.train if i not in left_out], s.val, s.test)
                                for s in self.splits]
 
-    def uses_ray(self) -> bool:
-        return self.config.ray.num_workers > 0 and set(self.config.variants) != {"logistic"}
-
     def inputs(self) -> dict[str, Any]:
         return {"cohort": self.config.cohort, "texts.output": self.config.texts.output, "lm.path": self.config.lm.path}
 
@@ -328,7 +325,7 @@ class BLEGJob(Job[BLEGJobConfig]):
         if "logistic" in config.variants:
             start = time.monotonic()
             (run_dir / "logistic").mkdir(exist_ok=True)
-            run_logistic(cohort, splits, config.logistic, run_dir / "logistic")
+            run_logistic(cohort, splits, config.logistic, run_dir / "logistic", config.ray)
             timings["logistic"] = round(time.monotonic() - start, 1)
         for variant in config.variants:
             (run_dir / variant).mkdir(exist_ok=True)

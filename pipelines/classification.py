@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import ray
 
 from fmgnn.baselines.logistic import LogisticConfig, fc_features, fit_logistic
 from fmgnn.cohort import Cohort
@@ -21,6 +22,7 @@ from fmgnn.evaluation.paired import best_of, compare_to_reference, format_paired
 from fmgnn.evaluation.permutation import permutation_p_value, permuted_labels, write_permuted_cohort
 from fmgnn.evaluation.splits import Split
 from fmgnn.io import atomic_write_json
+from pipelines.ray_session import RayConfig, node_resources
 
 log = logging.getLogger("fmgnn.classification")
 
@@ -39,7 +41,8 @@ def cohort_features(cohort: Cohort, chunk: int = 256) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def run_logistic(cohort: Cohort, splits: list[Split], config: LogisticConfig, out_dir: Path) -> list[dict]:
+def logistic_folds(cohort: Cohort, splits: list[Split], config: LogisticConfig, out_dir: Path) -> list[dict]:
+    """The logistic baseline on every split, each fold's record written to ``out_dir``."""
     features, labels = cohort_features(cohort), cohort.labels()
     results = []
     started = last = time.monotonic()
@@ -53,6 +56,23 @@ def run_logistic(cohort: Cohort, splits: list[Split], config: LogisticConfig, ou
         atomic_write_json(out_dir / f"{split.name}.json", result)
         results.append(result)
     return results
+
+
+@ray.remote
+def logistic_task(cohort_path: str, splits: list[Split], config: LogisticConfig, out_dir: str) -> list[dict]:
+    return logistic_folds(Cohort(cohort_path), splits, config, Path(out_dir))  # paths resolved by the driver
+
+
+def run_logistic(cohort: Cohort, splits: list[Split], config: LogisticConfig, out_dir: Path,
+                 ray_config: RayConfig) -> list[dict]:
+    """The logistic baseline's folds: in this process with ``ray.num_workers=0``, else in one Ray task, because
+    its feature matrix (scans x region pairs: 12.8 GB at 40,000 scans of 400 regions) must not sit in the
+    driver, which ``ray job submit`` runs on the head node."""
+    if ray_config.num_workers == 0:
+        return logistic_folds(cohort, splits, config, out_dir)
+    task = logistic_task.options(num_cpus=ray_config.cpus_per_worker,
+                                 resources=node_resources(ray_config.node_resource))
+    return ray.get(task.remote(str(cohort.path.resolve()), splits, config, str(out_dir.resolve())))
 
 
 # Models without a foundation model or language model: the default reference of the paired comparison.

@@ -27,8 +27,8 @@ class RayConfig:
         address: Cluster address (``auto``, ``ray://host:10001``...); None: the job's cluster when
             submitted with ``ray job submit``, else an embedded local instance.
         num_cpus: Logical CPUs of an embedded instance; None: 4 per core, at least 8.
-        num_workers: Ray Train workers per training run (0: the training loop runs in the job's own process,
-            no Ray Train; checkpoints under the storage path all the same).
+        num_workers: Ray Train workers per training run (0: the training loop, and the logistic baseline, run in
+            the job's own process, without Ray; checkpoints under the storage path all the same).
         use_gpu: Give each training worker a GPU.
         cpus_per_worker: CPUs each training worker reserves.
         max_failures: Restarts a training run allows after a worker or node dies.

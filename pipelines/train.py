@@ -126,9 +126,6 @@ class BaselineJob(Job[BaselineJobConfig]):
             raise InputError("cohort: give the cohort Parquet file (cohort=path/to/cohort.parquet)")
         self.cohort = Cohort(self.config.cohort)
 
-    def uses_ray(self) -> bool:
-        return "gcn" in self.config.models and self.config.ray.num_workers > 0
-
     def inputs(self) -> dict[str, Any]:
         return {"cohort": self.config.cohort}
 
@@ -150,7 +147,7 @@ class BaselineJob(Job[BaselineJobConfig]):
             out_dir.mkdir(exist_ok=True)
             start = time.monotonic()
             if model == "logistic":
-                per_fold = run_logistic(cohort, splits, config.logistic, out_dir)
+                per_fold = run_logistic(cohort, splits, config.logistic, out_dir, config.ray)
             else:
                 per_fold = run_gcn(cohort, splits, config, out_dir, tracking)
             folds[model] = per_fold

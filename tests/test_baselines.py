@@ -43,7 +43,7 @@ def test_logistic_learns_the_real_cohort(nmda_cohort):
 
 
 class PoisonedTestSubjects:
-    """The cohort as run_logistic reads it, with the test subjects' connectivity and labels scrambled."""
+    """The cohort as logistic_folds reads it, with the test subjects' connectivity and labels scrambled."""
 
     def __init__(self, cohort: Cohort, test: list[int]) -> None:
         self.cohort, self.test = cohort, test
@@ -65,13 +65,13 @@ class PoisonedTestSubjects:
 def test_model_selection_never_reads_the_test_fold(nmda_cohort, tmp_path):
     """The baseline job's logistic regression, given the cohort and its splits: scrambling the test
     subjects changes neither the chosen C nor its validation score (no scaler or C fitted on them)."""
-    from pipelines.classification import run_logistic
+    from pipelines.classification import logistic_folds
 
     cohort = Cohort(nmda_cohort)
     splits = make_splits(cohort.labels(), FoldConfig(n_folds=5))[:2]
-    clean = run_logistic(cohort, splits, LogisticConfig(), tmp_path / "clean")
+    clean = logistic_folds(cohort, splits, LogisticConfig(), tmp_path / "clean")
     for split, result in zip(splits, clean):
-        poisoned = run_logistic(PoisonedTestSubjects(cohort, split.test), [split], LogisticConfig(),
+        poisoned = logistic_folds(PoisonedTestSubjects(cohort, split.test), [split], LogisticConfig(),
                                 tmp_path / "poisoned")[0]
         assert poisoned["selection"] == result["selection"]
         assert poisoned["test_probabilities"] != result["test_probabilities"]  # the scrambled inputs were used
@@ -135,7 +135,7 @@ def test_permuted_labels_score_at_chance_and_the_real_ones_do_not(small_syntheti
 
     config = load_config(BaselineJobConfig, None, [
         f"cohort={small_synthetic}", f"run_dir={tmp_path / 'run'}", "models=[logistic]", "folds.n_folds=5",
-        "permutations=8", "tracking.enabled=false"])
+        "permutations=8", "tracking.enabled=false", "ray.num_workers=0"])
     result = run_baselines(config)["permutation"]["models"]["logistic"]
     assert result["score"] > 0.75 and len(result["permuted"]) == 8
     assert abs(result["permuted_mean"] - 0.5) < 0.1  # the synthetic cohort is balanced: chance is 0.5
@@ -173,3 +173,26 @@ def test_gcn_alone_learns_the_group_effect_that_logistic_regression_finds(tmp_pa
     balanced = {m: r["summary"]["balanced_accuracy"]["mean"] for m, r in summary["models"].items()}
     assert balanced["logistic"] >= 0.7
     assert balanced["gcn_alone"] >= 0.65, balanced
+
+
+@pytest.mark.ray
+def test_on_ray_the_logistic_features_are_built_in_a_task_not_the_driver(ray_session, small_synthetic, tmp_path,
+                                                                          monkeypatch):
+    """The feature matrix (scans x region pairs) grows with the cohort; the driver runs on the head node."""
+    import pipelines.classification
+
+    base = [f"cohort={small_synthetic}", "models=[logistic]", "folds.n_folds=3", "tracking.enabled=false"]
+    here = run_baselines(load_config(BaselineJobConfig, None, [*base, f"run_dir={tmp_path / 'here'}",
+                                                               "ray.num_workers=0"]))
+
+    def built_in_the_driver(*args):
+        raise AssertionError("the logistic features were built in the driver")
+
+    monkeypatch.setattr(pipelines.classification, "cohort_features", built_in_the_driver)
+    with pytest.raises(AssertionError, match="built in the driver"):  # the in-process path does build them here
+        run_baselines(load_config(BaselineJobConfig, None, [*base, f"run_dir={tmp_path / 'again'}",
+                                                            "ray.num_workers=0"]))
+    on_ray = run_baselines(load_config(BaselineJobConfig, None, [*base, f"run_dir={tmp_path / 'ray'}",
+                                                                 "ray.num_workers=1"]))
+    assert on_ray["models"]["logistic"]["summary"] == here["models"]["logistic"]["summary"]
+    assert len(list((tmp_path / "ray" / "logistic").glob("seed*_fold*.json"))) == 3

@@ -84,11 +84,12 @@ def refused(run, config, folder: Path, *keys: str) -> None:
 def test_baseline_rerun_refuses_changed_settings_and_resumes_with_free_ones(small_synthetic, tmp_path):
     from pipelines.train import BaselineJobConfig, run_baselines
 
-    base = [f"cohort={small_synthetic}", f"run_dir={tmp_path / 'run'}", "models=[logistic]", "folds.n_folds=2"]
+    base = [f"cohort={small_synthetic}", f"run_dir={tmp_path / 'run'}", "models=[logistic]", "folds.n_folds=2",
+            "ray.num_workers=0"]
     first = run_baselines(load_config(BaselineJobConfig, None, base))
     refused(run_baselines, load_config(BaselineJobConfig, None, [*base, "folds.val_fraction=0.3", "graph.density=0.3"]),
             tmp_path / "run", "folds.val_fraction", "graph.density")
-    again = run_baselines(load_config(BaselineJobConfig, None, [*base, "reference=logistic", "ray.num_workers=0"]))
+    again = run_baselines(load_config(BaselineJobConfig, None, [*base, "reference=logistic", "ray.cpus_per_worker=2"]))
     assert again["models"]["logistic"]["summary"] == first["models"]["logistic"]["summary"]
 
 

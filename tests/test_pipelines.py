@@ -76,10 +76,12 @@ def test_a_second_job_on_a_run_folder_in_use_gets_one_clear_error(small_syntheti
     assert result.stderr.strip() == (f"fmgnn train: error: {run_dir}: another train baseline job is writing this "
                                      "folder; wait for it to finish or give this one another folder")
     assert (run_dir / "metrics.json").read_text() == '{"earlier": true}'
+    from pipelines.ray_session import RayConfig
     from pipelines.train import BaselineJobConfig, run_baselines
 
+    # released: the folder is free again
     run_baselines(BaselineJobConfig(cohort=str(small_synthetic), run_dir=str(run_dir), models=["logistic"],
-                                    folds=FoldConfig(n_folds=3)))  # released: the folder is free again
+                                    folds=FoldConfig(n_folds=3), ray=RayConfig(num_workers=0)))
 
 
 def test_only_input_errors_become_one_line_and_bugs_keep_their_traceback(capsys):
