@@ -7,6 +7,7 @@ dies: SIGKILL to its raylet and everything under it, with no goodbye to the head
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -128,20 +129,14 @@ class LocalCluster:
                 "--include-dashboard=true", f"--dashboard-host={LOOPBACK}", f"--dashboard-port={self.dashboard_port}",
                 f"--ray-client-server-port={self.client_port}", *flags]
         if self.head_resources:
-            import json
-
             head.append(f"--resources={json.dumps(self.head_resources)}")
         if self.system_config:
-            import json
-
             head.append(f"--system-config={json.dumps(self.system_config)}")
         self._ray_start(head)
         self.nodes.append(Node(port, self.head_cpus))
         return self
 
     def add_node(self, num_cpus: int, resources: dict[str, float] | None = None) -> Node:
-        import json
-
         flags, port = node_port_flags()
         if resources:
             flags.append(f"--resources={json.dumps(resources)}")
