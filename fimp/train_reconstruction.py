@@ -1,11 +1,12 @@
 """One reconstruction model on one split of scans as a task of the training loop (``fmgnn.engine``).
 
-Each worker reads only its shard of the training scans (every size-th scan, padded so that every rank
-runs as many steps, as ``DistributedSampler`` pads) and shuffles it every epoch; with one worker the
-order is ``DistributedSampler``'s, exactly. Training masks are drawn afresh every batch from the engine's
-per-epoch generator; validation and test masks are fixed by the split's seed, so every model of a seed is
-scored on the same hidden windows. The epoch with the lowest validation MSE is kept and the test scans
-are scored once, at the end.
+Each worker reads only its shard of the training scans (every size-th scan, padded so that every rank runs
+as many steps, as ``DistributedSampler`` pads) and shuffles it every epoch; with one worker the order is
+``DistributedSampler``'s, exactly. It reads and scores its share of the validation and test scans too (every
+size-th, unpadded), and the metrics' sums are added over the workers. Training masks are drawn afresh every
+batch from the engine's per-epoch generator; validation and test masks are fixed by the split's seed, so
+every model of a seed is scored on the same hidden windows. The epoch with the lowest validation MSE is kept
+and the test scans are scored once, at the end.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
 from fimp.reconstruction import ReconstructionConfig, apply_model_finetune, build_model, masked_mse
-from fimp.tasks.fmri import FMRITaskConfig, load_scans, reconstruction_metrics, window_mask
+from fimp.tasks.fmri import FMRITaskConfig, load_scans, metrics_from_sums, reconstruction_sums, window_mask
 from fmgnn.cohort import Cohort
-from fmgnn.engine import BatchLoss, Validation, World, unwrap
+from fmgnn.engine import BatchLoss, Validation, World, sum_over_ranks, unwrap
 from fmgnn.errors import InputError
 
 
@@ -65,9 +66,11 @@ class ReconstructionSpec:
     seed: int = 0
 
 
-def fixed_masks(graphs: list[Data], ratio: float, seed: int, span: bool = False) -> list[torch.Tensor]:
+def fixed_masks(n_nodes: list[int], n_windows: int, ratio: float, seed: int,
+                span: bool = False) -> list[torch.Tensor]:
+    """The hidden windows of a validation or test part, one (nodes, windows) mask per scan, drawn in order."""
     generator = torch.Generator().manual_seed(seed)
-    return [window_mask(g.num_nodes, g.x.shape[1], ratio, generator, span) for g in graphs]
+    return [window_mask(n, n_windows, ratio, generator, span) for n in n_nodes]
 
 
 def run_model(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, edge_index: torch.Tensor,
@@ -133,13 +136,18 @@ class ReconstructionTask(TokenReconstructionTask):
 
     def setup(self, world: World) -> None:
         self.world = world
-        cohort = Cohort(self.spec.cohort_path)
-        self.train = load_scans(cohort, rank_shard(self.spec.train, world.rank, world.size), self.spec.task)
-        self.parts = {"val": load_scans(cohort, self.spec.val, self.spec.task),
-                      "test": load_scans(cohort, self.spec.test, self.spec.task)}
-        task = self.spec.task
-        self.masks = {part: fixed_masks(graphs, task.mask_ratio, offset + self.spec.seed, task.mask_span)
-                      for (part, graphs), offset in zip(self.parts.items(), (10_000, 20_000))}
+        cohort, task = Cohort(self.spec.cohort_path), self.spec.task
+        self.train = load_scans(cohort, rank_shard(self.spec.train, world.rank, world.size), task)
+        # Validation and test: each rank reads and scores every size-th scan, and the sums behind the metrics
+        # add over ranks. The hidden windows are drawn for the whole part, in its order, so that a scan hides
+        # the same windows whatever the number of workers.
+        self.parts, self.masks = {}, {}
+        for part, rows, offset in (("val", self.spec.val, 10_000), ("test", self.spec.test, 20_000)):
+            masks = fixed_masks([cohort.n_rois] * len(rows), task.n_windows, task.mask_ratio, offset + self.spec.seed,
+                                task.mask_span)
+            mine = range(world.rank, len(rows), world.size)
+            self.parts[part] = load_scans(cohort, [rows[i] for i in mine], task)
+            self.masks[part] = [masks[i] for i in mine]
 
     def batches(self, epoch: int, generator: torch.Generator) -> Any:
         # torch's DataLoader, which this loop replaces, drew one value of the global RNG per pass; drawn here
@@ -160,16 +168,16 @@ class ReconstructionTask(TokenReconstructionTask):
     def evaluate(self, model: torch.nn.Module, part: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         model.eval()
         graphs, masks, size = self.parts[part], self.masks[part], self.optim.batch_size
-        predictions, targets = [], []
+        sums, example = torch.zeros(4, dtype=torch.float64), {}
         for start in range(0, len(graphs), size):
             batch = next(iter(DataLoader(graphs[start:start + size], batch_size=size))).to(self.world.device)
             mask = torch.cat(masks[start:start + size]).to(self.world.device)
-            predictions.append(run_model(model, batch.x, mask, batch.edge_index, batch.batch).cpu())
-            targets.append(batch.x.cpu())
-        predicted, target, mask = torch.cat(predictions), torch.cat(targets), torch.cat(masks)
-        # One scan's first region: (f, w) true, predicted, mask.
-        example = {"target": target[0].numpy(), "predicted": predicted[0].numpy(), "mask": mask[0].numpy()}
-        return reconstruction_metrics(predicted, target, mask), example
+            predicted = run_model(model, batch.x, mask, batch.edge_index, batch.batch)
+            sums += reconstruction_sums(predicted, batch.x, mask).cpu()
+            if not example:  # the part's first scan's first region (rank 0's): (f, w) true, predicted, mask
+                example = {"target": batch.x[0].cpu().numpy(), "predicted": predicted[0].cpu().numpy(),
+                           "mask": mask[0].cpu().numpy()}
+        return metrics_from_sums(sum_over_ranks(sums, self.world)), example
 
     def task_record(self) -> Any:
         return asdict(self.spec.task)

@@ -266,6 +266,16 @@ def rank_zero_score(score: float, world: World) -> float:
     return float(value.item())
 
 
+def sum_over_ranks(values: torch.Tensor, world: World) -> torch.Tensor:
+    """``values`` summed over the ranks of this worker group (each rank scored its own shard of a part); the
+    same tensor when there is one rank. Every rank must call it."""
+    if world.size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return values
+    total = values.to(world.device, copy=True)  # gloo on the CPU, NCCL on a GPU
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return total.to(values.device)
+
+
 def peak_rss_mb(world: World) -> float:
     """The largest peak resident memory of this worker group's processes so far (MB): what a worker needs."""
     import resource

@@ -194,3 +194,47 @@ def test_each_worker_reads_only_its_shard_of_the_training_scans(small_synthetic)
     other = [batch.x for batch, _ in task.batches(1, torch.Generator().manual_seed(0))]
     assert all(torch.equal(a, b) for a, b in zip(epoch0, again))
     assert not all(torch.equal(a, b) for a, b in zip(epoch0, other))  # reshuffled every epoch
+
+
+def score_shard(rank: int, size: int, cohort_path: str, init_file: str, out: Path) -> None:
+    """One rank of a worker group: its shares of the validation and test scans, scored with a fixed model."""
+    from fimp.reconstruction import ReconstructionConfig
+    from fimp.train_reconstruction import ReconstructionSpec, ReconstructionTask
+    from fmgnn.engine import World
+
+    if init_file:
+        torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
+    spec = ReconstructionSpec(cohort_path, list(range(20)), [20, 21, 22, 23, 24], [25, 26, 27],
+                              FMRITaskConfig(window=10, n_windows=4, k=4),
+                              ReconstructionConfig(kind="mlp", n_tokens=4, token_values=10), seed=3)
+    task = ReconstructionTask("parts", spec)
+    task.setup(World(rank=rank, size=size))
+    torch.manual_seed(0)
+    model = task.build_model()
+    scores = {part: task.evaluate(model, part)[0] for part in ("val", "test")}
+    masks = {part: [m.tolist() for m in task.masks[part]] for part in ("val", "test")}
+    scans = {part: [g.x.tolist() for g in task.parts[part]] for part in ("val", "test")}
+    out.mkdir(exist_ok=True)
+    torch.save({"scores": scores, "masks": masks, "scans": scans}, out / f"rank{rank}-of-{size}.pt")
+    if init_file:
+        torch.distributed.destroy_process_group()
+
+
+def test_each_worker_scores_its_share_of_the_validation_and_test_scans(small_synthetic, tmp_path):
+    """Two ranks hold every other validation and test scan, with the hidden windows one rank draws for them,
+    and their summed metrics are one rank's, not each rank's own share's."""
+    score_shard(0, 1, str(small_synthetic), "", tmp_path)
+    torch.multiprocessing.spawn(score_shard, args=(2, str(small_synthetic), str(tmp_path / "init"), tmp_path),
+                                nprocs=2, join=True)
+    alone, *ranks = (torch.load(tmp_path / name, weights_only=False)
+                     for name in ("rank0-of-1.pt", "rank0-of-2.pt", "rank1-of-2.pt"))
+    for part, n in (("val", 5), ("test", 3)):
+        assert [len(r["scans"][part]) for r in ranks] == [(n + 1) // 2, n // 2]
+        for key in ("scans", "masks"):
+            assert ranks[0][key][part] == alone[key][part][0::2] and ranks[1][key][part] == alone[key][part][1::2]
+        for rank in ranks:
+            assert rank["scores"][part] == pytest.approx(alone["scores"][part], rel=1e-9)
+    # Rank 1's own share scores otherwise (no process group here: its sums are its own), so the sum has teeth.
+    score_shard(1, 2, str(small_synthetic), "", tmp_path / "own")
+    own = torch.load(tmp_path / "own" / "rank1-of-2.pt", weights_only=False)
+    assert own["scores"]["val"]["mse"] != pytest.approx(alone["scores"]["val"]["mse"], rel=1e-3)

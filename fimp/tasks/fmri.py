@@ -116,9 +116,23 @@ def window_mask(n_nodes: int, n_windows: int, ratio: float, generator: torch.Gen
     return order < n_masked
 
 
+def reconstruction_sums(predicted: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """What MSE and R^2 over the masked windows are made of, as float64 sums that add across batches and
+    workers: squared error, count, sum and sum of squares of the targets. (N, f, w) predictions and
+    targets, (N, f) mask."""
+    p, y = predicted[mask].double(), target[mask].double()  # (M, w)
+    return torch.stack([((p - y) ** 2).sum(), torch.tensor(float(y.numel()), dtype=torch.float64,
+                                                            device=y.device), y.sum(), (y ** 2).sum()])
+
+
+def metrics_from_sums(sums: Tensor) -> dict[str, float]:
+    """MSE and R^2 from ``reconstruction_sums`` (summed over batches and workers)."""
+    squared_error, count, total, squares = sums.tolist()
+    spread = squares - total ** 2 / count if count else 0.0  # sum of squares about the mean
+    return {"mse": squared_error / count if count else float("nan"),
+            "r2": 1.0 - squared_error / spread if spread > 0 else float("nan")}
+
+
 def reconstruction_metrics(predicted: Tensor, target: Tensor, mask: Tensor) -> dict[str, float]:
     """MSE and R^2 over the masked windows: (N, f, w) predictions and targets, (N, f) mask."""
-    p, y = predicted[mask], target[mask]  # (M, w)
-    mse = torch.mean((p - y) ** 2).item()
-    total = torch.sum((y - y.mean()) ** 2).item()
-    return {"mse": mse, "r2": 1.0 - torch.sum((p - y) ** 2).item() / total if total > 0 else float("nan")}
+    return metrics_from_sums(reconstruction_sums(predicted, target, mask))
