@@ -435,12 +435,19 @@ class Cohort:
         return self.column("label").to_numpy()
 
     def timeseries(self, index: int) -> np.ndarray | None:
-        row = self.table.slice(index, 1)
-        values = row.column("timeseries")[0].values
-        if values is None:
-            return None
-        t = row.column("n_timepoints")[0].as_py()
-        return values.to_numpy(zero_copy_only=False).reshape(t, self.n_rois)  # (T, R)
+        """One scan's series (T, R), or None for an FC-only scan; reads the row group that holds it."""
+        return self.timeseries_rows([index])[0]
+
+    def timeseries_rows(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray | None]:
+        """The series (T, R) of the rows ``indices``, in that order (None where a scan is FC only), reading only
+        the row groups that hold them: a worker reads its shard of scans a chunk of rows at a time."""
+        rows = self.read_rows(indices, ["timeseries", "n_timepoints"])
+        series = []
+        for values, t in zip(rows.column("timeseries"), rows.column("n_timepoints")):
+            values = values.values
+            series.append(None if values is None else
+                          values.to_numpy(zero_copy_only=False).reshape(t.as_py(), self.n_rois))  # (T, R)
+        return series
 
     def _row_group_starts(self) -> np.ndarray:
         """The first row of each Parquet row group, and the row count after the last."""

@@ -238,3 +238,18 @@ def test_each_worker_scores_its_share_of_the_validation_and_test_scans(small_syn
     score_shard(1, 2, str(small_synthetic), "", tmp_path / "own")
     own = torch.load(tmp_path / "own" / "rank1-of-2.pt", weights_only=False)
     assert own["scores"]["val"]["mse"] != pytest.approx(alone["scores"]["val"]["mse"], rel=1e-3)
+
+
+def test_scans_are_read_by_row_group_never_as_the_whole_cohort(small_synthetic, monkeypatch):
+    """``Cohort.table`` reads the whole file; a worker's shard of scans must come from their row groups only."""
+    def whole_file(self):
+        raise AssertionError("the whole cohort was read")
+
+    expected = load_scans(Cohort(small_synthetic), [5, 1, 7], FMRITaskConfig(window=10, n_windows=4, k=4))
+    monkeypatch.setattr(Cohort, "table", property(whole_file))
+    cohort = Cohort(small_synthetic)
+    with pytest.raises(AssertionError, match="whole cohort"):
+        cohort.table  # noqa: B018 (the guard is in place)
+    graphs = load_scans(cohort, [5, 1, 7], FMRITaskConfig(window=10, n_windows=4, k=4))
+    assert all(torch.equal(a.x, b.x) for a, b in zip(graphs, expected))
+    assert cohort.timeseries(3).shape == (60, cohort.n_rois)

@@ -91,15 +91,20 @@ def scan_graph(series: np.ndarray, config: FMRITaskConfig, coords: np.ndarray | 
                 num_nodes=r)
 
 
+READ_CHUNK = 256  # scans read at a time: one row group of an ingested cohort
+
+
 def load_scans(cohort: Cohort, indices: list[int], config: FMRITaskConfig) -> list[Data]:
+    """The graphs of the scans ``indices``, read a chunk of rows at a time (never the whole cohort)."""
     graphs = []
-    for i in indices:
-        series = cohort.timeseries(int(i))
-        if series is None:
-            raise CohortError(f"{cohort.path}: scan {cohort.scan_ids()[i]} has no time series (FC only); "
-                              "the reconstruction task needs time series")
-        graphs.append(scan_graph(series, config, cohort.metadata.roi_coords,
-                                 f"{cohort.path}: scan {cohort.scan_ids()[i]}"))
+    for start in range(0, len(indices), READ_CHUNK):
+        chunk = [int(i) for i in indices[start:start + READ_CHUNK]]
+        for i, series in zip(chunk, cohort.timeseries_rows(chunk)):
+            if series is None:
+                raise CohortError(f"{cohort.path}: scan {cohort.scan_ids()[i]} has no time series (FC only); "
+                                  "the reconstruction task needs time series")
+            graphs.append(scan_graph(series, config, cohort.metadata.roi_coords,
+                                     f"{cohort.path}: scan {cohort.scan_ids()[i]}"))
     return graphs
 
 
