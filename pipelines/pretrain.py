@@ -31,9 +31,10 @@ from fimp.hf_export import load_foundation, save_foundation
 from fimp.reconstruction import ReconstructionConfig, TokenModel
 from fimp.run_record import PretrainRun
 from fimp.tasks.fmri import FMRITaskConfig
-from fimp.tasks.corpus import Corpus, load_corpus
+from fimp.tasks.nodes import split_nodes
+from fimp.tasks.corpus import CorpusIndex, index_corpus
 from fimp.tasks.recording import BRAINSPACE_FSA5
-from fimp.train_node_reconstruction import NodeReconstructionSpec, NodeReconstructionTask
+from fimp.train_corpus_reconstruction import CorpusReconstructionSpec, CorpusReconstructionTask
 from fimp.train_reconstruction import ReconstructionTrainConfig
 from fmgnn.config import LocalPath, OptionalLocalPath, OptionalModelPath, PathOrKeyword, to_dict
 from fmgnn.engine import read_result
@@ -42,7 +43,6 @@ from fmgnn.io import atomic_dir, atomic_write_json
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.command import job_main
-from pipelines.fimp import split_scans
 from pipelines.job import Job, run_job
 from pipelines.ray_session import RayConfig
 from pipelines.trainers import resolve_storage_path, run_stage
@@ -111,6 +111,14 @@ def subject_subset(subjects: Sequence[str], scans: list[int], n_subjects: int, s
     return [i for i in scans if subjects[i] in chosen]
 
 
+def split_units(index: CorpusIndex, seed: int, val_fraction: float) -> tuple[list[int], list[int]]:
+    """Training and held-out units, whole groups (subjects) on one side: the groups drawn as ``split_scans``
+    draws subjects, so that the held-out subjects are those of the same seed before the corpus was indexed."""
+    groups, group_of_unit = np.unique(index.groups, return_inverse=True)
+    train, val, _ = split_nodes(len(groups), seed, val_fraction, 0.0)
+    return np.flatnonzero(np.isin(group_of_unit, train)).tolist(), np.flatnonzero(np.isin(group_of_unit, val)).tolist()
+
+
 SYNTHETIC = "synthetic"  # a corpus entry: the built-in cohort
 SHIPPED_RECORDING = BRAINSPACE_FSA5  # the real recording a default install ships (brainspace, --no-deps)
 
@@ -146,23 +154,24 @@ class PretrainJob(Job[PretrainConfig]):
         return [str(self.synthetic_path) if p == SYNTHETIC else p for p in self.sources]
 
     def check_inputs(self) -> None:
-        # Read before anything is written; the built-in cohort is written by the run itself, and read then.
-        # A finished run returns its record without the corpus, so a rerun does not read it.
+        # Checked before anything is written (one streamed pass: the index, not the sequences); the built-in
+        # cohort is written by the run itself, and read then. A finished run returns its record without
+        # the corpus, so a rerun does not read it.
         finished = PretrainRun(self.config.output).finished()
-        self.corpus = None if SYNTHETIC in self.sources or finished else self.load_corpus()
-        if self.corpus is not None:
-            self.split(self.corpus)  # train_subjects larger than the training part is refused here
+        self.index = None if SYNTHETIC in self.sources or finished else self.index_corpus()
+        if self.index is not None:
+            self.split(self.index)  # train_subjects larger than the training part is refused here
 
-    def split(self, corpus: Corpus) -> tuple[list[int], list[int]]:
-        """Training and held-out sequences: subjects apart, ``train_subjects`` of the training ones."""
+    def split(self, index: CorpusIndex) -> tuple[list[int], list[int]]:
+        """Training and held-out units: subjects apart, ``train_subjects`` of the training ones."""
         config = self.config
-        train, val, _ = split_scans(corpus.groups, config.seed, config.val_fraction, 0.0)
+        train, val = split_units(index, config.seed, config.val_fraction)
         if config.train_subjects:
-            train = subject_subset(corpus.subjects, train, config.train_subjects, config.seed)
+            train = subject_subset(index.subjects, train, config.train_subjects, config.seed)
         return train, val
 
-    def load_corpus(self) -> Corpus:
-        return load_corpus(self.corpus_paths(), self.config.fmri.window, self.config.fmri.n_windows, "corpus")
+    def index_corpus(self) -> CorpusIndex:
+        return index_corpus(self.corpus_paths(), self.config.fmri.window, self.config.fmri.n_windows, "corpus")
 
     def inputs(self) -> dict[str, Any]:
         return {"corpus": self.corpus_paths(), "init": self.config.init}
@@ -177,19 +186,20 @@ class PretrainJob(Job[PretrainConfig]):
             return record.metrics()
         if SYNTHETIC in self.sources and not self.synthetic_path.is_file():
             ingest_synthetic(self.synthetic_path, config.synthetic)
-        corpus = self.corpus or self.load_corpus()
-        train, val = self.split(corpus)
-        log.info("pretraining on %d sequences of %d subjects, %d held out", len(train),
-                 len(set(corpus.subjects[train])), len(val))
+        index = self.index or self.index_corpus()
+        train, val = self.split(index)
+        train_subjects, train_sequences = len(set(index.subjects[train])), index.sequences(train)
+        log.info("pretraining on %d sequences of %d subjects, %d held out", train_sequences, train_subjects,
+                 index.sequences(val))
         model_config = ReconstructionConfig(kind="foundation", n_tokens=config.fmri.n_windows,
                                             token_values=config.fmri.window, foundation=config.foundation,
                                             position=config.position)
-        # Pretraining has no test part: the held-out validation sequences are also what is reported.
-        spec = NodeReconstructionSpec(corpus.node_task(config.fmri.mask_span), train, val, val, config.fmri.mask_ratio,
-                                      model_config, config.optim, initial_state(config, model_config), config.seed)
+        # The workers read their own units' sequences; the task's spec carries the index only.
+        spec = CorpusReconstructionSpec(index, train, val, config.fmri.mask_ratio, config.fmri.mask_span, model_config,
+                                        config.optim, initial_state(config, model_config), config.seed)
         # The settings' hash in the run name: a checkpoint of other settings is never resumed.
         digest = hashlib.sha256(json.dumps(model_settings(config), sort_keys=True).encode()).hexdigest()[:8]
-        task = NodeReconstructionTask(f"{config.name}-{digest}", spec, output=self.folder / "trained")
+        task = CorpusReconstructionTask(f"{config.name}-{digest}", spec, output=self.folder / "trained")
         run_stage([task], task.name, config.ray, resolve_storage_path(config.storage_path, self.folder))
         metrics = read_result(task.output)
         model = TokenModel(model_config)
@@ -197,14 +207,14 @@ class PretrainJob(Job[PretrainConfig]):
         with atomic_dir(record.model_dir) as tmp:
             save_foundation(model, tmp)
             (tmp / "fmgnn_pretrain.json").write_text(json.dumps({
-                "corpus": [asdict(source) for source in corpus.sources], "fmri": config.fmri.__dict__,
-                "init": config.init, "position": config.position, "train_sequences": len(train),
-                "train_subjects": len(set(corpus.subjects[train])), "val_sequences": len(val),
+                "corpus": [asdict(source) for source in index.sources], "fmri": config.fmri.__dict__,
+                "init": config.init, "position": config.position, "train_sequences": train_sequences,
+                "train_subjects": train_subjects, "val_sequences": index.sequences(val),
                 "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
                 "best_epoch": metrics["best_epoch"]}, indent=2))
         summary = {"output": str(record.model_dir), "val_mse": metrics["test_mse"], "val_r2": metrics["test_r2"],
-                   "corpus": [asdict(source) for source in corpus.sources],
-                   "train_subjects": len(set(corpus.subjects[train])), "train_sequences": len(train),
+                   "corpus": [asdict(source) for source in index.sources],
+                   "train_subjects": train_subjects, "train_sequences": train_sequences,
                    "epochs": len(metrics["history"]), "history": metrics["history"]}
         atomic_write_json(record.metrics_path(), summary)
         tracking.log_tasks([task])

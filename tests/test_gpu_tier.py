@@ -78,18 +78,18 @@ def pretraining(cohort_path: Path, output: Path | None):
     """``fmgnn pretrain``'s task: the foundation model alone on the cohort's regions as a corpus of sequences."""
     from fimp.foundation import FoundationConfig
     from fimp.reconstruction import ReconstructionConfig
-    from fimp.tasks.corpus import load_corpus
-    from fimp.train_node_reconstruction import NodeReconstructionSpec, NodeReconstructionTask
+    from fimp.tasks.corpus import index_corpus
+    from fimp.train_corpus_reconstruction import CorpusReconstructionSpec, CorpusReconstructionTask
     from fimp.train_reconstruction import ReconstructionTrainConfig
-    from pipelines.fimp import split_scans
+    from pipelines.pretrain import split_units
 
-    corpus = load_corpus([str(cohort_path)], window=10, n_windows=4)
-    train, val, _ = split_scans(corpus.groups, 0, 0.25, 0.0)
+    index = index_corpus([str(cohort_path)], window=10, n_windows=4)
+    train, val = split_units(index, 0, 0.25)
     model = ReconstructionConfig(kind="foundation", n_tokens=4, token_values=10, position="sinusoidal",
                                  foundation=FoundationConfig(hidden=8, heads=2, layers=1, intermediate=16))
-    spec = NodeReconstructionSpec(corpus.node_task(span_masks=True), train, val, val, 0.25, model,
-                                  ReconstructionTrainConfig(epochs=2, batch_size=256))
-    return NodeReconstructionTask("pretraining", spec, output)
+    spec = CorpusReconstructionSpec(index, train, val, 0.25, True, model,
+                                    ReconstructionTrainConfig(epochs=2, batch_size=256))
+    return CorpusReconstructionTask("pretraining", spec, output)
 
 
 def fimp_nodes(source: str):

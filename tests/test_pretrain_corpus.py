@@ -86,7 +86,62 @@ def test_pretrain_on_a_cohort_and_a_recording_records_its_corpus_and_its_data_si
     def unread(*args, **kwargs):
         raise AssertionError("a finished pretraining read its corpus again")
 
-    monkeypatch.setattr("pipelines.pretrain.load_corpus", unread)
+    monkeypatch.setattr("pipelines.pretrain.index_corpus", unread)
     again = run_pretrain(load_config(PretrainConfig, None, [*common, f"output={tmp_path / 'few'}",
                                                              "train_subjects=5"]))
     assert again["val_mse"] == small["val_mse"]
+
+
+def corpus_rank(rank: int, size: int, cohort_path: str, init_file: str, out) -> None:
+    """One rank of a pretraining worker group: the sequences it reads, and the held-out part's metrics."""
+    from fimp.foundation import FoundationConfig
+    from fimp.reconstruction import ReconstructionConfig
+    from fimp.tasks.corpus import index_corpus
+    from fimp.train_corpus_reconstruction import CorpusReconstructionSpec, CorpusReconstructionTask
+    from fmgnn.engine import World
+    from pipelines.pretrain import split_units
+
+    if init_file:
+        torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
+    index = index_corpus([cohort_path, REST01], window=10, n_windows=5)
+    train, val = split_units(index, 0, 0.2)
+    model = ReconstructionConfig(kind="foundation", n_tokens=5, token_values=10, position="sinusoidal",
+                                 foundation=FoundationConfig(hidden=16, heads=2, layers=1, intermediate=32))
+    task = CorpusReconstructionTask("corpus", CorpusReconstructionSpec(index, train, val, 0.2, True, model))
+    task.setup(World(rank=rank, size=size))
+    torch.manual_seed(0)
+    scores = task.evaluate(task.build_model(), "val")[0]
+    torch.save({"x": task.x, "val_x": task.val_x, "val_masks": task.val_masks, "scores": scores},
+               out / f"rank{rank}-of-{size}.pt")
+    if init_file:
+        torch.distributed.destroy_process_group()
+
+
+def test_each_pretraining_worker_reads_its_own_units_and_the_held_out_sums_add_up(small_synthetic, tmp_path):
+    """The job's process ships the corpus's index, not its sequences: two ranks read disjoint shares of the
+    training sequences (balanced: the recording's 240 beside the scans'), each held-out sequence hides the
+    same windows on whichever rank reads it, and the summed metrics are one rank's."""
+    from fimp.tasks.corpus import index_corpus
+    from fimp.train_corpus_reconstruction import rank_units
+    from pipelines.pretrain import split_units
+
+    corpus_rank(0, 1, str(small_synthetic), "", tmp_path)
+    torch.multiprocessing.spawn(corpus_rank, args=(2, str(small_synthetic), str(tmp_path / "init"), tmp_path),
+                                nprocs=2, join=True)
+    alone, *ranks = (torch.load(tmp_path / name) for name in ("rank0-of-1.pt", "rank0-of-2.pt", "rank1-of-2.pt"))
+    index = index_corpus([str(small_synthetic), REST01], window=10, n_windows=5)
+    train, val = split_units(index, 0, 0.2)
+    shares = rank_units(index, train, 2)
+    assert sorted(sum(shares, [])) == sorted(train) and not set(shares[0]) & set(shares[1])
+    counts = [index.sequences(share) for share in shares]
+    assert max(counts) - min(counts) <= max(index.units[u].sequences for u in train)  # balanced by sequences
+    assert len(ranks[0]["x"]) == len(ranks[1]["x"]) == max(counts)  # padded to step together
+    key = lambda x: x.reshape(len(x), -1)[:, :3].tolist()  # noqa: E731 (a sequence's first values)
+    read = sorted(key(ranks[0]["x"][:counts[0]]) + key(ranks[1]["x"][:counts[1]]))
+    assert read == sorted(key(alone["x"]))  # every training sequence once, over the two ranks
+    both = {tuple(k): m for x, masks in ((r["val_x"], r["val_masks"]) for r in ranks)
+            for k, m in zip(key(x), masks.tolist())}
+    assert len(both) == len(alone["val_x"]) and all(both[tuple(k)] == m
+                                                    for k, m in zip(key(alone["val_x"]), alone["val_masks"].tolist()))
+    for rank in ranks:
+        assert rank["scores"] == pytest.approx(alone["scores"], rel=1e-9)

@@ -13,11 +13,17 @@ brain mask, the medial wall) carries nothing to reconstruct and is dropped, coun
 longer than one sequence gives every whole, non-overlapping stretch of ``window * n_windows`` frames; a
 shorter one is an error naming it. Sequences carry their subject (a scan's subject; a recording is one
 subject) so that a validation split keeps subjects apart.
+
+A corpus can outgrow a machine's memory (40,000 scans x 400 regions are 31 GB of sequences), so the job's
+process holds only its index (``index_corpus``: one streamed pass, a ``CorpusUnit`` per series, checked and
+counted), splits and shards the units, and each training worker reads the sequences of its own units
+(``read_units``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fimp.tasks.nodes import NodeTask
+from fimp.tasks.fmri import READ_CHUNK
 from fimp.tasks.recording import read_parcels, read_surface_series
 from fmgnn.cohort import Cohort, CohortError
 from fmgnn.io import package_path
@@ -46,20 +52,6 @@ class CorpusSource:
     constant_dropped: int = 0
 
 
-@dataclass
-class Corpus:
-    x: Tensor  # (N, f, w) sequences of windows, each z-scored over its frames
-    subjects: np.ndarray  # (N,) the subject of each sequence, prefixed by its source
-    groups: np.ndarray  # (N,) what a split keeps together (the subject; the sequence's node with one subject)
-    sources: list[CorpusSource]
-
-    def node_task(self, span_masks: bool) -> NodeTask:
-        """The corpus as nodes without edges: what the node reconstruction task trains the foundation model on."""
-        return NodeTask(x=self.x, edge_index=torch.empty(2, 0, dtype=torch.long),
-                        token_names=[f"window{t}" for t in range(self.x.shape[1])], name="corpus",
-                        span_masks=span_masks)
-
-
 def cut_sequences(series: np.ndarray, window: int, n_windows: int) -> tuple[np.ndarray, np.ndarray]:
     """(frames, nodes) -> every whole stretch of ``window * n_windows`` frames of every node, z-scored over its
     frames, (stretches * nodes, n_windows, window), stretch-major (stretch 0's nodes first); and which of
@@ -73,48 +65,152 @@ def cut_sequences(series: np.ndarray, window: int, n_windows: int) -> tuple[np.n
     return values.reshape(-1, n_windows, window), std[:, 0] == 0
 
 
-def read_source(path: str, field: str) -> tuple[str, list[tuple[str, np.ndarray]]]:
-    """The kind of source at ``path`` and its (subject, (frames, nodes) series) pairs."""
-    local = Path(package_path(path, field))
-    if local.is_dir():
-        return "parcels", [(local.name, read_parcels(local)[0])]
-    if local.name.endswith(".mgz"):
-        return "surface", [(local.name.split(".")[0], read_surface_series(local))]
-    if not local.is_file():
-        raise CohortError(f"{field}: {path}: no such file or folder (a cohort .parquet, a parcels folder or a "
-                          ".lh.mgz surface recording)")
-    cohort = Cohort(local)
-    if cohort.timeseries(0) is None:
-        raise CohortError(f"{local}: FC only; pretraining reads time series")
-    subjects = cohort.subject_ids()
-    return "cohort", [(str(subjects[i]), cohort.timeseries(i)) for i in range(len(cohort))]
+class SeriesSource:
+    """One corpus source, read a series at a time: a cohort's scans (a chunk of rows at a time, never the
+    whole file) or one recording."""
+
+    def __init__(self, path: str, field: str) -> None:
+        self.path = path
+        self.local = Path(package_path(path, field)).resolve()  # resolved here: a worker reads it as given
+        self.cohort: Cohort | None = None
+        if self.local.is_dir():
+            self.kind, self.names = "parcels", [self.local.name]
+        elif self.local.name.endswith(".mgz"):
+            self.kind, self.names = "surface", [self.local.name.split(".")[0]]
+        elif self.local.is_file():
+            self.kind, self.cohort = "cohort", Cohort(self.local)
+            if self.cohort.timeseries(0) is None:
+                raise CohortError(f"{self.local}: FC only; pretraining reads time series")
+            self.names = [str(subject) for subject in self.cohort.subject_ids()]
+        else:
+            raise CohortError(f"{field}: {path}: no such file or folder (a cohort .parquet, a parcels folder or a "
+                              ".lh.mgz surface recording)")
+
+    def read(self, rows: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """(row, (frames, nodes) series) of the series ``rows`` (a cohort's scan rows; 0 for a recording)."""
+        if self.cohort is None:
+            if rows:
+                yield 0, read_parcels(self.local)[0] if self.kind == "parcels" else read_surface_series(self.local)
+            return
+        for start in range(0, len(rows), READ_CHUNK):
+            chunk = rows[start:start + READ_CHUNK]
+            yield from zip(chunk, self.cohort.timeseries_rows(chunk))
+
+
+@dataclass(frozen=True)
+class CorpusUnit:
+    """What a split keeps on one side and a worker reads whole: one series of one source (a scan, a
+    recording), or one node of it when the corpus has a single subject; and the sequences it gives."""
+
+    source: int  # position in ``CorpusIndex.paths``
+    row: int  # the series within its source (a cohort's scan row; 0 for a recording)
+    subject: str  # prefixed by its source
+    node: int  # -1: every node of the series
+    sequences: int
+
+
+@dataclass
+class CorpusIndex:
+    """What a corpus holds, without its values: the driver splits and shards it, each worker reads its units."""
+
+    paths: list[str]  # local and absolute
+    window: int
+    n_windows: int
+    units: list[CorpusUnit]
+    sources: list[CorpusSource]
+
+    @property
+    def subjects(self) -> np.ndarray:
+        return np.asarray([unit.subject for unit in self.units])
+
+    @property
+    def groups(self) -> np.ndarray:
+        """What a split keeps together: the subject; the node in a one-subject corpus."""
+        return np.asarray([unit.subject if unit.node < 0 else f"{unit.subject}:{unit.node}" for unit in self.units])
+
+    def sequences(self, units: list[int]) -> int:
+        return sum(self.units[u].sequences for u in units)
+
+
+def checked_series(values: np.ndarray, path: str, subject: str, window: int, n_windows: int,
+                   field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A series cut into sequences (``cut_sequences``), which are constant, and each sequence's node."""
+    needed = window * n_windows
+    if len(values) < needed:
+        raise CohortError(f"{field}: {path}: {subject} has {len(values)} frames; a sequence needs {needed} "
+                          f"(window {window} x n_windows {n_windows})")
+    if not np.isfinite(values).all():
+        raise CohortError(f"{field}: {path}: {subject} has a missing or infinite value")
+    sequences, constant = cut_sequences(values, window, n_windows)
+    return sequences, constant, np.tile(np.arange(values.shape[1]), len(values) // needed)
+
+
+def index_corpus(paths: list[str], window: int, n_windows: int, field: str = "corpus") -> CorpusIndex:
+    """Every source read once, a series at a time (the memory of one chunk of scans, whatever the corpus's
+    size), checked (a short or non-finite series is an error naming it) and counted."""
+    series_units, node_counts, sources, subjects, local = [], [], [], set(), []
+    for s, path in enumerate(paths):
+        source = SeriesSource(path, field)
+        local.append(str(source.local))
+        count = dropped = frames = 0
+        for row, values in source.read(list(range(len(source.names)))):
+            subject = f"{path}:{source.names[row]}"
+            _, constant, node_of = checked_series(values, path, source.names[row], window, n_windows, field)
+            kept = int((~constant).sum())
+            count, dropped, frames = count + kept, dropped + int(constant.sum()), max(frames, len(values))
+            if kept:
+                series_units.append(CorpusUnit(s, row, subject, -1, kept))
+                subjects.add(subject)
+                # Per-node counts only while the corpus may turn out to hold one subject (then nodes are units).
+                node_counts.append(np.bincount(node_of[~constant], minlength=values.shape[1])
+                                   if len(subjects) < 2 else None)
+        sources.append(CorpusSource(path, source.kind, len(source.names), count, frames, dropped))
+        log.info("corpus: %s (%s): %d subjects, %d sequences of %d frames (%d constant ones dropped)", path,
+                 source.kind, len(source.names), count, window * n_windows, dropped)
+    units = series_units
+    if len(subjects) < 2:
+        log.warning("corpus: one subject; validation holds out whole nodes (every stretch of a node on one side), "
+                    "so the held-out figure is within that subject")
+        units = [CorpusUnit(unit.source, unit.row, unit.subject, node, int(n))
+                 for unit, counts in zip(series_units, node_counts) for node, n in enumerate(counts) if n]
+    return CorpusIndex(local, window, n_windows, units, sources)
+
+
+def read_units(index: CorpusIndex, units: list[int]) -> tuple[Tensor, np.ndarray]:
+    """The sequences (n, f, w) of ``units`` in corpus order, and the unit of each; a source's series are read
+    only where a unit needs them."""
+    chosen = {(index.units[u].source, index.units[u].row, index.units[u].node): u for u in units}
+    rows_of = {}
+    for source, row, _ in chosen:
+        rows_of.setdefault(source, set()).add(row)
+    parts, unit_of = [], []
+    for s, path in enumerate(index.paths):
+        for row, values in SeriesSource(path, "corpus").read(sorted(rows_of.get(s, ()))):
+            sequences, constant, node_of = checked_series(values, path, str(row), index.window, index.n_windows,
+                                                          "corpus")
+            whole = chosen.get((s, row, -1))
+            of = np.array([whole if whole is not None else chosen.get((s, row, int(n)), -1) for n in node_of])
+            keep = ~constant & (of >= 0)
+            parts.append(sequences[keep])
+            unit_of.append(of[keep])
+    x = torch.as_tensor(np.concatenate(parts)) if parts else torch.empty(0, index.n_windows, index.window)
+    unit_of = np.concatenate(unit_of) if unit_of else np.empty(0, dtype=np.int64)
+    if len(x) != index.sequences(list(chosen.values())):  # the index counted these very series: a bug
+        raise RuntimeError(f"read {len(x)} sequences, the corpus index counts {index.sequences(list(chosen.values()))}")
+    return x, unit_of
+
+
+@dataclass
+class Corpus:
+    """A corpus read whole (small corpora, tests): sequences and each one's subject and group."""
+
+    x: Tensor  # (N, f, w) sequences of windows, each z-scored over its frames
+    subjects: np.ndarray  # (N,) the subject of each sequence, prefixed by its source
+    groups: np.ndarray  # (N,) what a split keeps together (the subject; the sequence's node with one subject)
+    sources: list[CorpusSource]
 
 
 def load_corpus(paths: list[str], window: int, n_windows: int, field: str = "corpus") -> Corpus:
-    needed = window * n_windows
-    x, subjects, nodes, sources = [], [], [], []
-    for path in paths:
-        kind, series = read_source(path, field)
-        count = dropped = 0
-        for subject, values in series:
-            if len(values) < needed:
-                raise CohortError(f"{field}: {path}: {subject} has {len(values)} frames; a sequence needs {needed} "
-                                  f"(window {window} x n_windows {n_windows})")
-            if not np.isfinite(values).all():
-                raise CohortError(f"{field}: {path}: {subject} has a missing or infinite value")
-            sequences, constant = cut_sequences(values, window, n_windows)
-            node_of = np.tile(np.arange(values.shape[1]), len(values) // needed)[~constant]
-            x.append(sequences[~constant])
-            count, dropped = count + len(x[-1]), dropped + int(constant.sum())
-            subjects += [f"{path}:{subject}"] * len(x[-1])
-            nodes += [f"{path}:{subject}:{n}" for n in node_of]
-        sources.append(CorpusSource(path, kind, len(series), count, int(max(len(v) for _, v in series)), dropped))
-        log.info("corpus: %s (%s): %d subjects, %d sequences of %d frames (%d constant ones dropped)", path, kind,
-                 sources[-1].subjects, sources[-1].sequences, needed, dropped)
-    subjects = np.asarray(subjects)
-    one_subject = len(set(subjects)) < 2
-    if one_subject:
-        log.warning("corpus: one subject; validation holds out whole nodes (every stretch of a node on one side), "
-                    "so the held-out figure is within that subject")
-    return Corpus(torch.as_tensor(np.concatenate(x)), subjects, np.asarray(nodes) if one_subject else subjects,
-                  sources)
+    index = index_corpus(paths, window, n_windows, field)
+    x, unit_of = read_units(index, list(range(len(index.units))))
+    return Corpus(x, index.subjects[unit_of], index.groups[unit_of], index.sources)
