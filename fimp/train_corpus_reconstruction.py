@@ -82,7 +82,9 @@ class CorpusReconstructionTask(TokenReconstructionTask):
                              f"ray.num_workers={world.size}")
         x, _ = read_units(spec.index, shares[world.rank])
         steps = max(spec.index.sequences(share) for share in shares)
-        self.x = x[torch.arange(steps) % len(x)].to(world.device)  # padded with its own sequences
+        if steps > len(x):  # padded with its own sequences
+            x = torch.cat([x, x[torch.arange(steps - len(x)) % len(x)]])
+        self.x = x.to(world.device)
         val = rank_units(spec.index, spec.val, world.size)[world.rank]
         val_x, unit_of = read_units(spec.index, val)
         self.val_x = val_x.to(world.device)

@@ -183,7 +183,9 @@ def read_units(index: CorpusIndex, units: list[int]) -> tuple[Tensor, np.ndarray
     rows_of = {}
     for source, row, _ in chosen:
         rows_of.setdefault(source, set()).add(row)
-    parts, unit_of = [], []
+    total = index.sequences(list(chosen.values()))
+    x = np.empty((total, index.n_windows, index.window), dtype=np.float32)  # filled in place: one copy in memory
+    unit_of, filled = np.empty(total, dtype=np.int64), 0
     for s, path in enumerate(index.paths):
         for row, values in SeriesSource(path, "corpus").read(sorted(rows_of.get(s, ()))):
             sequences, constant, node_of = checked_series(values, path, str(row), index.window, index.n_windows,
@@ -191,13 +193,14 @@ def read_units(index: CorpusIndex, units: list[int]) -> tuple[Tensor, np.ndarray
             whole = chosen.get((s, row, -1))
             of = np.array([whole if whole is not None else chosen.get((s, row, int(n)), -1) for n in node_of])
             keep = ~constant & (of >= 0)
-            parts.append(sequences[keep])
-            unit_of.append(of[keep])
-    x = torch.as_tensor(np.concatenate(parts)) if parts else torch.empty(0, index.n_windows, index.window)
-    unit_of = np.concatenate(unit_of) if unit_of else np.empty(0, dtype=np.int64)
-    if len(x) != index.sequences(list(chosen.values())):  # the index counted these very series: a bug
-        raise RuntimeError(f"read {len(x)} sequences, the corpus index counts {index.sequences(list(chosen.values()))}")
-    return x, unit_of
+            n = int(keep.sum())
+            if filled + n > total:  # the index counted these very series: a bug
+                raise RuntimeError(f"more sequences than the corpus index counts ({total}) in {path}, row {row}")
+            x[filled:filled + n], unit_of[filled:filled + n] = sequences[keep], of[keep]
+            filled += n
+    if filled != total:
+        raise RuntimeError(f"read {filled} sequences, the corpus index counts {total}")
+    return torch.from_numpy(x), unit_of
 
 
 @dataclass
