@@ -12,8 +12,10 @@ memory budget (``GraphConfig.memory_mb``, per part and process):
   budget's worth of graphs. A training pass shuffles the order of the shard's Parquet row groups, then
   the rows within each chunk (a block shuffle: what Ray Data's local shuffle buffer and WebDataset do,
   since a row-level global shuffle would read a row group per row). Memory then does not grow with the
-  cohort. Each graph is built once: its tensors are spilled to a file on the process's local disk
-  (``GraphSpill``, in the system temporary folder) and later passes read them back, since every epoch
+  cohort (the heap's freed pages are handed back once a pass has grown the process by four budgets:
+  ``release_freed_memory``). Each graph is built once: its tensors are spilled to a file on the
+  process's local disk (``GraphSpill``, in the system temporary folder) and later passes read them
+  back, since every epoch
   passes over the shard twice (training, then the BatchNorm refresh) and building took 0.27 of a
   pass's 0.60 s and reading the row groups 0.23 (bench/RESULTS.md). A disk that fills stops the spill,
   with a warning, and the graphs not spilled are built on every pass as before.
@@ -24,8 +26,10 @@ rank takes the same number of steps (DDP needs it, and ``DistributedSampler`` do
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 import shutil
 import tempfile
 import weakref
@@ -49,6 +53,44 @@ def graph_bytes(n_rois: int, config: GraphConfig) -> int:
     """What one graph and the FC it is built from take in memory, roughly (bytes)."""
     edges = config.density * n_rois * (n_rois - 1) + (n_rois if config.self_loops else 0)
     return 2 * 4 * n_rois * n_rois + int(edges) * (2 * 8 + 4)  # FC and node features; edge index and weight
+
+
+def release_freed_memory(slack: int) -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere) once the
+    process has grown by more than ``slack`` bytes since it last did.
+
+    A streamed pass frees a chunk of graphs and its batches every few seconds. glibc keeps freed blocks
+    between live ones in the process's heap, resident, so a worker's peak memory grew with the chunks a run
+    passed through: 1.2-1.6x from 4,000 to 40,000 scans in 3 epochs (bench/RESULTS.md, session 21). Trimming
+    after every chunk makes the next chunk fault its pages in again, so it trims only on growth."""
+    global _resident_after_trim
+    libc = _glibc()
+    if libc is None:
+        return
+    resident = _resident_bytes()
+    if _resident_after_trim is None or resident - _resident_after_trim > slack:
+        libc.malloc_trim(0)
+        _resident_after_trim = _resident_bytes()
+
+
+_resident_after_trim: int | None = None
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:  # glibc means Linux: pages of size, resident, ...
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@functools.cache
+def _glibc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 class GraphSpill:
@@ -180,6 +222,9 @@ class PartGraphs:
             graphs = [self.held[p] for p in window] if not self.streamed else self.read(window)
             for first in range(0, len(graphs), batch_size):
                 yield Batch.from_data_list(graphs[first:first + batch_size])
+            if self.streamed:
+                del graphs
+                release_freed_memory(4 * int(self.config.memory_mb * 2**20))
 
     def read(self, positions: np.ndarray) -> list[Data]:
         """A streamed part's graphs at ``positions``: read from the spill, the others built and spilled."""

@@ -13,6 +13,7 @@ from fmgnn.baselines.train_gcn import GCNTask
 from fmgnn.cohort import METADATA_KEY, Cohort
 from fmgnn.engine import run_local
 from fmgnn.evaluation.splits import FoldConfig, make_splits
+from fmgnn import graph_stream
 from fmgnn.graph_stream import PartGraphs, graph_bytes
 from fmgnn.graphs import GraphConfig, build_graphs
 
@@ -152,3 +153,18 @@ def test_a_gcn_trains_and_scores_its_test_part_from_a_streamed_cohort(grouped):
     for result in results.values():
         assert len(result["test_probabilities"]) == len(split.test) and len(result["history"]) == 3
     assert sorted(results["held"]["test_labels"]) == sorted(results["streamed"]["test_labels"])
+
+
+@pytest.mark.skipif(graph_stream._glibc() is None, reason="malloc_trim is glibc's")
+def test_freed_heap_pages_go_back_to_the_system_once_the_process_has_grown_past_the_slack():
+    """What a streamed pass leaves behind: freed blocks between live ones, resident until trimmed."""
+    graph_stream.release_freed_memory(0)
+    blocks = [bytes(2000) + bytes([i % 256]) for i in range(100_000)]  # 200 MB of malloc'd blocks
+    kept = blocks[::50]  # every 50th stays alive, so the heap cannot simply shrink from its top
+    del blocks
+    before = graph_stream._resident_bytes()
+    graph_stream.release_freed_memory(10**12)  # grown by less than the slack: nothing is trimmed
+    assert graph_stream._resident_bytes() > before - 50 * 2**20
+    graph_stream.release_freed_memory(64 * 2**20)
+    assert graph_stream._resident_bytes() < before - 100 * 2**20
+    assert len(kept) == 2000
