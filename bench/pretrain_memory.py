@@ -23,17 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.train_shards import watch_workers  # noqa: E402
-from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic  # noqa: E402
-
-
-def cohort_of(n: int, work: Path) -> Path:
-    path = work / f"series-{n}.parquet"
-    if not path.is_file():
-        started = time.monotonic()
-        ingest_synthetic(path, SyntheticConfig(n_subjects=n, n_timepoints=200, seed=0, name=f"series-{n}"))
-        print(f"ingest {n} scans: {time.monotonic() - started:.0f} s", flush=True)
-    return path
+from bench.train_shards import cohort_of, watch_workers  # noqa: E402
 
 
 def main() -> None:
@@ -50,7 +40,7 @@ def main() -> None:
     print("| code | scans | sequences | job process peak MB | worker peak MB | job wall s |\n"
           "|---|---:|---:|---:|---:|---:|", flush=True)
     for n in args.subjects:
-        cohort = cohort_of(n, work)
+        cohort = cohort_of(n, work, "series", n_timepoints=200, store="timeseries")
         output = work / f"model-{n}-{args.label.replace(' ', '_')}"
         shutil.rmtree(output, ignore_errors=True)
         shutil.rmtree(f"{output}.run", ignore_errors=True)  # a finished run would be read back, not trained

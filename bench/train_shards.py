@@ -32,12 +32,13 @@ sys.path.insert(0, str(REPO))
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic  # noqa: E402
 
 
-def cohort_of(n: int, work: Path) -> Path:
-    path = work / f"synthetic-{n}.parquet"
+def cohort_of(n: int, work: Path, name: str = "synthetic", n_timepoints: int = 120, store: str = "fc") -> Path:
+    """The synthetic cohort of ``n`` scans (AAL-90, seed 0) in ``work``, ingested on first use."""
+    path = work / f"{name}-{n}.parquet"
     if not path.is_file():
         started = time.monotonic()
-        ingest_synthetic(path, SyntheticConfig(n_subjects=n, n_timepoints=120, store="fc", seed=0,
-                                               name=f"synthetic-{n}"))
+        ingest_synthetic(path, SyntheticConfig(n_subjects=n, n_timepoints=n_timepoints, store=store, seed=0,
+                                               name=f"{name}-{n}"))
         print(f"ingest {n} scans: {time.monotonic() - started:.0f} s", flush=True)
     return path
 
