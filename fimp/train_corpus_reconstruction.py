@@ -55,15 +55,15 @@ def rank_units(index: CorpusIndex, units: list[int], size: int) -> list[list[int
     return [sorted(share) for share in shares]
 
 
-def held_out_masks(index: CorpusIndex, units: list[int], unit_of: np.ndarray, ratio: float, seed: int,
-                   span: bool) -> Tensor:
+def held_out_masks(index: CorpusIndex, unit_of: np.ndarray, ratio: float, seed: int, span: bool) -> Tensor:
     """(n, f) hidden windows of held-out sequences whose units are ``unit_of``: each unit's from its own
     generator, so a sequence hides the same windows whichever worker reads it."""
     masks = torch.zeros(len(unit_of), index.n_windows, dtype=torch.bool)
-    for u in units:
-        rows = torch.as_tensor(np.flatnonzero(unit_of == u))
+    order = np.argsort(unit_of, kind="stable")  # each unit's sequences together, in corpus order
+    present, starts = np.unique(unit_of[order], return_index=True)
+    for u, rows in zip(present.tolist(), np.split(order, starts[1:])):
         generator = torch.Generator().manual_seed((10_000 + seed) * 1_000_003 + u)
-        masks[rows] = window_mask(len(rows), index.n_windows, ratio, generator, span)
+        masks[torch.as_tensor(rows)] = window_mask(len(rows), index.n_windows, ratio, generator, span)
     return masks
 
 
@@ -88,7 +88,7 @@ class CorpusReconstructionTask(TokenReconstructionTask):
         val = rank_units(spec.index, spec.val, world.size)[world.rank]
         val_x, unit_of = read_units(spec.index, val)
         self.val_x = val_x.to(world.device)
-        self.val_masks = held_out_masks(spec.index, val, unit_of, spec.mask_ratio, spec.seed,
+        self.val_masks = held_out_masks(spec.index, unit_of, spec.mask_ratio, spec.seed,
                                         spec.span_masks).to(world.device)
         self.edge_index = torch.empty(2, 0, dtype=torch.long, device=world.device)  # no graph
 
