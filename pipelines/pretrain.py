@@ -160,7 +160,10 @@ class PretrainJob(Job[PretrainConfig]):
         finished = PretrainRun(self.config.output).finished()
         self.index = None if SYNTHETIC in self.sources or finished else self.index_corpus()
         if self.index is not None:
-            self.split(self.index)  # train_subjects larger than the training part is refused here
+            train, _ = self.split(self.index)  # train_subjects larger than the training part is refused here
+            if len(train) < self.config.ray.num_workers:  # a worker would have no sequences of its own
+                raise InputError(f"ray.num_workers={self.config.ray.num_workers}: the corpus's training part has "
+                                 f"{len(train)} units (scans, or nodes of a one-subject recording)")
 
     def split(self, index: CorpusIndex) -> tuple[list[int], list[int]]:
         """Training and held-out units: subjects apart, ``train_subjects`` of the training ones."""

@@ -81,6 +81,10 @@ def test_pretrain_on_a_cohort_and_a_recording_records_its_corpus_and_its_data_si
     with pytest.raises(InputError, match="train_subjects=99: the training part has 55 subjects"):
         run_pretrain(load_config(PretrainConfig, None, [*common, f"output={tmp_path / 'many'}", "train_subjects=99"]))
     assert not (tmp_path / "many.run").exists()  # refused before anything was written
+    with pytest.raises(InputError, match=r"ray.num_workers=99: the corpus's training part has 5 units"):
+        run_pretrain(load_config(PretrainConfig, None, [*common, f"output={tmp_path / 'wide'}", "train_subjects=5",
+                                                        "ray.num_workers=99"]))
+    assert not (tmp_path / "wide.run").exists()
     assert small["epochs"] == 1 and small["train_subjects"] == 5 and summary["train_subjects"] == 55
 
     def unread(*args, **kwargs):
