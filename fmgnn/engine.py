@@ -252,6 +252,11 @@ def train_epoch(task: TrainTask, model: nn.Module, optimizer: torch.optim.Optimi
     return {k: float(v) / max(count, 1) for k, v in sums.items()}
 
 
+def in_process_group(world: World) -> bool:
+    """Whether this rank shares a torch.distributed process group with others (collectives are needed)."""
+    return world.size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def rank_zero_score(score: float, world: World) -> float:
     """Rank 0's validation score, on every rank of a process group; ``score`` when there is none.
 
@@ -259,7 +264,7 @@ def rank_zero_score(score: float, world: World) -> float:
     scatter is not deterministic, so ranks validating the same weights need not agree to the last bit),
     and a rank that stops leaves the others waiting in their next collective until it times out.
     """
-    if world.size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+    if not in_process_group(world):
         return score
     value = torch.tensor([score], dtype=torch.float64, device=world.device)  # gloo on the CPU, NCCL on a GPU
     torch.distributed.broadcast(value, src=0)
@@ -269,7 +274,7 @@ def rank_zero_score(score: float, world: World) -> float:
 def sum_over_ranks(values: torch.Tensor, world: World) -> torch.Tensor:
     """``values`` summed over the ranks of this worker group (each rank scored its own shard of a part); the
     same tensor when there is one rank. Every rank must call it."""
-    if world.size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+    if not in_process_group(world):
         return values
     total = values.to(world.device, copy=True)  # gloo on the CPU, NCCL on a GPU
     torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
@@ -281,7 +286,7 @@ def peak_rss_mb(world: World) -> float:
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    if world.size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+    if not in_process_group(world):
         return round(peak, 1)
     value = torch.tensor([peak], dtype=torch.float64, device=world.device)
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)

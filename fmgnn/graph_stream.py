@@ -8,15 +8,14 @@ memory budget (``GraphConfig.memory_mb``, per part and process):
 - **held**: built once and kept; a training pass shuffles them as ``DistributedSampler`` does (the same
   permutation for the same seed and epoch, the same shard per rank), so runs that fit are unchanged by
   the streaming path;
-- **streamed**: read from the cohort file and built a chunk at a time, a chunk being at most the
-  budget's worth of graphs. A training pass shuffles the order of the shard's Parquet row groups, then
-  the rows within each chunk (a block shuffle: what Ray Data's local shuffle buffer and WebDataset do,
-  since a row-level global shuffle would read a row group per row). Memory then does not grow with the
-  cohort (the heap's freed pages are handed back once a pass has grown the process by four budgets:
-  ``release_freed_memory``). Each graph is built once: its tensors are spilled to a file on the
-  process's local disk (``GraphSpill``, in the system temporary folder) and later passes read them
-  back, since every epoch
-  passes over the shard twice (training, then the BatchNorm refresh) and building took 0.27 of a
+- **streamed**: read from the cohort file and built a chunk at a time, a chunk being at most the budget's
+  worth of graphs. A training pass shuffles the order of the shard's Parquet row groups, then the rows
+  within each chunk (a block shuffle: what Ray Data's local shuffle buffer and WebDataset do, since a
+  row-level global shuffle would read a row group per row). Memory then does not grow with the cohort (the
+  heap's freed pages are handed back once a pass has grown the process by four budgets:
+  ``release_freed_memory``). Each graph is built once: its tensors are spilled to a file on the process's
+  local disk (``GraphSpill``, in the system temporary folder) and later passes read them back, since every
+  epoch passes over the shard twice (training, then the BatchNorm refresh) and building took 0.27 of a
   pass's 0.60 s and reading the row groups 0.23 (bench/RESULTS.md). A disk that fills stops the spill,
   with a warning, and the graphs not spilled are built on every pass as before.
 

@@ -147,11 +147,19 @@ def split_scans(subjects: Sequence[str], seed: int, val_fraction: float,
                 test_fraction: float) -> tuple[list[int], list[int], list[int]]:
     """One split of scans per seed, drawn over subjects: every scan of a subject lands on the same side.
     With one scan per subject it is the node split (``split_nodes``) of the scans."""
-    unique, subject_of_scan = np.unique(np.asarray(subjects, dtype=object).astype(str), return_inverse=True)
-    if len(unique) == len(subject_of_scan):
-        return split_nodes(len(subject_of_scan), seed, val_fraction, test_fraction)
+    subjects = np.asarray(subjects, dtype=object).astype(str)
+    if len(np.unique(subjects)) == len(subjects):
+        return split_nodes(len(subjects), seed, val_fraction, test_fraction)
+    return split_groups(subjects, seed, val_fraction, test_fraction)
+
+
+def split_groups(groups: Sequence[str], seed: int, val_fraction: float,
+                 test_fraction: float) -> tuple[list[int], list[int], list[int]]:
+    """Train / validation / test indices with every index of a group on one side: the sorted distinct groups
+    drawn as ``split_nodes`` draws nodes."""
+    unique, group_of = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
     parts = split_nodes(len(unique), seed, val_fraction, test_fraction)
-    return tuple(np.flatnonzero(np.isin(subject_of_scan, part)).tolist() for part in parts)
+    return tuple(np.flatnonzero(np.isin(group_of, part)).tolist() for part in parts)
 
 
 def check_pretrained(config: FIMPJobConfig, n_tokens: int, token_values: int) -> None:

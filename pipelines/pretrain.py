@@ -31,7 +31,6 @@ from fimp.hf_export import load_foundation, save_foundation
 from fimp.reconstruction import ReconstructionConfig, TokenModel
 from fimp.run_record import PretrainRun
 from fimp.tasks.fmri import FMRITaskConfig
-from fimp.tasks.nodes import split_nodes
 from fimp.tasks.corpus import CorpusIndex, index_corpus
 from fimp.tasks.recording import BRAINSPACE_FSA5
 from fimp.train_corpus_reconstruction import CorpusReconstructionSpec, CorpusReconstructionTask
@@ -43,6 +42,7 @@ from fmgnn.io import atomic_dir, atomic_write_json
 from fmgnn.sources.synthetic import SyntheticConfig, ingest_synthetic
 from fmgnn.tracking import JobRun, TrackingConfig
 from pipelines.command import job_main
+from pipelines.fimp import split_groups
 from pipelines.job import Job, run_job
 from pipelines.ray_session import RayConfig
 from pipelines.trainers import resolve_storage_path, run_stage
@@ -114,9 +114,8 @@ def subject_subset(subjects: Sequence[str], scans: list[int], n_subjects: int, s
 def split_units(index: CorpusIndex, seed: int, val_fraction: float) -> tuple[list[int], list[int]]:
     """Training and held-out units, whole groups (subjects) on one side: the groups drawn as ``split_scans``
     draws subjects, so that the held-out subjects are those of the same seed before the corpus was indexed."""
-    groups, group_of_unit = np.unique(index.groups, return_inverse=True)
-    train, val, _ = split_nodes(len(groups), seed, val_fraction, 0.0)
-    return np.flatnonzero(np.isin(group_of_unit, train)).tolist(), np.flatnonzero(np.isin(group_of_unit, val)).tolist()
+    train, val, _ = split_groups(index.groups, seed, val_fraction, 0.0)
+    return train, val
 
 
 SYNTHETIC = "synthetic"  # a corpus entry: the built-in cohort

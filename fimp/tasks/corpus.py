@@ -22,6 +22,7 @@ counted), splits and shards the units, and each training worker reads the sequen
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,17 +75,21 @@ class SeriesSource:
         self.local = Path(package_path(path, field)).resolve()  # resolved here: a worker reads it as given
         self.cohort: Cohort | None = None
         if self.local.is_dir():
-            self.kind, self.names = "parcels", [self.local.name]
+            self.kind = "parcels"
         elif self.local.name.endswith(".mgz"):
-            self.kind, self.names = "surface", [self.local.name.split(".")[0]]
+            self.kind = "surface"
         elif self.local.is_file():
             self.kind, self.cohort = "cohort", Cohort(self.local)
-            if self.cohort.timeseries(0) is None:
-                raise CohortError(f"{self.local}: FC only; pretraining reads time series")
-            self.names = [str(subject) for subject in self.cohort.subject_ids()]
         else:
             raise CohortError(f"{field}: {path}: no such file or folder (a cohort .parquet, a parcels folder or a "
                               ".lh.mgz surface recording)")
+
+    @functools.cached_property
+    def names(self) -> list[str]:
+        """Each series' subject: a cohort's subject column; a recording's name."""
+        if self.cohort is not None:
+            return [str(subject) for subject in self.cohort.subject_ids()]
+        return [self.local.name if self.kind == "parcels" else self.local.name.split(".")[0]]
 
     def read(self, rows: list[int]) -> Iterator[tuple[int, np.ndarray]]:
         """(row, (frames, nodes) series) of the series ``rows`` (a cohort's scan rows; 0 for a recording)."""
@@ -141,8 +146,13 @@ def checked_series(values: np.ndarray, path: str, subject: str, window: int, n_w
                           f"(window {window} x n_windows {n_windows})")
     if not np.isfinite(values).all():
         raise CohortError(f"{field}: {path}: {subject} has a missing or infinite value")
+    return node_sequences(values, window, n_windows)
+
+
+def node_sequences(values: np.ndarray, window: int, n_windows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``cut_sequences`` of a series, and the node of each sequence."""
     sequences, constant = cut_sequences(values, window, n_windows)
-    return sequences, constant, np.tile(np.arange(values.shape[1]), len(values) // needed)
+    return sequences, constant, np.tile(np.arange(values.shape[1]), len(values) // (window * n_windows))
 
 
 def index_corpus(paths: list[str], window: int, n_windows: int, field: str = "corpus") -> CorpusIndex:
@@ -151,6 +161,8 @@ def index_corpus(paths: list[str], window: int, n_windows: int, field: str = "co
     series_units, node_counts, sources, subjects, local = [], [], [], set(), []
     for s, path in enumerate(paths):
         source = SeriesSource(path, field)
+        if source.cohort is not None and source.cohort.timeseries(0) is None:
+            raise CohortError(f"{source.local}: FC only; pretraining reads time series")
         local.append(str(source.local))
         count = dropped = frames = 0
         for row, values in source.read(list(range(len(source.names)))):
@@ -179,19 +191,22 @@ def index_corpus(paths: list[str], window: int, n_windows: int, field: str = "co
 def read_units(index: CorpusIndex, units: list[int]) -> tuple[Tensor, np.ndarray]:
     """The sequences (n, f, w) of ``units`` in corpus order, and the unit of each; a source's series are read
     only where a unit needs them."""
-    chosen = {(index.units[u].source, index.units[u].row, index.units[u].node): u for u in units}
-    rows_of = {}
-    for source, row, _ in chosen:
-        rows_of.setdefault(source, set()).add(row)
-    total = index.sequences(list(chosen.values()))
+    wanted: dict[int, dict[int, dict[int, int]]] = {}  # source -> row -> node (-1: every node) -> unit
+    for u in set(units):
+        unit = index.units[u]
+        wanted.setdefault(unit.source, {}).setdefault(unit.row, {})[unit.node] = u
+    total = index.sequences(list(set(units)))
     x = np.empty((total, index.n_windows, index.window), dtype=np.float32)  # filled in place: one copy in memory
     unit_of, filled = np.empty(total, dtype=np.int64), 0
     for s, path in enumerate(index.paths):
-        for row, values in SeriesSource(path, "corpus").read(sorted(rows_of.get(s, ()))):
-            sequences, constant, node_of = checked_series(values, path, str(row), index.window, index.n_windows,
-                                                          "corpus")
-            whole = chosen.get((s, row, -1))
-            of = np.array([whole if whole is not None else chosen.get((s, row, int(n)), -1) for n in node_of])
+        rows = wanted.get(s, {})
+        for row, values in SeriesSource(path, "corpus").read(sorted(rows)):
+            sequences, constant, node_of = node_sequences(values, index.window, index.n_windows)
+            unit_of_node = np.full(values.shape[1], rows[row].get(-1, -1), dtype=np.int64)
+            for node, u in rows[row].items():
+                if node >= 0:
+                    unit_of_node[node] = u
+            of = unit_of_node[node_of]
             keep = ~constant & (of >= 0)
             n = int(keep.sum())
             if filled + n > total:  # the index counted these very series: a bug
